@@ -1,0 +1,1 @@
+"""Compression engine: spec, techniques, evaluation, gates, report, registry."""

@@ -1,0 +1,114 @@
+"""`kompress` command line: run and validate ModelOptimization specs.
+
+Exit codes: 0 success, 2 invalid input, 3 gates rejected, 4 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from kompress.jobs.errors import ExitCode, KompressError, SpecError
+
+DEFAULT_SPEC = "minilm-int8.yaml"
+
+
+def _default_spec_path() -> Path:
+    return Path(str(resources.files("kompress.jobs") / "examples" / DEFAULT_SPEC))
+
+
+def _load(spec_arg: str | None):  # type: ignore[no-untyped-def]
+    from kompress.jobs.spec import load_spec_file
+
+    return load_spec_file(spec_arg or _default_spec_path())
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        loaded = _load(args.spec)
+    except SpecError as err:
+        print(f"{args.spec}: {len(err.problems)} problem(s)", file=sys.stderr)
+        for path, message in err.problems:
+            print(f"  {path or '<root>'}: {message}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    except KompressError as err:
+        print(f"kompress: {err}", file=sys.stderr)
+        return err.exit_code
+    steps = ", ".join(name for name, _ in loaded.spec.steps())
+    print(f"{args.spec}: valid ModelOptimization {loaded.name!r} ({steps})")
+    return ExitCode.SUCCESS
+
+
+class _DropLibraryAdvice(logging.Filter):
+    """ONNX Runtime's quantizer logs generic advice on the root logger; kompress already does what it asks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropLibraryAdvice())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub at run time
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        loaded = _load(args.spec)
+    except SpecError as err:
+        for path, message in err.problems:
+            print(f"kompress: invalid spec: {path or '<root>'}: {message}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    except KompressError as err:
+        print(f"kompress: {err}", file=sys.stderr)
+        return err.exit_code
+    from kompress.jobs import report, runner
+
+    output_uri = args.output if args.output and args.output.startswith("s3://") else None
+    output_dir = Path(args.output) if args.output and not output_uri else Path("kompress-out") / loaded.name
+    if output_uri:
+        output_dir = Path(args.workdir or "kompress-out") / loaded.name
+    try:
+        result = runner.run(loaded, output_dir, output_uri=output_uri, approve=args.approve, quiet=args.quiet,
+                            resource_uid=args.resource_uid)
+    except KompressError as err:  # e.g. the report upload failed
+        print(f"kompress: {err}", file=sys.stderr)
+        return err.exit_code
+    if args.termination_log:
+        Path(args.termination_log).write_text(report.summary(result.report))
+    print(report.console_table(result.report))
+    print(f"report: {result.report['artifacts'].get('reportHtml')}")
+    if result.exit_code not in (ExitCode.SUCCESS, ExitCode.GATES_REJECTED):
+        print(f"kompress: {result.report['message']}", file=sys.stderr)
+    return result.exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kompress", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="optimize a model as a ModelOptimization spec says")
+    run.add_argument("spec", nargs="?", help="spec YAML (default: the embedded MiniLM INT8 example)")
+    run.add_argument("-o", "--output", help="output folder or s3:// prefix (default: kompress-out/<name>)")
+    run.add_argument("--workdir", help="local folder for outputs when --output is an s3:// prefix")
+    run.add_argument("--approve", action="store_true", help="approve promotion for policy: manual")
+    run.add_argument("--resource-uid", help="uid of the Kubernetes resource (set by the operator)")
+    run.add_argument("--termination-log", help="write the JSON summary here (a Job's termination message)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    run.set_defaults(func=cmd_run)
+    val = sub.add_parser("validate", help="check a spec and list every problem with its field path")
+    val.add_argument("spec")
+    val.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

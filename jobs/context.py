@@ -1,0 +1,30 @@
+"""What a technique may use while it runs: a scratch folder, the data, the model's metadata and a logger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from kompress.jobs.progress import Progress
+
+
+@dataclass
+class StepContext:
+    workdir: Path
+    """Scratch folder for this step's outputs."""
+    calibration: dict[str, np.ndarray]
+    """Calibration inputs, one array per model input (first axis = samples)."""
+    labels: np.ndarray | None
+    """Labels aligned with the calibration rows, when the data has them."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Facts recorded when the model was loaded (e.g. Hugging Face architecture: heads, hidden size)."""
+    device: str = "cpu"
+    progress: Progress | None = None
+
+    def out_path(self, name: str) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self.workdir / name

@@ -1,0 +1,51 @@
+"""Errors the engine reports to users, each mapped to a process exit code.
+
+A user error is one line that names the problem (and the spec field when there is one);
+the CLI prints it without a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    SUCCESS = 0
+    INVALID_INPUT = 2
+    GATES_REJECTED = 3
+    RUNTIME_FAILURE = 4
+
+
+class KompressError(Exception):
+    """Base class: carries the exit code and an optional spec field path."""
+
+    exit_code = ExitCode.RUNTIME_FAILURE
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class InvalidInputError(KompressError):
+    """The spec, the model, the data or a storage location is wrong; a retry will not help."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+
+class SpecError(InvalidInputError):
+    """The spec failed validation; ``problems`` lists every (field path, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = "; ".join(f"{path or '<root>'}: {msg}" for path, msg in problems)
+        super().__init__(f"invalid spec: {lines}")
+
+
+class RuntimeFailure(KompressError):
+    """Something failed while running (out of memory, a library bug); a retry may help."""
+
+    exit_code = ExitCode.RUNTIME_FAILURE

@@ -1,0 +1,189 @@
+"""One measurement harness for baseline and optimized models: quality, latency, throughput, size,
+peak memory and energy. Variants are timed interleaved, in rounds, so drift on a noisy machine hits both."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kompress.jobs import onnx_utils
+from kompress.jobs.data import Dataset
+from kompress.jobs.energy import Meter, Stopwatch
+from kompress.jobs.errors import InvalidInputError, RuntimeFailure
+from kompress.jobs.progress import Progress
+from kompress.jobs.spec import TargetSpec
+
+QUALITY_BATCH = 32
+ROUNDS = 5
+
+
+def available_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def providers_for(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "gpu":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise InvalidInputError("target.device is gpu but this onnxruntime has no CUDA provider "
+                                    "(install onnxruntime-gpu on a GPU node)", field="target.device")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def open_session(path: Path, target: TargetSpec) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = target.threads or available_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers_for(target.device))
+    except (ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.Fail) as err:
+        raise InvalidInputError(f"{path.name} cannot be loaded by ONNX Runtime: {str(err).splitlines()[0][:300]}",
+                                field="model.uri") from None
+
+
+def batch_axis_fixed(session: Any) -> bool:
+    return any(isinstance(i.shape[0], int) and i.shape[0] == 1 for i in session.get_inputs() if i.shape)
+
+
+def run_all(session: Any, inputs: dict[str, np.ndarray], output: str | None,
+            progress: Progress | None = None, label: str = "") -> np.ndarray:
+    batch = 1 if batch_axis_fixed(session) else QUALITY_BATCH
+    n = len(next(iter(inputs.values())))
+    out_name = output or session.get_outputs()[0].name
+    parts = []
+    bar = progress.bar(total=n, desc=f"quality {label}", unit="sample") if progress else None
+    for start in range(0, n, batch):
+        feeds = {k: v[start : start + batch] for k, v in inputs.items()}
+        try:
+            parts.append(session.run([out_name], feeds)[0])
+        except Exception as err:
+            raise InvalidInputError(f"running the model on the data failed: {str(err).splitlines()[0][:300]}",
+                                    field="data.uri") from None
+        if bar:
+            bar.update(len(next(iter(feeds.values()))))
+    if bar:
+        bar.close()
+    return np.concatenate(parts, axis=0).astype(np.float32)
+
+
+def _sample_vectors(out: np.ndarray, task: str, attention_mask: np.ndarray | None) -> np.ndarray:
+    """One vector per sample: token outputs of an embedding model are mean-pooled over the mask."""
+    if task == "embedding" and out.ndim == 3 and attention_mask is not None:
+        mask = attention_mask[..., None].astype(np.float32)
+        return (out * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+    return out.reshape(len(out), -1)
+
+
+def quality(baseline: np.ndarray, optimized: np.ndarray, data: Dataset, task: str) -> tuple[dict, dict]:
+    """Quality of each variant: accuracy when labels exist, and fidelity of optimized vs baseline."""
+    mask = data.inputs.get("attention_mask")
+    b = _sample_vectors(baseline, task, mask)
+    o = _sample_vectors(optimized, task, mask)
+    cos = (b * o).sum(1) / np.maximum(np.linalg.norm(b, axis=1) * np.linalg.norm(o, axis=1), 1e-12)
+    fidelity: dict[str, Any] = {
+        "cosineSimilarityMean": float(cos.mean()), "cosineSimilarityMin": float(cos.min()),
+        "maxAbsError": float(np.abs(baseline - optimized).max()),
+    }
+    base_q: dict[str, Any] = {}
+    opt_q: dict[str, Any] = {}
+    if (b.ndim == 2 and b.shape[1] > 1 and task in ("classification", "generic")) or data.labels is not None:
+        fidelity["top1Agreement"] = float((b.argmax(1) == o.argmax(1)).mean())
+    if data.labels is not None:
+        base_q["accuracy"] = float((b.argmax(1) == data.labels).mean())
+        opt_q["accuracy"] = float((o.argmax(1) == data.labels).mean())
+    opt_q["fidelity"] = fidelity
+    return base_q, opt_q
+
+
+@dataclass
+class Timing:
+    latencies: list[float]
+    joules: float = 0.0
+    runs: int = 0
+    throughput_seconds: float = 0.0
+    throughput_runs: int = 0
+
+
+def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, meter: Meter,
+                  progress: Progress | None = None) -> dict[str, dict[str, Any]]:
+    """Latency percentiles, throughput and energy per inference of each session, interleaved in rounds."""
+    n = data.size
+    lat_batch = min(target.batch_size, n)
+    thr_batch = min(target.throughput_batch_size, n)
+    lat_feeds = {k: v[:lat_batch] for k, v in data.inputs.items()}
+    thr_feeds = {k: v[:thr_batch] for k, v in data.inputs.items()}
+    timings = {name: Timing([]) for name in sessions}
+    for sess in sessions.values():
+        for _ in range(target.warmup_iterations):
+            sess.run(None, lat_feeds)
+    per_round = max(1, target.iterations // ROUNDS)
+    bar = progress.bar(total=ROUNDS * len(sessions), desc="latency rounds", unit="block") if progress else None
+    for _ in range(ROUNDS):
+        for name, sess in sessions.items():
+            t = timings[name]
+            with Stopwatch(meter) as watch:
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    sess.run(None, lat_feeds)
+                    t.latencies.append(time.perf_counter() - t0)
+            t.joules += watch.joules
+            t.runs += per_round * lat_batch
+            # throughput: a few large batches per round, at least one
+            t0 = time.perf_counter()
+            calls = 0
+            while calls < 1 or (time.perf_counter() - t0 < 0.2 and calls < 20):
+                sess.run(None, thr_feeds)
+                calls += 1
+            t.throughput_seconds += time.perf_counter() - t0
+            t.throughput_runs += calls * thr_batch
+            if bar:
+                bar.update(1)
+    if bar:
+        bar.close()
+    out = {}
+    for name, t in timings.items():
+        lat = np.asarray(t.latencies)
+        out[name] = {
+            "latencySeconds": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                               "p99": float(np.percentile(lat, 99)), "mean": float(lat.mean()),
+                               "samples": len(lat), "batchSize": lat_batch},
+            "throughputInferencesPerSecond": t.throughput_runs / t.throughput_seconds,
+            "throughputBatchSize": thr_batch,
+            "energy": {"joulesPerInference": t.joules / t.runs, "method": meter.method},
+        }
+    return out
+
+
+def peak_memory_bytes(path: Path, data: Dataset, target: TargetSpec) -> int:
+    """Peak resident memory to load the model and run one latency batch, in a fresh process."""
+    feeds = {k: v[: min(target.batch_size, data.size)] for k, v in data.inputs.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "feeds.npz"
+        np.savez(npz, **feeds)
+        cmd = [sys.executable, "-m", "kompress.jobs.memprobe", str(path), str(npz),
+               str(target.threads or available_threads()), target.device]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeFailure(f"memory probe failed for {path.name}: {proc.stderr.strip().splitlines()[-1:]}")
+    return int(json.loads(proc.stdout)["peakBytes"])
+
+
+def static_facts(path: Path) -> dict[str, Any]:
+    return {"sizeBytes": onnx_utils.size_bytes(path), "sha256": onnx_utils.sha256_file(path)}

@@ -1,0 +1,70 @@
+"""Quality gates: each gate that is set is checked against a measured value and reported pass/fail."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kompress.jobs.spec import GatesSpec
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    threshold: float
+    measured: float | None
+    passed: bool
+    message: str
+
+
+def comparison(baseline: dict[str, Any], optimized: dict[str, Any]) -> dict[str, Any]:
+    """Derived figures: speedup, size reduction, accuracy drop (the quality metric's), energy saved."""
+    quality_metric = "accuracy" if "accuracy" in optimized["quality"] else "cosineSimilarityMean"
+    if quality_metric == "accuracy":
+        drop = baseline["quality"]["accuracy"] - optimized["quality"]["accuracy"]
+    else:
+        drop = 1.0 - optimized["quality"]["fidelity"]["cosineSimilarityMean"]
+    e_base = baseline["energy"]["joulesPerInference"]
+    e_opt = optimized["energy"]["joulesPerInference"]
+    return {
+        "speedup": baseline["latencySeconds"]["p50"] / optimized["latencySeconds"]["p50"],
+        "throughputRatio": optimized["throughputInferencesPerSecond"] / baseline["throughputInferencesPerSecond"],
+        "sizeReduction": baseline["sizeBytes"] / optimized["sizeBytes"],
+        "accuracyDrop": drop,
+        "qualityMetric": quality_metric,
+        "energySavedRatio": (1.0 - e_opt / e_base) if e_base > 0 else None,
+        "memoryRatio": (optimized["peakMemoryBytes"] / baseline["peakMemoryBytes"]
+                        if baseline.get("peakMemoryBytes") else None),
+    }
+
+
+def evaluate(gates: GatesSpec, cmp: dict[str, Any], optimized: dict[str, Any]) -> dict[str, Any]:
+    fidelity = optimized["quality"]["fidelity"]
+    checks: list[tuple[str, float | None, float | None, bool]] = [
+        # (gate, threshold, measured, higher_is_better)
+        ("maxAccuracyDrop", gates.max_accuracy_drop, cmp["accuracyDrop"], False),
+        ("minCosineSimilarity", gates.min_cosine_similarity, fidelity["cosineSimilarityMean"], True),
+        ("minSpeedup", gates.min_speedup, cmp["speedup"], True),
+        ("minSizeReduction", gates.min_size_reduction, cmp["sizeReduction"], True),
+        ("maxLatencyP95Seconds", gates.max_latency_p95_seconds, optimized["latencySeconds"]["p95"], False),
+        ("maxEnergyPerInferenceJoules", gates.max_energy_per_inference_joules,
+         optimized["energy"]["joulesPerInference"], False),
+        ("maxPeakMemoryBytes", gates.max_peak_memory_bytes, optimized.get("peakMemoryBytes"), False),
+    ]
+    results = []
+    for gate, threshold, measured, higher in checks:
+        if threshold is None:
+            continue
+        passed = measured is not None and (measured >= threshold if higher else measured <= threshold)
+        word = ">=" if higher else "<="
+        message = (f"{gate}: measured {_fmt(measured)} {'meets' if passed else 'misses'} "
+                   f"{word} {_fmt(threshold)}")
+        results.append(GateResult(gate, float(threshold), measured, passed, message))
+    failures = [r.message for r in results if not r.passed]
+    return {"passed": not failures, "results": [asdict(r) for r in results], "failures": failures}
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}"

@@ -1,0 +1,78 @@
+"""Small helpers around ONNX files: load, save (external data when large), inspect."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kompress.jobs.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import onnx
+
+_TWO_GB = 2**31 - 1
+
+
+def load(path: Path, *, field: str = "model.uri") -> onnx.ModelProto:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError, OSError) as err:
+        raise InvalidInputError(f"{path.name} is not a readable ONNX model ({err.__class__.__name__}: {err})",
+                                field=field) from None
+    if not model.graph.node:
+        raise InvalidInputError(f"{path.name} is not a valid ONNX model: the graph has no nodes", field=field)
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    large = model.ByteSize() > _TWO_GB - 2**24
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=path.name + ".data" if large else None)
+    return path
+
+
+def files_of(path: Path) -> list[Path]:
+    """The model file plus its external-data file, if any."""
+    files = [path]
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        files.append(data)
+    return files
+
+
+def size_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in files_of(path))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def op_histogram(model: onnx.ModelProto, top: int = 12) -> dict[str, int]:
+    return dict(collections.Counter(n.op_type for n in model.graph.node).most_common(top))
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in values.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            prop = model.metadata_props.add()
+            prop.key, prop.value = key, value

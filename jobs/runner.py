@@ -1,0 +1,226 @@
+"""One optimization run: load -> baseline -> techniques -> evaluate -> gates -> report -> promote.
+
+The same function runs behind `kompress run` on a laptop and inside the operator's Job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kompress.jobs import data as datamod
+from kompress.jobs import evaluate, gates, model_io, registry, report, storage
+from kompress.jobs import techniques as techmod
+from kompress.jobs.context import StepContext
+from kompress.jobs.energy import Stopwatch, open_meter
+from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure
+from kompress.jobs.progress import Progress
+from kompress.jobs.spec import API_VERSION, LoadedSpec
+
+SEED = 0
+FIXED_STEPS = 7  # fetch, prepare, evaluate, gates, report, promote, publish
+
+
+@dataclass
+class RunResult:
+    report: dict[str, Any]
+    exit_code: ExitCode
+    output_dir: Path
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("kompress", "onnx", "onnxruntime", "numpy", "torch", "transformers", "boto3"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, approve: bool = False,
+        quiet: bool = False, resource_uid: str | None = None) -> RunResult:
+    spec = loaded.spec
+    steps = spec.steps()
+    progress = Progress(FIXED_STEPS + len(steps), quiet=quiet)
+    meter = open_meter(spec.target.energy.method, spec.target.device, spec.target.energy.cpu_watts_per_core)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rep: dict[str, Any] = {
+        "apiVersion": API_VERSION, "kind": "OptimizationReport", "name": loaded.name, "outcome": "failed",
+        "message": "", "startedAt": _now(), "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "steps": [], "environment": {"platform": platform.platform(), "machine": platform.machine(),
+                                     "seed": SEED, "libraries": _versions()},
+    }
+    started = time.perf_counter()
+    run_energy = Stopwatch(meter).__enter__()
+    code = ExitCode.RUNTIME_FAILURE
+    with tempfile.TemporaryDirectory(prefix="kompress-") as tmp:
+        work = Path(tmp)
+        try:
+            code = _run(loaded, rep, work, output_dir, progress, meter, approve, resource_uid)
+        except KompressError as err:
+            rep["outcome"], rep["message"] = "failed", str(err)
+            rep["errorKind"] = type(err).__name__
+            code = err.exit_code
+        except MemoryError:
+            rep["outcome"], rep["message"] = "failed", "out of memory (raise resources.memory)"
+        finally:
+            run_energy.__exit__()
+            rep["finishedAt"] = _now()
+            rep["durationSeconds"] = round(time.perf_counter() - started, 2)
+            rep["runEnergy"] = {"joules": run_energy.joules, "method": meter.method}
+    _write_outputs(rep, output_dir, output_uri, progress)
+    return RunResult(rep, code, output_dir)
+
+
+def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, progress: Progress,
+         meter: Any, approve: bool, resource_uid: str | None) -> ExitCode:
+    spec = loaded.spec
+    np.random.seed(SEED)
+    progress.step(f"fetching model {spec.model.uri} and data {spec.data.uri}")
+    model_local = storage.fetch(spec.model.uri, work / "fetch" / "model", field="model.uri")
+    data_local = storage.fetch(spec.data.uri, work / "fetch" / "data", field="data.uri")
+    dataset = datamod.load_npz(data_local)
+
+    progress.step(f"preparing the model ({spec.model.format or 'format auto-detected'})")
+    if (spec.model.format or model_io.detect_format(model_local, None)) != "onnx":
+        import torch
+
+        torch.manual_seed(SEED)
+    source = model_io.prepare(spec.model, model_local, work, dataset.inputs)
+    inputs = model_io.input_specs(source.onnx_path)
+    dataset = datamod.conform(dataset, inputs)
+    calibration, evaluation, overlap = datamod.split(dataset, spec.data.calibration_samples,
+                                                     spec.data.evaluation_samples, SEED)
+    rep["model"] = {"uri": spec.model.uri, "format": source.format, "sha256": source.sha256,
+                    "inputs": [i.name for i in inputs], "metadata": source.metadata}
+    rep["data"] = {"uri": spec.data.uri, "sha256": dataset.sha256, "samples": dataset.size,
+                   "evaluationSamples": evaluation.size, "calibrationSamples": calibration.size,
+                   "calibrationOverlapsEvaluation": overlap, "labels": dataset.labels is not None}
+
+    current = source.onnx_path
+    for i, (name, config) in enumerate(loaded.spec.steps()):
+        progress.step(f"technique {name} {config.model_dump(by_alias=True, exclude_defaults=True) or ''}")
+        ctx = StepContext(workdir=work / f"step{i}-{name}", calibration=calibration.inputs,
+                          labels=calibration.labels, metadata=dict(source.metadata), device=spec.target.device,
+                          progress=progress)
+        t0 = time.perf_counter()
+        try:
+            result = techmod.get(name).apply(current, config, ctx)
+        except KompressError:
+            raise
+        except Exception as err:
+            raise RuntimeFailure(f"technique {name} failed: {type(err).__name__}: "
+                                 f"{str(err).splitlines()[0][:300] if str(err) else ''}") from err
+        current = result.model_path
+        size = evaluate.static_facts(current)["sizeBytes"]
+        rep["steps"].append({"technique": name, "config": config.model_dump(mode="json", by_alias=True),
+                             "durationSeconds": round(time.perf_counter() - t0, 2), "sizeBytes": size,
+                             "details": result.details})
+        progress.info(f"{name}: {size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
+
+    progress.step(f"evaluating baseline and optimized on {evaluation.size} samples")
+    target = spec.target
+    sessions = {"baseline": evaluate.open_session(source.onnx_path, target),
+                "optimized": evaluate.open_session(current, target)}
+    outputs = {k: evaluate.run_all(s, evaluation.inputs, spec.model.output, progress, k) for k, s in sessions.items()}
+    base_q, opt_q = evaluate.quality(outputs["baseline"], outputs["optimized"], evaluation, spec.model.task)
+    speed = evaluate.measure_speed(sessions, evaluation, target, meter, progress)
+    del sessions
+    baseline = {**evaluate.static_facts(source.onnx_path), **speed["baseline"], "quality": base_q,
+                "peakMemoryBytes": evaluate.peak_memory_bytes(source.onnx_path, evaluation, target)}
+    optimized = {**evaluate.static_facts(current), **speed["optimized"], "quality": opt_q,
+                 "peakMemoryBytes": evaluate.peak_memory_bytes(current, evaluation, target)}
+    rep["baseline"], rep["optimized"] = baseline, optimized
+
+    progress.step("applying gates")
+    cmp = gates.comparison(baseline, optimized)
+    verdict = gates.evaluate(spec.gates, cmp, optimized)
+    rep["comparison"], rep["gates"] = cmp, verdict
+    final = output_dir / "model.onnx"
+    for f in (final, final.with_name("model.onnx.data")):
+        f.unlink(missing_ok=True)
+    shutil.copyfile(current, final)
+    if current.with_name(current.name + ".data").exists():
+        shutil.copyfile(current.with_name(current.name + ".data"), final.with_name("model.onnx.data"))
+
+    progress.step("promoting")
+    rep["promotion"] = _promote(loaded, rep, final, verdict["passed"], approve, resource_uid, inputs, current)
+    if not verdict["passed"]:
+        rep["outcome"] = "rejected"
+        rep["message"] = "gates failed: " + "; ".join(verdict["failures"])
+        return ExitCode.GATES_REJECTED
+    rep["outcome"] = "succeeded"
+    promo = rep["promotion"]
+    rep["message"] = (f"promoted to {promo['uri']}" if promo.get("uri")
+                      else f"gates passed; not promoted ({promo.get('reason')})")
+    return ExitCode.SUCCESS
+
+
+def _promote(loaded: LoadedSpec, rep: dict[str, Any], final: Path, passed: bool, approve: bool,
+             resource_uid: str | None, inputs: list, model_path: Path) -> dict[str, Any]:
+    promo_spec = loaded.spec.promotion
+    if promo_spec is None:
+        return {"promoted": False, "reason": "no promotion configured"}
+    if not passed:
+        return {"promoted": False, "policy": promo_spec.policy, "reason": "gates failed"}
+    if promo_spec.policy == "manual" and not approve:
+        return {"promoted": False, "policy": "manual", "reason": "awaiting approval (policy: manual)"}
+    spec = loaded.spec
+    key = registry.promotion_key({
+        "source": rep["model"]["sha256"], "data": rep["data"]["sha256"],
+        "steps": [s["config"] | {"technique": s["technique"]} for s in rep["steps"]],
+        "target": spec.target.model_dump(mode="json"), "model": spec.model.model_dump(mode="json"),
+        "resource": resource_uid,
+    })
+    manifest = {
+        "name": loaded.name, "resourceUid": resource_uid, "promotedAt": _now(),
+        "source": {"uri": spec.model.uri, "sha256": rep["model"]["sha256"]},
+        "sha256": rep["optimized"]["sha256"], "metrics": {"baseline": rep["baseline"], "optimized": rep["optimized"],
+                                                          "comparison": rep["comparison"]},
+        "gates": rep["gates"], "spec": rep["spec"], "steps": rep["steps"],
+    }
+    outputs = model_io.tensor_specs(model_path, "output")
+    result = registry.promote(promo_spec.registry, promo_spec.model_name, final, manifest, key, inputs, outputs)
+    return {"promoted": True, "policy": promo_spec.policy, "uri": result.uri, "version": result.version,
+            "created": result.created, "reason": None if result.created else "identical version already promoted"}
+
+
+def _write_outputs(rep: dict[str, Any], output_dir: Path, output_uri: str | None, progress: Progress) -> None:
+    progress.step(f"writing the report to {output_uri or output_dir}")
+    artifacts: dict[str, str] = {}
+    plot_path = None
+    if rep.get("optimized"):
+        try:
+            plot_path = report.plot(rep, output_dir / "report.png")
+        except Exception as err:
+            print(f"kompress: plot skipped: {err}", file=sys.stderr)
+    report.write_html(rep, plot_path, output_dir / "report.html")
+    if (output_dir / "model.onnx").exists() and rep.get("optimized"):
+        artifacts["model"] = str(output_dir / "model.onnx")
+    artifacts |= {"reportJson": str(output_dir / "report.json"), "reportHtml": str(output_dir / "report.html")}
+    if plot_path:
+        artifacts["plot"] = str(plot_path)
+    if output_uri:
+        base = output_uri.rstrip("/")
+        artifacts = {k: f"{base}/{Path(v).name}" for k, v in artifacts.items()}
+    rep["artifacts"] = artifacts
+    report.write_json(rep, output_dir / "report.json")
+    if output_uri:
+        store = storage.open_store(output_uri, field="--output")
+        for name in ("model.onnx", "model.onnx.data", "report.png", "report.html", "report.json"):
+            f = output_dir / name
+            if f.exists() and (name != "model.onnx" or "model" in artifacts):
+                store.write(name, f.read_bytes())

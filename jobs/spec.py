@@ -1,0 +1,276 @@
+"""The ModelOptimization spec: one pydantic model shared by the CLI, the Job and the operator.
+
+The CRD's openAPIV3Schema is generated from these classes, so every field carries a
+description (its attribute docstring).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from kompress.jobs import techniques
+from kompress.jobs.errors import InvalidInputError, SpecError
+from kompress.jobs.specbase import SpecModel
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic.alias_generators import to_snake
+
+API_VERSION = "kompress.dev/v1alpha1"
+KIND = "ModelOptimization"
+NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class ModelSpec(SpecModel):
+    uri: Annotated[str, Field(min_length=1)]
+    """Where the model is: a local path, package://<python-package>/<path>, or s3://bucket/key (a file or a prefix)."""
+    format: Literal["onnx", "huggingface", "torch-export"] | None = None
+    """onnx (a .onnx file), huggingface (a model directory with safetensors weights) or torch-export (a .pt2
+    archive). Detected from the URI when omitted."""
+    task: Literal["embedding", "classification", "generic"] = "generic"
+    """embedding: outputs are compared by cosine similarity (Hugging Face models are exported with mean pooling);
+    classification: outputs are logits, compared by top-1; generic: raw outputs compared by cosine similarity."""
+    output: str | None = None
+    """Name of the model output that quality is measured on (default: the first output)."""
+
+
+class DataSpec(SpecModel):
+    uri: Annotated[str, Field(min_length=1)]
+    """A .npz file with one array per model input (first axis = samples) and optional `labels`."""
+    calibration_samples: Annotated[int, Field(ge=1, le=100_000)] = 256
+    """Samples used to calibrate static quantization."""
+    evaluation_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    """Samples used to measure quality (capped at what the file holds)."""
+
+
+def _technique_step_model() -> type[SpecModel]:
+    """One `techniques[]` item: exactly one key, the registered technique name, with its config."""
+    fields: dict[str, Any] = {}
+    for tech in techniques.all_techniques():
+        fields[to_snake(tech.name)] = (
+            tech.config | None,
+            Field(default=None, alias=tech.name, description=tech.summary),
+        )
+
+    def exactly_one(cls: type, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("each technique is a mapping with one key, e.g. {quantize: {method: dynamic}}")
+        known = techniques.names()
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise ValueError(f"unknown technique {unknown[0]!r}; known techniques: {', '.join(known)}")
+        if len(data) != 1:
+            raise ValueError(f"each technique item has exactly one key, got {len(data)}: {', '.join(data) or 'none'}")
+        # `- fp16:` with no body means the defaults
+        return {k: ({} if v is None else v) for k, v in data.items()}
+
+    return create_model(
+        "TechniqueStep",
+        __base__=SpecModel,
+        __validators__={"exactly_one": model_validator(mode="before")(exactly_one)},
+        **fields,
+    )
+
+
+TechniqueStep = _technique_step_model()
+
+
+def step_name_and_config(step: SpecModel) -> tuple[str, SpecModel]:
+    for tech in techniques.all_techniques():
+        config = getattr(step, to_snake(tech.name))
+        if config is not None:
+            return tech.name, config
+    raise AssertionError("validated TechniqueStep without a technique")
+
+
+class EnergySpec(SpecModel):
+    method: Literal["auto", "rapl", "nvml", "estimate"] = "auto"
+    """auto: NVML on GPU, RAPL where /sys/class/powercap is readable, else an estimate from CPU time."""
+    cpu_watts_per_core: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    """Power drawn by one busy core, used by the estimate method."""
+
+
+class TargetSpec(SpecModel):
+    device: Literal["cpu", "gpu"] = "cpu"
+    """Where the model will be served and measured."""
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+    """Inference runtime used for measurement and serving."""
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """Intra-op threads for measurement (default: all cores available to the process)."""
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 1
+    """Batch size for the latency measurement."""
+    throughput_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    """Batch size for the throughput measurement."""
+    warmup_iterations: Annotated[int, Field(ge=0, le=10_000)] = 10
+    """Runs discarded before timing."""
+    iterations: Annotated[int, Field(ge=5, le=100_000)] = 100
+    """Timed runs per variant (interleaved in rounds between baseline and optimized)."""
+    energy: EnergySpec = EnergySpec()
+    """How energy is measured."""
+
+
+class GatesSpec(SpecModel):
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Largest allowed drop of the quality metric (accuracy with labels, else 1 - mean cosine similarity)."""
+    min_cosine_similarity: Annotated[float, Field(ge=-1, le=1)] | None = None
+    """Smallest allowed mean cosine similarity between optimized and baseline outputs."""
+    min_speedup: Annotated[float, Field(gt=0)] | None = None
+    """Smallest allowed baseline/optimized ratio of median latency."""
+    min_size_reduction: Annotated[float, Field(gt=0)] | None = None
+    """Smallest allowed baseline/optimized ratio of model file size."""
+    max_latency_p95_seconds: Annotated[float, Field(gt=0)] | None = None
+    """Largest allowed 95th-percentile latency of the optimized model."""
+    max_energy_per_inference_joules: Annotated[float, Field(gt=0)] | None = None
+    """Largest allowed energy per inference of the optimized model."""
+    max_peak_memory_bytes: Annotated[int, Field(gt=0)] | None = None
+    """Largest allowed peak memory to load and run the optimized model."""
+
+
+class PromotionSpec(SpecModel):
+    registry: Annotated[str, Field(min_length=1)]
+    """Model repository root (local path or s3://bucket/prefix); versions go to <registry>/<modelName>/<n>/."""
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+    """Name of the model in the repository (Triton model name)."""
+    policy: Literal["auto", "manual"] = "auto"
+    """auto: promote when every gate passes; manual: wait for an approval."""
+
+
+class Toleration(SpecModel):
+    key: str | None = None
+    """Taint key."""
+    operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal."""
+    value: str | None = None
+    """Taint value."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect."""
+
+
+class ResourcesSpec(SpecModel):
+    cpu: str = "2"
+    """CPU request and limit of the Job (Kubernetes quantity)."""
+    memory: str = "4Gi"
+    """Memory request and limit of the Job (Kubernetes quantity)."""
+    gpu: Annotated[int, Field(ge=0, le=64)] = 0
+    """nvidia.com/gpu limit of the Job."""
+    node_selector: dict[str, str] = {}
+    """Node selector of the Job's pod."""
+    tolerations: list[Toleration] = []
+    """Tolerations of the Job's pod."""
+    runtime_class_name: str | None = None
+    """RuntimeClass of the Job's pod (e.g. nvidia)."""
+    service_account_name: str | None = None
+    """Service account of the Job's pod."""
+    image: str | None = None
+    """Engine image override."""
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def quantity(cls, value: str) -> str:
+        if not re.fullmatch(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$", value):
+            raise ValueError(f"expected a Kubernetes quantity such as 500m, 2 or 4Gi, got {value!r}")
+        return value
+
+
+class SecretRef(SpecModel):
+    name: Annotated[str, Field(min_length=1)]
+    """Secret in the namespace with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (optionally AWS_ENDPOINT_URL)."""
+
+
+class OptimizationSpec(SpecModel):
+    model: ModelSpec
+    """The model to optimize."""
+    data: DataSpec
+    """Calibration and evaluation data."""
+    techniques: Annotated[list[TechniqueStep], Field(min_length=1, max_length=32)]  # type: ignore[valid-type]
+    """Techniques applied in order."""
+    target: TargetSpec = TargetSpec()
+    """Where and how the model is measured."""
+    gates: GatesSpec = GatesSpec()
+    """Quality gates; all that are set must pass before promotion."""
+    promotion: PromotionSpec | None = None
+    """Where a model that passes the gates is promoted."""
+    resources: ResourcesSpec = ResourcesSpec()
+    """Kubernetes Job resources (ignored by a local run)."""
+    storage_secret_ref: SecretRef | None = None
+    """Secret with S3 credentials for the Job (ignored by a local run, which uses the standard AWS chain)."""
+
+    def steps(self) -> list[tuple[str, SpecModel]]:
+        return [step_name_and_config(s) for s in self.techniques]
+
+
+class LoadedSpec(SpecModel):
+    name: str
+    """Run name (metadata.name, or the file's stem)."""
+    spec: OptimizationSpec
+    """The validated spec."""
+
+
+def _loc_to_path(loc: tuple[Any, ...], prefix: str) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith("function-"):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _problems(err: ValidationError, prefix: str) -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] not in ("missing", "extra_forbidden") and "input" in e and not isinstance(e["input"], dict):
+            msg += f" (got {e['input']!r})"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append((_loc_to_path(tuple(e["loc"]), prefix), msg))
+    return out
+
+
+def parse_document(doc: Any, default_name: str = "optimization") -> LoadedSpec:
+    """Validate a ModelOptimization document (full resource or bare spec); raise SpecError listing every problem."""
+    if not isinstance(doc, dict):
+        raise SpecError([("", f"expected a mapping at the top level, got {type(doc).__name__}")])
+    prefix = ""
+    name = default_name
+    problems: list[tuple[str, str]] = []
+    if "kind" in doc or "apiVersion" in doc or "spec" in doc:
+        if doc.get("kind") != KIND:
+            problems.append(("kind", f"expected {KIND!r}, got {doc.get('kind')!r}"))
+        if doc.get("apiVersion") != API_VERSION:
+            problems.append(("apiVersion", f"expected {API_VERSION!r}, got {doc.get('apiVersion')!r}"))
+        meta = doc.get("metadata") or {}
+        name = str(meta.get("name") or default_name)
+        body = doc.get("spec")
+        prefix = "spec"
+        if not isinstance(body, dict):
+            problems.append(("spec", "missing or not a mapping"))
+            raise SpecError(problems)
+    else:
+        body = doc
+    if not NAME_PATTERN.match(name):
+        problems.append(("metadata.name", f"expected a DNS label (lowercase letters, digits, '-'), got {name!r}"))
+    try:
+        spec = OptimizationSpec.model_validate(body)
+    except ValidationError as err:
+        problems.extend(_problems(err, prefix))
+        raise SpecError(problems) from None
+    if problems:
+        raise SpecError(problems)
+    return LoadedSpec(name=name, spec=spec)
+
+
+def load_spec_file(path: str | Path) -> LoadedSpec:
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"spec file {str(p)!r} does not exist")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise InvalidInputError(f"spec file {str(p)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    stem = re.sub(r"[^a-z0-9-]+", "-", p.stem.lower()).strip("-") or "optimization"
+    return parse_document(doc, default_name=stem[:63])
