@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from kompress.jobs.errors import InvalidInputError
 from kompress.jobs.onnx_utils import sha256_file
 

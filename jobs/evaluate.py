@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from kompress.jobs import onnx_utils
 from kompress.jobs.data import Dataset
-from kompress.jobs.energy import Meter, Stopwatch
+from kompress.jobs.energy import Meter
 from kompress.jobs.errors import InvalidInputError, RuntimeFailure
 from kompress.jobs.progress import Progress
 from kompress.jobs.spec import TargetSpec
@@ -123,7 +124,10 @@ class Timing:
 
 def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, meter: Meter,
                   progress: Progress | None = None) -> dict[str, dict[str, Any]]:
-    """Latency percentiles, throughput and energy per inference of each session, interleaved in rounds."""
+    """Latency percentiles, throughput and energy per inference of each session.
+
+    Latency runs alternate between the variants call by call, so bursts of load from neighbours land on
+    both alike; throughput runs alternate in ROUNDS blocks of large batches."""
     n = data.size
     lat_batch = min(target.batch_size, n)
     thr_batch = min(target.throughput_batch_size, n)
@@ -133,19 +137,22 @@ def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, m
     for sess in sessions.values():
         for _ in range(target.warmup_iterations):
             sess.run(None, lat_feeds)
-    per_round = max(1, target.iterations // ROUNDS)
-    bar = progress.bar(total=ROUNDS * len(sessions), desc="latency rounds", unit="block") if progress else None
+    bar = progress.bar(total=target.iterations + ROUNDS, desc="latency and throughput", unit="run") \
+        if progress else None
+    for _ in range(target.iterations):
+        for name, sess in sessions.items():
+            t = timings[name]
+            j0 = meter.read_joules()
+            t0 = time.perf_counter()
+            sess.run(None, lat_feeds)
+            t.latencies.append(time.perf_counter() - t0)
+            t.joules += meter.read_joules() - j0
+            t.runs += lat_batch
+        if bar:
+            bar.update(1)
     for _ in range(ROUNDS):
         for name, sess in sessions.items():
             t = timings[name]
-            with Stopwatch(meter) as watch:
-                for _ in range(per_round):
-                    t0 = time.perf_counter()
-                    sess.run(None, lat_feeds)
-                    t.latencies.append(time.perf_counter() - t0)
-            t.joules += watch.joules
-            t.runs += per_round * lat_batch
-            # throughput: a few large batches per round, at least one
             t0 = time.perf_counter()
             calls = 0
             while calls < 1 or (time.perf_counter() - t0 < 0.2 and calls < 20):
@@ -153,8 +160,8 @@ def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, m
                 calls += 1
             t.throughput_seconds += time.perf_counter() - t0
             t.throughput_runs += calls * thr_batch
-            if bar:
-                bar.update(1)
+        if bar:
+            bar.update(1)
     if bar:
         bar.close()
     out = {}

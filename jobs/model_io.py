@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from kompress.jobs import onnx_utils
 from kompress.jobs.data import InputSpec
 from kompress.jobs.errors import InvalidInputError
@@ -69,7 +70,8 @@ def tensor_specs(onnx_path: Path, kind: str) -> list[InputSpec]:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as err:
-        raise InvalidInputError(f"{onnx_path.name} is not a readable ONNX model ({err.__class__.__name__})",
+        raise InvalidInputError(f"{onnx_path.name} is not a readable ONNX model "
+                                f"(truncated or not ONNX: {err.__class__.__name__})",
                                 field="model.uri") from None
     if not model.graph.node:
         raise InvalidInputError(f"{onnx_path.name} is not a valid ONNX model: the graph has no nodes",

@@ -22,7 +22,8 @@ def load(path: Path, *, field: str = "model.uri") -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, RuntimeError, OSError) as err:
-        raise InvalidInputError(f"{path.name} is not a readable ONNX model ({err.__class__.__name__}: {err})",
+        raise InvalidInputError(f"{path.name} is not a readable ONNX model "
+                                f"(truncated or not ONNX: {err.__class__.__name__}: {err})",
                                 field=field) from None
     if not model.graph.node:
         raise InvalidInputError(f"{path.name} is not a valid ONNX model: the graph has no nodes", field=field)

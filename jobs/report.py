@@ -69,7 +69,7 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def console_table(report: dict[str, Any]) -> str:
     if not report.get("optimized"):
-        return f"kompress: {report.get('outcome')}: {report.get('message')}"
+        return f"verdict: {str(report.get('outcome')).upper()}"
     rows = [("metric", "baseline", "optimized"), *table_rows(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)) for r in rows]

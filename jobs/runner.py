@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from kompress.jobs import data as datamod
 from kompress.jobs import evaluate, gates, model_io, registry, report, storage
 from kompress.jobs import techniques as techmod

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic.alias_generators import to_snake
+
 from kompress.jobs import techniques
 from kompress.jobs.errors import InvalidInputError, SpecError
 from kompress.jobs.specbase import SpecModel
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
-from pydantic.alias_generators import to_snake
 
 API_VERSION = "kompress.dev/v1alpha1"
 KIND = "ModelOptimization"

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,8 @@ def s3_errors(uri: str, field: str | None = None) -> Iterator[None]:
     try:
         yield
     except EndpointConnectionError as err:
-        raise InvalidInputError(f"{uri}: cannot reach the S3 endpoint {err.kwargs.get('endpoint_url', '')} "
+        endpoint = urllib.parse.urlsplit(str(err.kwargs.get("endpoint_url", "")))
+        raise InvalidInputError(f"{uri}: cannot reach the S3 endpoint {endpoint.scheme}://{endpoint.netloc} "
                                 "(check AWS_ENDPOINT_URL)", field=field) from None
     except NoCredentialsError:
         raise InvalidInputError(f"{uri}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "

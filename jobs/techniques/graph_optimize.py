@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+from pydantic import Field
+
 from kompress.jobs import onnx_utils
 from kompress.jobs.context import StepContext
 from kompress.jobs.specbase import SpecModel
 from kompress.jobs.techniques.registry import StepResult, register
-from pydantic import Field
 
 # Hugging Face model types whose encoder layout ONNX Runtime's "bert" fusions understand.
 _BERT_LIKE = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "camembert", "albert"}

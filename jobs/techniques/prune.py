@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
+
 from kompress.jobs import onnx_utils
 from kompress.jobs.context import StepContext
 from kompress.jobs.specbase import SpecModel
 from kompress.jobs.techniques.registry import StepResult, register
-from pydantic import Field
 
 _WEIGHT_OPS = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}  # op -> input index of the weight
 

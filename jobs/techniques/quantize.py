@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
+
 from kompress.jobs.context import StepContext
 from kompress.jobs.specbase import SpecModel
 from kompress.jobs.techniques.registry import StepResult, register
-from pydantic import Field, model_validator
 
 
 class QuantizeConfig(SpecModel):

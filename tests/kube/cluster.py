@@ -123,16 +123,14 @@ class Cluster:
         return "\n".join(f"--- {c.name} ({c.log_path}) ---\n{c.log_tail(lines)}" for c in self._components)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Terminate the components (newest first); SIGKILL what does not exit."""
+        """Stop the components newest first (so the apiserver shuts down while
+        etcd is still there); SIGKILL any that outlives ``timeout`` seconds."""
         for comp in reversed(self._components):
             if comp.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     comp.proc.terminate()
-        deadline = time.monotonic() + timeout
-        for comp in reversed(self._components):
-            remaining = max(0.1, deadline - time.monotonic())
             try:
-                comp.proc.wait(remaining)
+                comp.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     comp.proc.kill()
@@ -159,12 +157,15 @@ atexit.register(_stop_all)
 # --------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -231,10 +232,7 @@ def _generate_pki(pki_dir: Path, alt_ips: Sequence[str], alt_dns: Sequence[str])
         sa_pub=pki_dir / "sa.pub",
     )
     # KOMPRESS_KUBE_PKI=openssl forces the CLI path (to test it).
-    if (
-        os.environ.get("KOMPRESS_KUBE_PKI") != "openssl"
-        and importlib.util.find_spec("cryptography") is not None
-    ):
+    if os.environ.get("KOMPRESS_KUBE_PKI") != "openssl" and importlib.util.find_spec("cryptography") is not None:
         _generate_pki_cryptography(pki, alt_ips, alt_dns)
         return pki
     _generate_pki_openssl(pki, pki_dir, alt_ips, alt_dns)
@@ -294,9 +292,7 @@ def _generate_pki_cryptography(pki: _Pki, alt_ips: Sequence[str], alt_dns: Seque
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
@@ -309,9 +305,7 @@ def _generate_pki_cryptography(pki: _Pki, alt_ips: Sequence[str], alt_dns: Seque
     pki.serving_cert.write_bytes(srv_cert.public_bytes(pem))
     _write_private(pki.serving_key, srv_key.private_bytes(pem, pkcs8, no_enc))
     _write_private(pki.sa_key, sa_key.private_bytes(pem, pkcs8, no_enc))
-    pki.sa_pub.write_bytes(
-        sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    pki.sa_pub.write_bytes(sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def _openssl(*args: str) -> None:
@@ -427,7 +421,7 @@ def _wait_for(
             last = str(exc)
         if time.monotonic() > deadline:
             raise ClusterError(
-                f"{comp.name} not ready at {url} after {timeout:.0f}s (last: {last}); "
+                f"{comp.name} not ready at {url} after {timeout:g}s (last: {last}); "
                 f"log tail ({comp.log_path}):\n{comp.log_tail()}"
             )
         time.sleep(0.25)
@@ -445,6 +439,10 @@ def start_cluster(
 ) -> Cluster:
     """Start etcd, kube-apiserver and kube-controller-manager under ``workdir``.
 
+    ``workdir`` gets ``etcd/`` (wiped first), ``pki/``, ``logs/``, the token
+    file and the kubeconfigs; ``cluster.kubeconfig`` is the admin's (group
+    system:masters). Ports are free ones on 127.0.0.1.
+
     Returns once the apiserver's ``/readyz`` and the controller-manager's
     ``/healthz`` answer ok. On failure everything started so far is stopped and
     ``ClusterError`` carries the failing component's log tail.
@@ -459,9 +457,11 @@ def start_cluster(
     log_dir = workdir / "logs"
     log_dir.mkdir(exist_ok=True)
     etcd_data = workdir / "etcd"
-    etcd_data.mkdir(mode=0o700, exist_ok=True)
+    # A throwaway cluster: stale data would carry the old member's peer URL.
+    shutil.rmtree(etcd_data, ignore_errors=True)
+    etcd_data.mkdir(mode=0o700)
 
-    etcd_port, peer_port, api_port, kcm_port = (free_port() for _ in range(4))
+    etcd_port, peer_port, api_port, kcm_port = free_ports(4)
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     peer_url = f"http://127.0.0.1:{peer_port}"
     server = f"https://127.0.0.1:{api_port}"
@@ -534,6 +534,9 @@ def start_cluster(
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # The "kubernetes" Endpoints may not hold a loopback address;
+                # without this the reconciler logs an error every 10s.
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={api_port}",
                 f"--cert-dir={workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki.serving_cert}",

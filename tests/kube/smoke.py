@@ -218,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="kompress-kube-"))
     started = time.monotonic()
     cluster = start_cluster(workdir)
-    print(
-        f"cluster up in {time.monotonic() - started:.1f}s: {cluster.server} (workdir {workdir})", flush=True
-    )
+    print(f"cluster up in {time.monotonic() - started:.1f}s: {cluster.server} (workdir {workdir})", flush=True)
     passed = 0
     failed = 0
     try:

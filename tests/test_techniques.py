@@ -1,0 +1,107 @@
+"""Each registered technique applied to a real model (the digits CNN), checked for what it must achieve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from kompress.jobs import data, onnx_utils, techniques
+from kompress.jobs.context import StepContext
+from kompress.jobs.spec import parse_document
+
+from conftest import DATASETS
+
+MODEL = DATASETS / "digits-cnn.onnx"
+EVAL = data.load_npz(DATASETS / "digits-eval.npz")
+
+
+def apply(name: str, config: dict, tmp_path: Path, model: Path = MODEL):  # type: ignore[no-untyped-def]
+    doc = {"model": {"uri": "m"}, "data": {"uri": "d"}, "techniques": [{name: config}]}
+    _, cfg = parse_document(doc).spec.steps()[0]
+    ctx = StepContext(workdir=tmp_path / name, calibration={"pixels": EVAL.inputs["pixels"][:64]},
+                      labels=EVAL.labels[:64])
+    return techniques.get(name).apply(model, cfg, ctx)
+
+
+def accuracy(path: Path) -> float:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"pixels": EVAL.inputs["pixels"]})[0]
+    return float((logits.argmax(1) == EVAL.labels).mean())
+
+
+def ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+BASE_ACCURACY = accuracy(MODEL)
+
+
+def test_registry_lists_every_technique() -> None:
+    assert set(techniques.names()) >= {"quantize", "fp16", "graphOptimize", "prune"}
+
+
+def test_dynamic_int8(tmp_path: Path) -> None:
+    result = apply("quantize", {"method": "dynamic", "perChannel": False}, tmp_path)
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} & ops(result.model_path)
+    assert onnx_utils.size_bytes(result.model_path) < onnx_utils.size_bytes(MODEL) / 2
+    assert accuracy(result.model_path) >= BASE_ACCURACY - 0.02
+
+
+@pytest.mark.parametrize("calibration", ["minmax", "entropy", "percentile"])
+def test_static_int8_qdq(tmp_path: Path, calibration: str) -> None:
+    result = apply("quantize", {"method": "static", "calibration": calibration}, tmp_path)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops(result.model_path)
+    assert result.details["calibrationSamples"] == 64 and result.details["calibration"] == calibration
+    assert onnx_utils.size_bytes(result.model_path) < onnx_utils.size_bytes(MODEL) / 3.5
+    assert accuracy(result.model_path) >= BASE_ACCURACY - 0.01
+
+
+def test_fp16_halves_weights(tmp_path: Path) -> None:
+    result = apply("fp16", {}, tmp_path)
+    model = onnx.load(str(result.model_path))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keepIoTypes
+    assert onnx_utils.size_bytes(result.model_path) < 0.55 * onnx_utils.size_bytes(MODEL)
+    assert accuracy(result.model_path) >= BASE_ACCURACY - 0.005
+
+
+@pytest.mark.parametrize(("scope", "sparsity"), [("layer", 0.5), ("global", 0.7)])
+def test_magnitude_pruning_reaches_target(tmp_path: Path, scope: str, sparsity: float) -> None:
+    result = apply("prune", {"sparsity": sparsity, "scope": scope, "minElements": 256}, tmp_path)
+    assert abs(result.details["achievedSparsity"] - sparsity) < 0.01
+    model = onnx.load(str(result.model_path))
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("weight")]
+    big = [w for w in weights if w.size >= 256]
+    zeros = sum(int((w == 0).sum()) for w in big) / sum(w.size for w in big)
+    assert abs(zeros - sparsity) < 0.01
+    assert "dense runtimes gain little" in result.details["note"]
+    assert accuracy(result.model_path) >= BASE_ACCURACY - 0.05
+
+
+def test_weight_only_int4_on_matmul(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 32])],
+        [numpy_helper.from_array(w, "w")])
+    src = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    result = apply("quantize", {"method": "weightOnly", "weights": "int4", "blockSize": 32}, tmp_path, src)
+    assert "MatMulNBits" in ops(result.model_path)
+    x = rng.standard_normal((8, 64)).astype(np.float32)
+    y = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    cos = (y * (x @ w)).sum() / np.linalg.norm(y) / np.linalg.norm(x @ w)
+    assert cos > 0.98
+
+
+def test_generic_graph_optimization_keeps_outputs(tmp_path: Path) -> None:
+    result = apply("graphOptimize", {"modelType": "generic"}, tmp_path)
+    assert result.details["mode"] == "generic-extended"
+    assert accuracy(result.model_path) == BASE_ACCURACY
