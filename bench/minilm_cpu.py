@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Variants run alternately; threads that spin after their call would steal the next variant's cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # PyTorch's OpenMP pool (read at torch import)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,6 +58,7 @@ def build_variants(work: Path, threads: int) -> tuple[dict[str, Callable], dict[
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     def ort_runner(path: Path) -> Callable:
         sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -12,7 +12,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from kompress.jobs.errors import ExitCode, KompressError, SpecError
+from kompress.jobs.errors import ExitCode, InvalidInputError, KompressError, SpecError
 
 DEFAULT_SPEC = "minilm-int8.yaml"
 
@@ -21,9 +21,14 @@ def _default_spec_path() -> Path:
     return Path(str(resources.files("kompress.jobs") / "examples" / DEFAULT_SPEC))
 
 
-def _load(spec_arg: str | None):  # type: ignore[no-untyped-def]
-    from kompress.jobs.spec import load_spec_file
+def _load(spec_arg: str | None, spec_env: str | None = None):  # type: ignore[no-untyped-def]
+    from kompress.jobs.spec import load_spec_file, load_spec_text
 
+    if spec_env:
+        text = os.environ.get(spec_env)
+        if text is None:
+            raise InvalidInputError(f"--spec-env: environment variable {spec_env} is not set")
+        return load_spec_text(text, f"from ${spec_env}")
     return load_spec_file(spec_arg or _default_spec_path())
 
 
@@ -57,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub at run time
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        loaded = _load(args.spec)
+        loaded = _load(args.spec, args.spec_env)
     except SpecError as err:
         for path, message in err.problems:
             print(f"kompress: invalid spec: {path or '<root>'}: {message}", file=sys.stderr)
@@ -73,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         output_dir = Path(args.workdir or "kompress-out") / loaded.name
     try:
         result = runner.run(loaded, output_dir, output_uri=output_uri, approve=args.approve, quiet=args.quiet,
-                            resource_uid=args.resource_uid)
+                            resource_uid=args.resource_uid, promote=not args.no_promote)
     except KompressError as err:  # e.g. the report upload failed
         print(f"kompress: {err}", file=sys.stderr)
         return err.exit_code
@@ -94,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", nargs="?", help="spec YAML (default: the embedded MiniLM INT8 example)")
     run.add_argument("-o", "--output", help="output folder or s3:// prefix (default: kompress-out/<name>)")
     run.add_argument("--workdir", help="local folder for outputs when --output is an s3:// prefix")
+    run.add_argument("--spec-env", metavar="VAR", help="read the spec (YAML or JSON) from this environment variable")
     run.add_argument("--approve", action="store_true", help="approve promotion for policy: manual")
+    run.add_argument("--no-promote", action="store_true", help="evaluate and report only (the operator promotes)")
     run.add_argument("--resource-uid", help="uid of the Kubernetes resource (set by the operator)")
     run.add_argument("--termination-log", help="write the JSON summary here (a Job's termination message)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")

@@ -52,7 +52,8 @@ def _versions() -> dict[str, str]:
 
 
 def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, approve: bool = False,
-        quiet: bool = False, resource_uid: str | None = None) -> RunResult:
+        quiet: bool = False, resource_uid: str | None = None, promote: bool = True) -> RunResult:
+    """Run the spec; ``promote=False`` leaves promotion to the caller (the operator promotes from the report)."""
     spec = loaded.spec
     steps = spec.steps()
     progress = Progress(FIXED_STEPS + len(steps), quiet=quiet)
@@ -70,7 +71,7 @@ def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, 
     with tempfile.TemporaryDirectory(prefix="kompress-") as tmp:
         work = Path(tmp)
         try:
-            code = _run(loaded, rep, work, output_dir, progress, meter, approve, resource_uid)
+            code = _run(loaded, rep, work, output_dir, progress, meter, approve, resource_uid, promote)
         except KompressError as err:
             rep["outcome"], rep["message"] = "failed", str(err)
             rep["errorKind"] = type(err).__name__
@@ -87,7 +88,7 @@ def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, 
 
 
 def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, progress: Progress,
-         meter: Any, approve: bool, resource_uid: str | None) -> ExitCode:
+         meter: Any, approve: bool, resource_uid: str | None, promote: bool) -> ExitCode:
     spec = loaded.spec
     np.random.seed(SEED)
     progress.step(f"fetching model {spec.model.uri} and data {spec.data.uri}")
@@ -158,7 +159,10 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
         shutil.copyfile(current.with_name(current.name + ".data"), final.with_name("model.onnx.data"))
 
     progress.step("promoting")
-    rep["promotion"] = _promote(loaded, rep, final, verdict["passed"], approve, resource_uid, inputs, current)
+    if promote:
+        rep["promotion"] = _promote(loaded, rep, final, verdict["passed"], approve, resource_uid, inputs, current)
+    else:
+        rep["promotion"] = {"promoted": False, "reason": "left to the caller (--no-promote)"}
     if not verdict["passed"]:
         rep["outcome"] = "rejected"
         rep["message"] = "gates failed: " + "; ".join(verdict["failures"])
@@ -177,7 +181,7 @@ def _promote(loaded: LoadedSpec, rep: dict[str, Any], final: Path, passed: bool,
         return {"promoted": False, "reason": "no promotion configured"}
     if not passed:
         return {"promoted": False, "policy": promo_spec.policy, "reason": "gates failed"}
-    if promo_spec.policy == "manual" and not approve:
+    if promo_spec.policy == "manual" and not (approve or promo_spec.approved):
         return {"promoted": False, "policy": "manual", "reason": "awaiting approval (policy: manual)"}
     spec = loaded.spec
     key = registry.promotion_key({

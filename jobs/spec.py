@@ -134,7 +134,9 @@ class PromotionSpec(SpecModel):
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
     """Name of the model in the repository (Triton model name)."""
     policy: Literal["auto", "manual"] = "auto"
-    """auto: promote when every gate passes; manual: wait for an approval."""
+    """auto: promote when every gate passes; manual: promote only once `approved` is true."""
+    approved: bool = False
+    """Approval for policy: manual (declarative, so it can live in Git). Changing it does not rerun the Job."""
 
 
 class Toleration(SpecModel):
@@ -265,13 +267,17 @@ def parse_document(doc: Any, default_name: str = "optimization") -> LoadedSpec:
     return LoadedSpec(name=name, spec=spec)
 
 
+def load_spec_text(text: str, source: str, default_name: str = "optimization") -> LoadedSpec:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise InvalidInputError(f"spec {source} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return parse_document(doc, default_name=default_name)
+
+
 def load_spec_file(path: str | Path) -> LoadedSpec:
     p = Path(path)
     if not p.is_file():
         raise InvalidInputError(f"spec file {str(p)!r} does not exist")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise InvalidInputError(f"spec file {str(p)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
     stem = re.sub(r"[^a-z0-9-]+", "-", p.stem.lower()).strip("-") or "optimization"
-    return parse_document(doc, default_name=stem[:63])
+    return load_spec_text(p.read_text(encoding="utf-8"), f"file {str(p)!r}", default_name=stem[:63])
