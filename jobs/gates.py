@@ -38,27 +38,31 @@ def comparison(baseline: dict[str, Any], optimized: dict[str, Any]) -> dict[str,
     }
 
 
-def evaluate(gates: GatesSpec, cmp: dict[str, Any], optimized: dict[str, Any]) -> dict[str, Any]:
-    fidelity = optimized["quality"]["fidelity"]
-    checks: list[tuple[str, float | None, float | None, bool]] = [
-        # (gate, threshold, measured, higher_is_better)
-        ("maxAccuracyDrop", gates.max_accuracy_drop, cmp["accuracyDrop"], False),
-        ("minCosineSimilarity", gates.min_cosine_similarity, fidelity["cosineSimilarityMean"], True),
-        ("minSpeedup", gates.min_speedup, cmp["speedup"], True),
-        ("minSizeReduction", gates.min_size_reduction, cmp["sizeReduction"], True),
-        ("maxLatencyP95Seconds", gates.max_latency_p95_seconds, optimized["latencySeconds"]["p95"], False),
-        ("maxEnergyPerInferenceJoules", gates.max_energy_per_inference_joules,
-         optimized["energy"]["joulesPerInference"], False),
-        ("maxPeakMemoryBytes", gates.max_peak_memory_bytes, optimized.get("peakMemoryBytes"), False),
-    ]
+# gate -> (field of the flat result block that it checks, higher_is_better)
+GATE_FIELDS: dict[str, tuple[str, bool]] = {
+    "maxAccuracyDrop": ("accuracyDrop", False),
+    "minCosineSimilarity": ("cosineSimilarity", True),
+    "minSpeedup": ("speedup", True),
+    "minSizeReduction": ("sizeReduction", True),
+    "maxLatencyP95Seconds": ("latencyP95Seconds", False),
+    "maxEnergyPerInferenceJoules": ("energyPerInferenceJoules", False),
+    "maxPeakMemoryBytes": ("peakMemoryBytes", False),
+}
+
+
+def evaluate(gates: GatesSpec, result: dict[str, Any]) -> dict[str, Any]:
+    """Check every gate that is set against the flat result block (see report.status_blocks); the engine
+    and the operator (re-checking after a gates edit) share this one function."""
+    thresholds = gates.model_dump(by_alias=True)
     results = []
-    for gate, threshold, measured, higher in checks:
+    for gate, (field, higher) in GATE_FIELDS.items():
+        threshold = thresholds.get(gate)
         if threshold is None:
             continue
+        measured = result.get(field)
         passed = measured is not None and (measured >= threshold if higher else measured <= threshold)
         word = ">=" if higher else "<="
-        message = (f"{gate}: measured {_fmt(measured)} {'meets' if passed else 'misses'} "
-                   f"{word} {_fmt(threshold)}")
+        message = f"{gate}: measured {_fmt(measured)} {'meets' if passed else 'misses'} {word} {_fmt(threshold)}"
         results.append(GateResult(gate, float(threshold), measured, passed, message))
     failures = [r.message for r in results if not r.passed]
     return {"passed": not failures, "results": [asdict(r) for r in results], "failures": failures}

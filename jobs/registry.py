@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kompress.jobs.data import InputSpec
+from kompress.jobs.spec import PromotionSpec
 from kompress.jobs.storage import Store, open_store
 
 MANIFEST = "kompress.json"
@@ -115,3 +116,31 @@ def list_versions(registry_uri: str, model: str) -> list[dict[str, Any]]:
         if raw:
             out.append(json.loads(raw))
     return out
+
+
+def promote_report(report: dict[str, Any], model_file: Path, promotion: PromotionSpec, resource_uid: str | None,
+                   inputs: list[InputSpec], outputs: list[InputSpec]) -> dict[str, Any]:
+    """Promote a run's optimized model with the manifest built from its report (engine and operator alike).
+
+    The key covers what determines the model: the same source, data, steps, target and resource give the
+    same key, so promoting again finds the existing version."""
+    spec = report["spec"]
+    key = promotion_key({
+        "source": report["model"]["sha256"], "data": report["data"]["sha256"],
+        "steps": [s["config"] | {"technique": s["technique"]} for s in report["steps"]],
+        "target": spec.get("target"), "model": spec.get("model"), "resource": resource_uid,
+    })
+    import datetime as dt
+
+    manifest = {
+        "name": report["name"], "resourceUid": resource_uid,
+        "promotedAt": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": {"uri": report["model"]["uri"], "sha256": report["model"]["sha256"]},
+        "sha256": report["optimized"]["sha256"],
+        "metrics": {"baseline": report["baseline"], "optimized": report["optimized"],
+                    "comparison": report["comparison"]},
+        "gates": report["gates"], "spec": spec, "steps": report["steps"],
+    }
+    result = promote(promotion.registry, promotion.model_name, model_file, manifest, key, inputs, outputs)
+    return {"promoted": True, "policy": promotion.policy, "uri": result.uri, "version": result.version,
+            "created": result.created, "reason": None if result.created else "identical version already promoted"}

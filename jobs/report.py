@@ -20,16 +20,41 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _metrics_block(m: dict[str, Any]) -> dict[str, Any]:
+    quality = m.get("quality") or {}
+    fidelity = quality.get("fidelity") or {}
+    block = {
+        "latencyP50Seconds": m["latencySeconds"]["p50"], "latencyP95Seconds": m["latencySeconds"]["p95"],
+        "latencyP99Seconds": m["latencySeconds"]["p99"], "throughputPerSecond": m["throughputInferencesPerSecond"],
+        "sizeBytes": m["sizeBytes"], "peakMemoryBytes": m.get("peakMemoryBytes"),
+        "energyPerInferenceJoules": m["energy"]["joulesPerInference"], "accuracy": quality.get("accuracy"),
+        "cosineSimilarity": fidelity.get("cosineSimilarityMean", 1.0 if not fidelity else None),
+    }
+    return {k: v for k, v in block.items() if v is not None}
+
+
+def status_blocks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flat baseline/result blocks: the resource's status, the gates' input and the termination summary."""
+    if not report.get("optimized"):
+        return {}
+    cmp = report["comparison"]
+    result = _metrics_block(report["optimized"]) | {
+        "speedup": cmp["speedup"], "sizeReduction": cmp["sizeReduction"], "accuracyDrop": cmp["accuracyDrop"],
+        "energyMethod": report["optimized"]["energy"]["method"],
+    }
+    return {"baseline": _metrics_block(report["baseline"]), "result": result}
+
+
 def summary(report: dict[str, Any]) -> str:
-    cmp = report.get("comparison") or {}
+    """The Job's termination message (at most 4 KiB): outcome, metrics for status, where the report is."""
     gates = report.get("gates") or {}
     promo = report.get("promotion") or {}
     out: dict[str, Any] = {
-        "outcome": report.get("outcome"), "message": report.get("message"),
-        "speedup": cmp.get("speedup"), "sizeReduction": cmp.get("sizeReduction"),
-        "accuracyDrop": cmp.get("accuracyDrop"), "gatesPassed": gates.get("passed"),
+        "outcome": report.get("outcome"), "message": report.get("message"), "errorKind": report.get("errorKind"),
+        **status_blocks(report), "gatesPassed": gates.get("passed"),
         "failures": gates.get("failures", [])[:5], "promotedTo": promo.get("uri"),
         "reportUri": (report.get("artifacts") or {}).get("reportJson"),
+        "modelUri": (report.get("artifacts") or {}).get("model"),
     }
     text = json.dumps(out, default=str)
     if len(text) > SUMMARY_LIMIT:

@@ -148,9 +148,9 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
     rep["baseline"], rep["optimized"] = baseline, optimized
 
     progress.step("applying gates")
-    cmp = gates.comparison(baseline, optimized)
-    verdict = gates.evaluate(spec.gates, cmp, optimized)
-    rep["comparison"], rep["gates"] = cmp, verdict
+    rep["comparison"] = gates.comparison(baseline, optimized)
+    verdict = gates.evaluate(spec.gates, report.status_blocks(rep)["result"])
+    rep["gates"] = verdict
     final = output_dir / "model.onnx"
     for f in (final, final.with_name("model.onnx.data")):
         f.unlink(missing_ok=True)
@@ -183,24 +183,8 @@ def _promote(loaded: LoadedSpec, rep: dict[str, Any], final: Path, passed: bool,
         return {"promoted": False, "policy": promo_spec.policy, "reason": "gates failed"}
     if promo_spec.policy == "manual" and not (approve or promo_spec.approved):
         return {"promoted": False, "policy": "manual", "reason": "awaiting approval (policy: manual)"}
-    spec = loaded.spec
-    key = registry.promotion_key({
-        "source": rep["model"]["sha256"], "data": rep["data"]["sha256"],
-        "steps": [s["config"] | {"technique": s["technique"]} for s in rep["steps"]],
-        "target": spec.target.model_dump(mode="json"), "model": spec.model.model_dump(mode="json"),
-        "resource": resource_uid,
-    })
-    manifest = {
-        "name": loaded.name, "resourceUid": resource_uid, "promotedAt": _now(),
-        "source": {"uri": spec.model.uri, "sha256": rep["model"]["sha256"]},
-        "sha256": rep["optimized"]["sha256"], "metrics": {"baseline": rep["baseline"], "optimized": rep["optimized"],
-                                                          "comparison": rep["comparison"]},
-        "gates": rep["gates"], "spec": rep["spec"], "steps": rep["steps"],
-    }
     outputs = model_io.tensor_specs(model_path, "output")
-    result = registry.promote(promo_spec.registry, promo_spec.model_name, final, manifest, key, inputs, outputs)
-    return {"promoted": True, "policy": promo_spec.policy, "uri": result.uri, "version": result.version,
-            "created": result.created, "reason": None if result.created else "identical version already promoted"}
+    return registry.promote_report(rep, final, promo_spec, resource_uid, inputs, outputs)
 
 
 def _write_outputs(rep: dict[str, Any], output_dir: Path, output_uri: str | None, progress: Progress) -> None:

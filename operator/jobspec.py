@@ -1,0 +1,113 @@
+"""The engine Job for a ModelOptimization: deterministic name, owned by the resource, bounded retries.
+
+One Job per *run*: the run key hashes the fields that change what is computed (model, data, techniques,
+target, resources); editing gates or promotion (e.g. an approval) re-evaluates the existing result instead
+of starting another Job. Retries: the Job controller's own backoff (backoffLimit); exit codes that no
+retry can fix (2 invalid input, 3 gates rejected) fail the Job at once through podFailurePolicy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kompress.jobs.spec import OptimizationSpec
+from kompress.operator.settings import Settings
+
+GROUP = "kompress.dev"
+VERSION = "v1alpha1"
+PLURAL = "modeloptimizations"
+LABEL_NAME = "kompress.dev/name"
+LABEL_RUN = "kompress.dev/run"
+TERMINATION_LOG = "/dev/termination-log"
+WORKDIR = "/work"
+RUN_FIELDS = ("model", "data", "techniques", "target", "resources", "storage_secret_ref")
+
+
+def run_key(spec: OptimizationSpec) -> str:
+    body = spec.model_dump(mode="json", include=set(RUN_FIELDS))
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def job_name(name: str, uid: str, key: str) -> str:
+    # <= 63 characters: the Job controller copies the name into a pod label
+    return f"{name[:40]}-{uid[:6]}-{key[:8]}".strip("-")
+
+
+def runs_prefix(spec: OptimizationSpec, settings: Settings, namespace: str, name: str, job: str) -> str | None:
+    base = settings.runs_uri
+    if not base and spec.promotion and spec.promotion.registry.startswith("s3://"):
+        base = spec.promotion.registry.rstrip("/") + "/.kompress-runs"
+    return f"{base.rstrip('/')}/{namespace}/{name}/{job}/" if base else None
+
+
+def build_job(obj: dict[str, Any], spec: OptimizationSpec, settings: Settings) -> dict[str, Any]:
+    meta = obj["metadata"]
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    key = run_key(spec)
+    jname = job_name(name, uid, key)
+    output = runs_prefix(spec, settings, namespace, name, jname)
+    res = spec.resources
+    args = ["run", "--spec-env", "KOMPRESS_SPEC", "--no-promote", "--resource-uid", uid,
+            "--termination-log", TERMINATION_LOG]
+    args += ["--output", output, "--workdir", f"{WORKDIR}/out"] if output else ["--output", f"{WORKDIR}/out"]
+    limits: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpu:
+        limits["nvidia.com/gpu"] = str(res.gpu)
+    container: dict[str, Any] = {
+        "name": "engine",
+        "image": res.image or settings.engine_image,
+        "command": ["kompress"],
+        "args": args,
+        "env": [
+            {"name": "KOMPRESS_SPEC", "value": json.dumps(spec.model_dump(mode="json", by_alias=True,
+                                                                          exclude_none=True))},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "HOME", "value": WORKDIR},
+            {"name": "MPLCONFIGDIR", "value": f"{WORKDIR}/.matplotlib"},
+        ],
+        "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}, "limits": limits},
+        "volumeMounts": [{"name": "work", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if spec.storage_secret_ref:
+        container["envFrom"] = [{"secretRef": {"name": spec.storage_secret_ref.name}}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+        "automountServiceAccountToken": False,
+    }
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in res.tolerations]
+    if res.runtime_class_name:
+        pod_spec["runtimeClassName"] = res.runtime_class_name
+    if res.service_account_name:
+        pod_spec["serviceAccountName"] = res.service_account_name
+    labels = {LABEL_NAME: name, LABEL_RUN: key}
+    job: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": jname, "namespace": namespace, "labels": labels,
+            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelOptimization", "name": name,
+                                 "uid": uid, "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": {
+            "backoffLimit": settings.max_attempts - 1,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "engine", "operator": "In",
+                                                      "values": [2, 3]}},
+            ]},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+    if settings.job_ttl_seconds is not None:
+        job["spec"]["ttlSecondsAfterFinished"] = settings.job_ttl_seconds
+    return job

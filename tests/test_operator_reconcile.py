@@ -1,0 +1,234 @@
+"""The operator's reconcile logic against kmock's Kubernetes emulator (real HTTP, no patched client):
+Job creation and adoption, status and conditions through each phase, gates, failures, approval."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kmock
+import pytest
+
+from kompress.jobs.spec import OptimizationSpec
+from kompress.operator.jobspec import job_name, run_key
+from kompress.operator.kube import KubeClient
+from kompress.operator.reconciler import Reconciler
+from kompress.operator.settings import Settings
+
+from conftest import example
+
+MOPT = "kompress.dev/v1alpha1/modeloptimizations"
+NS, NAME, UID = "team-a", "minilm-int8", "0f8e7d6c-1111-2222-3333-444455556666"
+
+
+def resource(**spec_changes: Any) -> dict[str, Any]:
+    doc = example("minilm-int8.yaml")
+    doc["spec"]["promotion"]["registry"] = "s3://registry/serving"
+    doc["spec"].update(spec_changes)
+    doc["metadata"] = {"name": NAME, "namespace": NS, "uid": UID, "generation": 1}
+    return doc
+
+
+@pytest.fixture
+async def api(kmock: kmock.KubernetesEmulator) -> AsyncIterator[KubeClient]:
+    kmock.resources[MOPT] = {"kind": "ModelOptimization", "namespaced": True, "subresources": ["status"]}
+    for res in ("batch/v1/jobs", "v1/pods", "v1/events"):
+        kmock.resources[res] = {"namespaced": True}
+    client = KubeClient(str(kmock.url))
+    yield client
+    await client.close()
+
+
+def reconciler(api: KubeClient) -> Reconciler:
+    return Reconciler(api, Settings(engine_image="registry.example/kompress:test"))
+
+
+def stored(kmock: kmock.KubernetesEmulator, res: str, name: str) -> dict[str, Any]:
+    return dict(kmock.objects[res, NS, name])
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+def the_job_name(obj: dict[str, Any]) -> str:
+    spec = OptimizationSpec.model_validate(obj["spec"])
+    return job_name(NAME, UID, run_key(spec))
+
+
+def put_pod(kmock: kmock.KubernetesEmulator, job: str, phase: str, exit_code: int | None = None,
+            message: str = "") -> None:
+    status: dict[str, Any] = {"phase": phase}
+    if exit_code is not None:
+        status["containerStatuses"] = [{"name": "engine", "state": {"terminated": {
+            "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message}}}]
+    kmock.objects["v1/pods", NS, f"{job}-abcde"] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{job}-abcde", "namespace": NS, "labels": {"job-name": job},
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": status}
+
+
+def finish_job(kmock: kmock.KubernetesEmulator, job: str, condition_type: str) -> None:
+    kmock.objects["batch/v1/jobs", NS, job].patch({"status": {
+        "conditions": [{"type": condition_type, "status": "True"}],
+        "succeeded" if condition_type == "Complete" else "failed": 1}})
+
+
+def summary(speedup: float = 2.1, drop: float = 0.007) -> str:
+    result = {"latencyP50Seconds": 0.009, "latencyP95Seconds": 0.012, "latencyP99Seconds": 0.013,
+              "throughputPerSecond": 120.0, "sizeBytes": 22_800_000, "peakMemoryBytes": 46_000_000,
+              "energyPerInferenceJoules": 0.18, "cosineSimilarity": 1 - drop, "speedup": speedup,
+              "sizeReduction": 3.96, "accuracyDrop": drop, "energyMethod": "estimate-cpu-time"}
+    baseline = {"latencyP50Seconds": 0.018, "sizeBytes": 90_400_000, "cosineSimilarity": 1.0}
+    return json.dumps({"outcome": "succeeded", "baseline": baseline, "result": result,
+                       "reportUri": "s3://registry/serving/.kompress-runs/x/report.json",
+                       "modelUri": "s3://registry/serving/.kompress-runs/x/model.onnx"})
+
+
+async def test_create_makes_one_owned_job_and_reports_pending(kmock: kmock.KubernetesEmulator,
+                                                               api: KubeClient) -> None:
+    kmock.objects[MOPT, NS, NAME] = resource()
+    rec = reconciler(api)
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    jname = the_job_name(obj)
+    job = stored(kmock, "batch/v1/jobs", jname)
+    assert job["metadata"]["ownerReferences"][0] | {} == {
+        "apiVersion": "kompress.dev/v1alpha1", "kind": "ModelOptimization", "name": NAME, "uid": UID,
+        "controller": True, "blockOwnerDeletion": True}
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example/kompress:test" and pod["restartPolicy"] == "Never"
+    assert container["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert OptimizationSpec.model_validate(json.loads(env["KOMPRESS_SPEC"])) == OptimizationSpec.model_validate(
+        obj["spec"])
+    assert "--no-promote" in container["args"]
+    out = container["args"][container["args"].index("--output") + 1]
+    assert out == f"s3://registry/serving/.kompress-runs/{NS}/{NAME}/{jname}/"
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3]
+    assert obj["status"]["phase"] == "Pending" and obj["status"]["jobName"] == jname
+    assert condition(obj, "Accepted")["status"] == "True"
+    assert condition(obj, "Ready")["status"] == "False"
+    # again, and from a "restarted" operator: still exactly one Job
+    await rec.reconcile(NS, NAME)
+    await reconciler(api).reconcile(NS, NAME)
+    assert len(kmock[kmock.method.POST, kmock.resource("batch/v1/jobs")]) == 1
+    assert len(kmock[kmock.method.POST, kmock.resource("v1/events")]) == 1
+    assert kmock[kmock.method.POST, kmock.resource("v1/events")][0].data["reason"] == "JobCreated"
+
+
+async def test_running_then_succeeded_without_promotion(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
+    body = resource()
+    del body["spec"]["promotion"]
+    kmock.objects[MOPT, NS, NAME] = body
+    rec = reconciler(api)
+    await rec.reconcile(NS, NAME)
+    jname = the_job_name(body)
+    put_pod(kmock, jname, "Running")
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Running" and condition(obj, "JobRunning")["status"] == "True"
+    put_pod(kmock, jname, "Succeeded", 0, summary())
+    finish_job(kmock, jname, "Complete")
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    st = obj["status"]
+    assert st["phase"] == "Succeeded" and st["gates"] == {"passed": True, "failures": []}
+    assert st["result"]["speedup"] == 2.1 and st["baseline"]["sizeBytes"] == 90_400_000
+    assert condition(obj, "GatesPassed")["status"] == "True" and condition(obj, "Ready")["status"] == "True"
+    assert condition(obj, "Promoted")["reason"] == "NotConfigured"
+    assert st["observedGeneration"] == 1 and st["finishedAt"]
+
+
+async def test_gates_failing_reject_and_a_gates_edit_reuses_the_job(kmock: kmock.KubernetesEmulator,
+                                                                    api: KubeClient) -> None:
+    body = resource()
+    del body["spec"]["promotion"]
+    kmock.objects[MOPT, NS, NAME] = body
+    rec = reconciler(api)
+    await rec.reconcile(NS, NAME)
+    jname = the_job_name(body)
+    put_pod(kmock, jname, "Succeeded", 0, summary(speedup=1.2))
+    finish_job(kmock, jname, "Complete")
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Rejected"
+    assert condition(obj, "GatesPassed")["status"] == "False" and condition(obj, "Stalled")["status"] == "True"
+    assert "minSpeedup: measured 1.2 misses >= 1.5" in obj["status"]["gates"]["failures"][0]
+    # the user relaxes the gate: same run, no new Job, re-evaluated
+    kmock.objects[MOPT, NS, NAME].patch({"spec": {"gates": {"minSpeedup": 1.1}}, "metadata": {"generation": 2}})
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Succeeded" and obj["status"]["observedGeneration"] == 2
+    assert len(kmock[kmock.method.POST, kmock.resource("batch/v1/jobs")]) == 1
+    assert condition(obj, "GatesPassed")["observedGeneration"] == 2
+
+
+async def test_permanent_engine_failure_surfaces_its_message(kmock: kmock.KubernetesEmulator,
+                                                             api: KubeClient) -> None:
+    kmock.objects[MOPT, NS, NAME] = resource()
+    rec = reconciler(api)
+    await rec.reconcile(NS, NAME)
+    jname = the_job_name(resource())
+    engine_says = json.dumps({"outcome": "failed", "message": "model.uri: s3://models/x.onnx does not exist"})
+    put_pod(kmock, jname, "Failed", 2, engine_says)
+    finish_job(kmock, jname, "Failed")
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Failed"
+    assert obj["status"]["message"] == "model.uri: s3://models/x.onnx does not exist"
+    stalled = condition(obj, "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "InvalidInput"
+    warnings = [r.data for r in kmock[kmock.method.POST, kmock.resource("v1/events")]
+                if r.data["type"] == "Warning"]
+    assert [w["reason"] for w in warnings] == ["InvalidInput"]
+    await rec.reconcile(NS, NAME)  # no repeated warning on a settled failure
+    assert len([r for r in kmock[kmock.method.POST, kmock.resource("v1/events")]
+                if r.data["type"] == "Warning"]) == 1
+
+
+async def test_runtime_failure_after_retries(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
+    kmock.objects[MOPT, NS, NAME] = resource()
+    rec = reconciler(api)
+    await rec.reconcile(NS, NAME)
+    jname = the_job_name(resource())
+    put_pod(kmock, jname, "Failed", 4, "killed: out of memory")
+    finish_job(kmock, jname, "Failed")
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Failed" and condition(obj, "Stalled")["reason"] == "RetriesExhausted"
+    assert obj["status"]["message"] == "killed: out of memory"
+
+
+async def test_specs_the_schema_cannot_catch(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
+    local = resource()
+    local["spec"]["promotion"]["registry"] = "./registry"
+    kmock.objects[MOPT, NS, NAME] = local
+    await reconciler(api).reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Failed" and condition(obj, "Accepted")["reason"] == "RegistryNotShared"
+    assert not kmock[kmock.method.POST, kmock.resource("batch/v1/jobs")]
+    bad = resource()
+    bad["spec"]["techniques"] = [{"prune": {"sparsity": 3}}]
+    kmock.objects[MOPT, NS, NAME] = bad
+    await reconciler(api).reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert condition(obj, "Accepted")["reason"] == "InvalidSpec" and "sparsity" in obj["status"]["message"]
+
+
+async def test_manual_policy_waits_for_approval(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
+    body = resource()
+    body["spec"]["promotion"]["policy"] = "manual"
+    kmock.objects[MOPT, NS, NAME] = body
+    rec = reconciler(api)
+    await rec.reconcile(NS, NAME)
+    jname = the_job_name(body)
+    put_pod(kmock, jname, "Succeeded", 0, summary())
+    finish_job(kmock, jname, "Complete")
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Evaluating"
+    assert condition(obj, "Promoted")["reason"] == "AwaitingApproval" and "promotedTo" not in obj["status"]
