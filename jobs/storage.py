@@ -7,6 +7,7 @@ naming the URI."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib.util
 import os
@@ -62,15 +63,47 @@ def resolve_local(uri: str, field: str | None = None) -> Path:
     return Path(uri).expanduser()
 
 
-@functools.lru_cache(maxsize=1)
-def s3_client() -> Any:
-    import boto3
+# Fail fast on an unreachable endpoint: a user waiting on a typo is worse than one retry less.
+def _config() -> Any:
     from botocore.config import Config
 
-    # Fail fast on an unreachable endpoint: a user waiting on a typo is worse than one retry less.
-    config = Config(connect_timeout=5, read_timeout=120, retries={"max_attempts": 3, "mode": "standard"},
-                    s3={"addressing_style": "path"})
-    return boto3.client("s3", config=config)
+    return Config(connect_timeout=5, read_timeout=120, retries={"max_attempts": 3, "mode": "standard"},
+                  s3={"addressing_style": "path"})
+
+
+_override: contextvars.ContextVar[Any] = contextvars.ContextVar("kompress_s3_client", default=None)
+
+
+def s3_client() -> Any:
+    """The client for this context: one made by ``credentials()`` if active, else the standard AWS chain."""
+    return _override.get() or _default_client()
+
+
+@functools.lru_cache(maxsize=1)
+def _default_client() -> Any:
+    import boto3
+
+    return boto3.client("s3", config=_config())
+
+
+s3_client.cache_clear = _default_client.cache_clear  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def credentials(values: dict[str, str]) -> Iterator[None]:
+    """Use these AWS_* values (e.g. from a Kubernetes Secret) instead of the process's chain, in this context."""
+    import boto3
+
+    client = boto3.client(
+        "s3", config=_config(), aws_access_key_id=values.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=values.get("AWS_SECRET_ACCESS_KEY"), aws_session_token=values.get("AWS_SESSION_TOKEN"),
+        endpoint_url=values.get("AWS_ENDPOINT_URL") or values.get("AWS_ENDPOINT_URL_S3") or None,
+        region_name=values.get("AWS_DEFAULT_REGION") or values.get("AWS_REGION") or "us-east-1")
+    token = _override.set(client)
+    try:
+        yield
+    finally:
+        _override.reset(token)
 
 
 @contextlib.contextmanager
@@ -215,7 +248,7 @@ class S3Store(Store):
         self.loc = S3Uri.parse(uri, field)
         self.uri = str(self.loc).rstrip("/")
         self.field = field
-        self.client = s3_client()
+        self.client = s3_client()  # bound at creation: the credentials of the context that opened it
 
     def _key(self, rel: str) -> str:
         return self.loc.join(rel).key

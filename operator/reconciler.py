@@ -5,6 +5,7 @@ operator restart or a repeated event changes nothing that was already done."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import tempfile
@@ -217,7 +218,8 @@ class Reconciler:
         if status.get("promotedTo") and status.get("runKey") == key and promoted and promoted["status"] == "True":
             return finish("Succeeded", **base)
         try:
-            result_promo = await asyncio.to_thread(self._promote, summary, spec, meta["uid"])
+            secret = await self._secret_values(meta["namespace"], spec)
+            result_promo = await asyncio.to_thread(self._promote, summary, spec, meta["uid"], secret)
         except KompressError as err:
             msg = f"promotion failed: {err}"
             conds = cond.set_condition(conds, "Promoted", False, "PromotionFailed", msg, gen)
@@ -266,8 +268,22 @@ class Reconciler:
                     return (summary if isinstance(summary, dict) else {}), term.get("exitCode")
         return {}, None
 
-    def _promote(self, summary: dict[str, Any], spec: OptimizationSpec, uid: str) -> dict[str, Any]:
+    async def _secret_values(self, namespace: str, spec: OptimizationSpec) -> dict[str, str] | None:
+        """The referenced storage Secret's values: the operator promotes with the user's credentials."""
+        if spec.storage_secret_ref is None:
+            return None
+        try:
+            secret = await self.api.get(f"/api/v1/namespaces/{namespace}/secrets/{spec.storage_secret_ref.name}")
+        except ApiError as err:
+            raise KompressError(f"storageSecretRef {spec.storage_secret_ref.name!r}: {err}") from None
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+    def _promote(self, summary: dict[str, Any], spec: OptimizationSpec, uid: str,
+                 secret: dict[str, str] | None) -> dict[str, Any]:
         """Download the run's model and report from S3 and promote them (blocking; runs in a thread)."""
+        if secret is not None:
+            with storage.credentials(secret):
+                return self._promote(summary, spec, uid, None)
         assert spec.promotion is not None
         report_uri, model_uri = summary.get("reportUri"), summary.get("modelUri")
         if not (report_uri and model_uri and storage.is_s3(report_uri)):

@@ -232,3 +232,62 @@ async def test_manual_policy_waits_for_approval(kmock: kmock.KubernetesEmulator,
     obj = stored(kmock, MOPT, NAME)
     assert obj["status"]["phase"] == "Evaluating"
     assert condition(obj, "Promoted")["reason"] == "AwaitingApproval" and "promotedTo" not in obj["status"]
+
+
+@pytest.mark.s3
+async def test_approval_promotes_with_the_referenced_secret(kmock: kmock.KubernetesEmulator, api: KubeClient,
+                                                            s3_server: Any, tmp_path: Any) -> None:
+    """A real engine run (digits) leaves its report and model in MinIO; the operator, given only the user's
+    Secret, promotes once approved — once, however often it reconciles."""
+    import base64
+
+    import boto3
+
+    from conftest import DATASETS, run_cli, write_spec
+
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id=s3_server.access_key,
+                          aws_secret_access_key=s3_server.secret_key, region_name="us-east-1")
+    client.create_bucket(Bucket="approvals")
+    doc = example("digits-int8.yaml")
+    doc["spec"]["model"]["uri"] = str(DATASETS / "digits-cnn.onnx")
+    doc["spec"]["data"]["uri"] = str(DATASETS / "digits-eval.npz")
+    doc["spec"]["target"]["iterations"] = 10
+    doc["spec"]["promotion"] = {"registry": "s3://approvals/serving", "modelName": "digits", "policy": "manual"}
+    doc["spec"]["storageSecretRef"] = {"name": "s3-creds"}
+    run_out = "s3://approvals/serving/.kompress-runs/x/"
+    term = tmp_path / "termination-log"
+    proc = run_cli("run", str(write_spec(tmp_path / "d.yaml", doc)), "--no-promote", "--resource-uid", UID,
+                   "-o", run_out, "--workdir", str(tmp_path / "w"), "--termination-log", str(term),
+                   cwd=tmp_path, env=s3_server.env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    doc["metadata"] = {"name": NAME, "namespace": NS, "uid": UID, "generation": 1}
+    kmock.objects[MOPT, NS, NAME] = doc
+    kmock.resources["v1/secrets"] = {"namespaced": True}
+    kmock.objects["v1/secrets", NS, "s3-creds"] = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "s3-creds", "namespace": NS}, "data": {k: base64.b64encode(v.encode()).decode()
+                                                      for k, v in s3_server.env().items()}}
+    rec = reconciler(api)
+    await rec.reconcile(NS, NAME)
+    jname = the_job_name(doc)
+    put_pod(kmock, jname, "Succeeded", 0, term.read_text())
+    finish_job(kmock, jname, "Complete")
+    await rec.reconcile(NS, NAME)
+    assert stored(kmock, MOPT, NAME)["status"]["phase"] == "Evaluating"  # awaiting approval
+    assert "Contents" not in client.list_objects_v2(Bucket="approvals", Prefix="serving/digits/")
+
+    kmock.objects[MOPT, NS, NAME].patch({"spec": {"promotion": {"approved": True}}, "metadata": {"generation": 2}})
+    await rec.reconcile(NS, NAME)
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["promotedTo"] == "s3://approvals/serving/digits/1" and obj["status"]["promotedVersion"] == 1
+    assert condition(obj, "Promoted")["status"] == "True" and condition(obj, "Ready")["status"] == "True"
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="approvals", Prefix="serving/digits/")["Contents"]]
+    assert "serving/digits/1/model.onnx" in keys and "serving/digits/1/kompress.json" in keys
+    assert not [k for k in keys if k.startswith("serving/digits/2/")]
+    manifest = json.loads(client.get_object(Bucket="approvals", Key="serving/digits/1/kompress.json")["Body"].read())
+    assert manifest["resourceUid"] == UID and manifest["gates"]["passed"] is True
+    # the operator process itself has no AWS credentials: only the Secret's were used
+    reasons = [r.data["reason"] for r in kmock[kmock.method.POST, kmock.resource("v1/events")]]
+    assert reasons.count("Promoted") == 1 and "AwaitingApproval" in reasons
