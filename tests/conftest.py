@@ -16,6 +16,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from s3server import S3Server, start_s3_server
 
+pytest_plugins = ["kube.fixtures"]  # kube_cluster: the real API server tier
+
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT / "jobs" / "datasets"
 EXAMPLES = ROOT / "jobs" / "examples"
