@@ -1,6 +1,6 @@
 # The two commands a new user needs (see README):
 #   make demo   install, then optimize all-MiniLM-L6-v2 to INT8 on the embedded default (no cluster, no cloud)
-#   make test   install, build the real test servers (MinIO, kube-apiserver, etcd), run every test tier
+#   make test   install, build the real test servers (MinIO, kube-apiserver, etcd, Prometheus, Pushgateway), run every test tier
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 export KOMPRESS_CACHE ?= $(HOME)/.cache/kompress
@@ -15,6 +15,7 @@ servers:
 	bash .ci/build-minio.sh
 	bash .ci/build-kube.sh
 	bash .ci/install-kube-tools.sh
+	bash .ci/install-prometheus.sh
 
 demo: install
 	HF_HUB_OFFLINE=1 kompress run

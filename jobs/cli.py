@@ -84,6 +84,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return err.exit_code
     if args.termination_log:
         Path(args.termination_log).write_text(report.summary(result.report))
+    gateway = args.pushgateway or os.environ.get("KOMPRESS_PUSHGATEWAY_URL")
+    if gateway and result.report.get("optimized"):
+        from kompress.jobs import metrics
+
+        try:
+            metrics.push(gateway, args.namespace, loaded.name, result.report)
+        except OSError as err:  # metrics are a side channel: the run's result stands
+            print(f"kompress: warning: pushing metrics to {gateway} failed: {err}", file=sys.stderr)
     print(report.console_table(result.report))
     print(f"report: {result.report['artifacts'].get('reportHtml')}")
     if result.exit_code not in (ExitCode.SUCCESS, ExitCode.GATES_REJECTED):
@@ -104,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-promote", action="store_true", help="evaluate and report only (the operator promotes)")
     run.add_argument("--resource-uid", help="uid of the Kubernetes resource (set by the operator)")
     run.add_argument("--termination-log", help="write the JSON summary here (a Job's termination message)")
+    run.add_argument("--pushgateway", metavar="URL",
+                     help="push result metrics to this Prometheus Pushgateway (or $KOMPRESS_PUSHGATEWAY_URL)")
+    run.add_argument("--namespace", default="local", help="namespace label of pushed metrics (default: local)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a spec and list every problem with its field path")

@@ -42,6 +42,10 @@ def status_blocks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "speedup": cmp["speedup"], "sizeReduction": cmp["sizeReduction"], "accuracyDrop": cmp["accuracyDrop"],
         "energyMethod": report["optimized"]["energy"]["method"],
     }
+    if report.get("runEnergy"):
+        result["runEnergyJoules"] = report["runEnergy"]["joules"]
+    if report.get("durationSeconds") is not None:
+        result["durationSeconds"] = report["durationSeconds"]
     return {"baseline": _metrics_block(report["baseline"]), "result": result}
 
 

@@ -297,6 +297,8 @@ def status_schema() -> dict[str, Any]:
                         "Drop of the quality metric (accuracy with labels, else 1 - mean cosine similarity)."
                     ),
                     "energyMethod": _s("How energy was measured: rapl, nvml or estimate."),
+                    "runEnergyJoules": _n("Energy of the whole optimization run (same method)."),
+                    "durationSeconds": _n("Wall time of the whole optimization run."),
                 },
             ),
             "gates": {

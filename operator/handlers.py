@@ -63,6 +63,23 @@ async def safety_net(namespace: str, name: str, **_: Any) -> None:
     await _reconcile(namespace, name)
 
 
+@kopf.on.event(*RESOURCE)
+async def on_resource_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
+    """A deleted resource takes its series with it: from /metrics and from the Pushgateway."""
+    if type != "DELETED":
+        return
+    metrics.MIRROR.forget(namespace, name)
+    gateway = (_state.get("settings") or Settings()).pushgateway_url
+    if gateway:
+        from prometheus_client import delete_from_gateway
+
+        try:
+            delete_from_gateway(gateway, job="kompress", grouping_key={"namespace": namespace, "optimization": name})
+        except OSError as err:
+            logging.getLogger(__name__).warning("could not delete %s/%s from the Pushgateway: %s",
+                                                namespace, name, err)
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_NAME: kopf.PRESENT})
 async def on_job_event(body: kopf.Body, **_: Any) -> None:
     if "reconciler" not in _state:

@@ -36,6 +36,16 @@ class Outcome:
     retry_after: float | None = None
 
 
+def _seconds_between(start: str, end: str | None) -> float:
+    import datetime as dt
+
+    def parse(t: str) -> dt.datetime:
+        return dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+
+    stop = parse(end) if end else dt.datetime.now(dt.UTC)
+    return max(0.0, (stop - parse(start)).total_seconds())
+
+
 def resource_path(namespace: str, name: str) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
 
@@ -55,6 +65,7 @@ class Reconciler:
             except ApiError as err:
                 if err.status == 404:
                     self._locks.pop((namespace, name), None)
+                    metrics.MIRROR.forget(namespace, name)
                     return None
                 raise
             metrics.RECONCILES.inc()
@@ -64,6 +75,11 @@ class Reconciler:
                 metrics.RECONCILE_ERRORS.inc()
                 raise
             await self._apply(body, outcome)
+            merged = (body.get("status") or {}) | outcome.status
+            metrics.MIRROR.update(namespace, name, merged)
+            old_phase = (body.get("status") or {}).get("phase")
+            if merged.get("phase") in FINAL and old_phase not in FINAL and merged.get("startedAt"):
+                metrics.DURATION.observe(_seconds_between(merged["startedAt"], merged.get("finishedAt")))
             return outcome
 
     async def _apply(self, body: dict[str, Any], outcome: Outcome) -> None:

@@ -15,6 +15,8 @@ class Settings:
     max_attempts: int = 3
     """Pods per Job before a runtime failure is final (the Job controller's backoff between them)."""
     metrics_port: int = 9090
+    pushgateway_url: str | None = None
+    """Passed to Jobs, which push their results there; the operator deletes a resource's group with it."""
     job_ttl_seconds: int | None = None
     """ttlSecondsAfterFinished of Jobs (None: keep them; they go with their resource)."""
 
@@ -26,5 +28,6 @@ class Settings:
             runs_uri=os.environ.get("KOMPRESS_RUNS_URI") or None,
             max_attempts=int(os.environ.get("KOMPRESS_MAX_ATTEMPTS", cls.max_attempts)),
             metrics_port=int(os.environ.get("KOMPRESS_METRICS_PORT", cls.metrics_port)),
+            pushgateway_url=os.environ.get("KOMPRESS_PUSHGATEWAY_URL") or None,
             job_ttl_seconds=int(ttl) if ttl else None,
         )

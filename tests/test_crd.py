@@ -216,7 +216,7 @@ def test_status_schema(root: dict[str, Any]) -> None:
                "peakMemoryBytes", "energyPerInferenceJoules", "accuracy", "cosineSimilarity"}
     assert set(status["baseline"]["properties"]) == metrics
     assert set(status["result"]["properties"]) == metrics | {"speedup", "sizeReduction", "accuracyDrop",
-                                                             "energyMethod"}
+                                                             "energyMethod", "runEnergyJoules", "durationSeconds"}
     assert status["result"]["properties"]["sizeBytes"]["type"] == "integer"
     assert status["gates"]["properties"]["failures"]["items"] == {"type": "string"}
 

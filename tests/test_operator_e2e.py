@@ -24,6 +24,8 @@ import yaml
 from conftest import DATASETS, EXAMPLES, ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
+from promstack import start_prometheus, start_pushgateway
+
 from kube.fixtures import kubectl
 from kube.kubelet import FakeKubelet
 
@@ -41,8 +43,8 @@ def free_port() -> int:
 class Operator:
     """The operator as a real process: `kopf run -m kompress.operator.handlers`, killable and restartable."""
 
-    def __init__(self, kubeconfig: Path, workdir: Path) -> None:
-        self.kubeconfig, self.workdir = kubeconfig, workdir
+    def __init__(self, kubeconfig: Path, workdir: Path, pushgateway: str) -> None:
+        self.kubeconfig, self.workdir, self.pushgateway = kubeconfig, workdir, pushgateway
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "operator.log"
@@ -50,7 +52,8 @@ class Operator:
     def start(self) -> Operator:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # only Secrets give S3 access
         env |= {"KUBECONFIG": str(self.kubeconfig), "KOMPRESS_METRICS_PORT": str(self.metrics_port),
-                "KOMPRESS_MAX_ATTEMPTS": "2", "KOMPRESS_ENGINE_IMAGE": "kompress:e2e"}
+                "KOMPRESS_MAX_ATTEMPTS": "2", "KOMPRESS_ENGINE_IMAGE": "kompress:e2e",
+                "KOMPRESS_PUSHGATEWAY_URL": self.pushgateway}
         liveness = free_port()
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -106,9 +109,16 @@ def world(kube_cluster: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFa
     s3.upload_file(str(DATASETS / "digits-eval.npz"), "e2e-datasets", "digits/eval.npz")
     s3.upload_file(str(DATASETS / "minilm-eval.npz"), "e2e-datasets", "minilm/eval.npz")
     kubelet = FakeKubelet(kube_cluster, extra_env={}, workdir=workdir / "kubelet", max_parallel=2).start()
-    operator = Operator(kube_cluster.kubeconfig, workdir).start()
-    yield {"cluster": kube_cluster, "s3": s3, "s3_server": s3_server, "kubelet": kubelet, "operator": operator}
+    pushgateway = start_pushgateway(workdir)
+    operator = Operator(kube_cluster.kubeconfig, workdir, pushgateway.url).start()
+    prometheus = start_prometheus(workdir, {
+        "kompress-operator": f"127.0.0.1:{operator.metrics_port}",
+        "pushgateway": pushgateway.url.removeprefix("http://")}, honor_labels={"pushgateway"})
+    yield {"cluster": kube_cluster, "s3": s3, "s3_server": s3_server, "kubelet": kubelet, "operator": operator,
+           "pushgateway": pushgateway, "prometheus": prometheus}
+    prometheus.stop()
     operator.stop()
+    pushgateway.stop()
     kubelet.stop()
 
 
@@ -294,6 +304,14 @@ def test_delete_removes_the_job_and_keeps_promoted_versions(world: dict[str, Any
     keys = [o["Key"] for o in world["s3"].list_objects_v2(Bucket="e2e-registry", Prefix="serving/digits-temporary/")
             .get("Contents", [])]
     assert "serving/digits-temporary/1/model.onnx" in keys
+    # its metric series go too: from the operator's /metrics and from the Pushgateway
+    import urllib.request
+
+    def gone() -> bool:
+        op = urllib.request.urlopen(f"http://127.0.0.1:{world['operator'].metrics_port}/metrics").read().decode()
+        pg = world["pushgateway"].get("/metrics")
+        return 'optimization="temporary"' not in op and 'optimization="temporary"' not in pg
+    wait_for(gone, 60, "the deleted resource's series to disappear", world)
 
 
 def test_bad_spec_is_rejected_by_the_api_server(world: dict[str, Any]) -> None:
@@ -333,3 +351,62 @@ def test_fifty_resources_all_reach_a_final_phase(world: dict[str, Any]) -> None:
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "operator-fleet.json").write_text(json.dumps(
         {"resources": 50, "allFinalSeconds": elapsed, "operatorPeakRssMiB": rss / 1024}))
+
+
+def test_results_reach_prometheus_through_both_paths(world: dict[str, Any]) -> None:
+    """Operator /metrics and the Job's Pushgateway push carry the values of report.json."""
+    obj = get(world, "minilm", "minilm-int8")
+    report_uri = obj["status"]["reportUri"]
+    bucket, key = report_uri.removeprefix("s3://").split("/", 1)
+    report = json.loads(world["s3"].get_object(Bucket=bucket, Key=key)["Body"].read())
+    prom = world["prometheus"]
+    sel = 'namespace="minilm", optimization="minilm-int8"'
+
+    def by_job(expr: str) -> dict[str, float]:
+        return {r["metric"]["job"]: float(r["value"][1]) for r in prom.query(expr)}
+
+    speedup = wait_for(lambda: (lambda v: v if len(v) == 2 else None)(
+        by_job(f"kompress_optimization_speedup_ratio{{{sel}}}")), 60, "both paths in Prometheus", world)
+    assert speedup == pytest.approx({"kompress-operator": report["comparison"]["speedup"],
+                                     "kompress": report["comparison"]["speedup"]}, rel=1e-6)
+    size = by_job(f'kompress_model_size_bytes{{{sel}, variant="optimized"}}')
+    assert set(size.values()) == {float(report["optimized"]["sizeBytes"])}
+    p95 = by_job(f'kompress_model_latency_seconds{{{sel}, variant="baseline", quantile="0.95"}}')
+    assert set(p95.values()) == pytest.approx({report["baseline"]["latencySeconds"]["p95"]})
+    energy = prom.query(f'kompress_model_inference_energy_joules{{{sel}, variant="optimized"}}')
+    assert {r["metric"]["method"] for r in energy} == {report["optimized"]["energy"]["method"]}
+    cos = by_job(f'kompress_model_accuracy_ratio{{{sel}, variant="optimized", metric="cosine_similarity"}}')
+    assert set(cos.values()) == pytest.approx({report["optimized"]["quality"]["fidelity"]["cosineSimilarityMean"]})
+    run_energy = by_job(f"kompress_optimization_energy_joules{{{sel}}}")
+    assert set(run_energy.values()) == pytest.approx({report["runEnergy"]["joules"]})
+    for r in prom.query("kompress_model_size_bytes"):  # no high-cardinality labels
+        assert set(r["metric"]) <= {"__name__", "namespace", "optimization", "variant", "job", "instance"}
+    assert float(prom.query('sum(kompress_optimizations_total{result="succeeded"})')[0]["value"][1]) >= 50
+
+
+def test_every_dashboard_and_alert_query_returns_data(world: dict[str, Any]) -> None:
+    dashboard = json.loads((ROOT / "charts" / "kompress" / "dashboards" / "kompress.json").read_text())
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names == ["datasource", "namespace", "optimization"]
+    prom = world["prometheus"]
+    for var in dashboard["templating"]["list"][1:]:
+        query = var["query"]["query"].replace("$namespace", ".*")
+        metric = query.removeprefix("label_values(").split(",")[0]
+        label = query.rsplit(",", 1)[1].strip(" )")
+        assert {r["metric"].get(label) for r in prom.query(metric)} - {None}, var["name"]
+    exprs = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 15
+    for title, expr in exprs:
+        concrete = expr.replace("$namespace", ".*").replace("$optimization", ".*")
+        assert prom.query(concrete), f"dashboard panel {title!r} returns no data: {concrete}"
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "kompress-rules.yaml").read_text())
+    import re
+
+    for rule in rules["groups"][0]["rules"]:
+        for metric in set(re.findall(r"kompress_[a-z_]+", rule["expr"])):
+            # the alert's own condition may rightly be false now; every series it reads must exist
+            expr = metric if not metric.endswith("_total") else f"{metric} or {metric}"
+            assert prom.query(expr) or (metric == "kompress_reconcile_errors_total" and prom.query(
+                "kompress_reconciles_total")), f"alert {rule['alert']} reads missing metric {metric}"
+    failed = prom.query(rules["groups"][0]["rules"][0]["expr"])
+    assert failed, "KompressOptimizationFailed should fire: this run had failed optimizations"
