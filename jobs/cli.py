@@ -72,6 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return err.exit_code
     from kompress.jobs import report, runner
 
+    if args.name:
+        loaded = loaded.model_copy(update={"name": args.name})
+
     output_uri = args.output if args.output and args.output.startswith("s3://") else None
     output_dir = Path(args.output) if args.output and not output_uri else Path("kompress-out") / loaded.name
     if output_uri:
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pushgateway", metavar="URL",
                      help="push result metrics to this Prometheus Pushgateway (or $KOMPRESS_PUSHGATEWAY_URL)")
     run.add_argument("--namespace", default="local", help="namespace label of pushed metrics (default: local)")
+    run.add_argument("--name", help="run name (default: metadata.name, else the spec file's name)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a spec and list every problem with its field path")

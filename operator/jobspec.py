@@ -49,7 +49,7 @@ def build_job(obj: dict[str, Any], spec: OptimizationSpec, settings: Settings) -
     output = runs_prefix(spec, settings, namespace, name, jname)
     res = spec.resources
     args = ["run", "--spec-env", "KOMPRESS_SPEC", "--no-promote", "--resource-uid", uid,
-            "--termination-log", TERMINATION_LOG, "--namespace", namespace]
+            "--termination-log", TERMINATION_LOG, "--namespace", namespace, "--name", name]
     if settings.pushgateway_url:
         args += ["--pushgateway", settings.pushgateway_url]
     args += ["--output", output, "--workdir", f"{WORKDIR}/out"] if output else ["--output", f"{WORKDIR}/out"]

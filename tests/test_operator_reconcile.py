@@ -106,6 +106,8 @@ async def test_create_makes_one_owned_job_and_reports_pending(kmock: kmock.Kuber
     assert OptimizationSpec.model_validate(json.loads(env["KOMPRESS_SPEC"])) == OptimizationSpec.model_validate(
         obj["spec"])
     assert "--no-promote" in container["args"]
+    args = container["args"]
+    assert args[args.index("--name") + 1] == NAME and args[args.index("--namespace") + 1] == NS
     out = container["args"][container["args"].index("--output") + 1]
     assert out == f"s3://registry/serving/.kompress-runs/{NS}/{NAME}/{jname}/"
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3]
