@@ -20,27 +20,10 @@ ETCD_OK_RE='^3\.(4|5|6)\.'
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SRC="$ROOT/tools/kube-build"
-CACHE="${KOMPRESS_CACHE:-$HOME/.cache/kompress}"
-BIN_DIR="$CACHE/bin"
+SCRIPT=build-kube
+# shellcheck source=go-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 
-GO="${GO:-}"
-if [[ -z "$GO" ]]; then
-    if command -v go >/dev/null 2>&1; then
-        GO="$(command -v go)"
-    elif [[ -x /usr/local/go/bin/go ]]; then
-        GO=/usr/local/go/bin/go
-    else
-        echo "build-kube: ERROR: no Go toolchain found (set GO=/path/to/go)" >&2
-        exit 1
-    fi
-fi
-
-export GOTOOLCHAIN=local
-export GOPATH="$CACHE/go"
-export GOMODCACHE="$CACHE/go/pkg/mod"
-export GOCACHE="$CACHE/go/build-cache"
-export CGO_ENABLED="${CGO_ENABLED:-0}"
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 
 log() { echo "build-kube: $*" >&2; }
 

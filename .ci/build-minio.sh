@@ -13,29 +13,12 @@ set -euo pipefail
 MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
 MINIO_MODULE="github.com/minio/minio"
 
-CACHE="${KOMPRESS_CACHE:-$HOME/.cache/kompress}"
-BIN_DIR="$CACHE/bin"
+SCRIPT=build-minio
+# shellcheck source=go-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 BIN="$BIN_DIR/minio"
-
-GO="${GO:-}"
-if [[ -z "$GO" ]]; then
-    if command -v go >/dev/null 2>&1; then
-        GO="$(command -v go)"
-    elif [[ -x /usr/local/go/bin/go ]]; then
-        GO=/usr/local/go/bin/go
-    else
-        echo "build-minio: ERROR: no Go toolchain found (set GO=/path/to/go)" >&2
-        exit 1
-    fi
-fi
-
-export GOTOOLCHAIN=local
-export GOPATH="$CACHE/go"
-export GOMODCACHE="$CACHE/go/pkg/mod"
-export GOCACHE="$CACHE/go/build-cache"
 export GOBIN="$BIN_DIR"
-export CGO_ENABLED="${CGO_ENABLED:-0}"
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+
 
 # The binary's embedded module info is the reliable version check: a
 # `go install` build reports "DEVELOPMENT.GOGET" from `minio --version`.

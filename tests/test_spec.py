@@ -12,10 +12,10 @@ from kompress.jobs.spec import load_spec_file, parse_document
 from conftest import EXAMPLES, example, run_cli, write_spec
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")))
 def test_examples_are_valid(name: str) -> None:
     loaded = load_spec_file(EXAMPLES / name)
-    assert loaded.name == name.removesuffix(".yaml")
+    assert loaded.name == Path(name).stem
     assert loaded.spec.steps()
 
 

@@ -3,7 +3,7 @@
 The binaries come from ``.ci/build-kube.sh`` (``$KOMPRESS_CACHE/bin``, default
 ``~/.cache/kompress/bin``). There is no kubelet and no scheduler: pods stay
 Pending until a test writes their status through the ``pods/status``
-subresource (see ``smoke.py``).
+subresource (see ``kubelet.py``, the stand-in kubelet).
 
 Usage::
 
