@@ -4,6 +4,9 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 export KOMPRESS_CACHE ?= $(HOME)/.cache/kompress
+# `python -m` puts the working directory first on sys.path, where the operator/ folder would shadow the
+# standard library's `operator` (the package imports as kompress.operator). Safe path: never prepend it.
+export PYTHONSAFEPATH = 1
 EXTRAS = engine,operator,minilm,digits,dev
 
 .PHONY: install servers demo test bench lint
