@@ -65,7 +65,10 @@ class Service:
 def start_pushgateway(workdir: Path) -> Service:
     port = _free_port()
     log = workdir / "pushgateway.log"
-    proc = subprocess.Popen([_binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"],
+    # Debian's build defaults --persistence.file to /var/lib/prometheus/pushgateway.data, which would carry
+    # series from one test run into the next: each gateway persists into its own folder.
+    proc = subprocess.Popen([_binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}",
+                             f"--persistence.file={workdir / 'pushgateway.data'}"],
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     _wait(url + "/-/ready", proc, log)
