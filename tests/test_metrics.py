@@ -19,7 +19,7 @@ from kompress.jobs import metrics
 from conftest import DATASETS, ROOT, example, run_cli, write_spec
 
 DASHBOARD = ROOT / "charts" / "kompress" / "dashboards" / "kompress.json"
-RULES = ROOT / "deploy" / "prometheus" / "kompress-rules.yaml"
+RULES = ROOT / "charts" / "kompress" / "rules" / "kompress-rules.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +121,17 @@ def test_unreachable_pushgateway_warns_without_failing_the_run(tmp_path: Path) -
     proc = run_cli("run", str(write_spec(tmp_path / "d.yaml", doc)), "-o", str(tmp_path / "o"),
                    "--pushgateway", "http://127.0.0.1:9", cwd=tmp_path)
     assert proc.returncode == 0 and "warning: pushing metrics" in proc.stderr
+
+
+def test_chart_renders_the_same_rules_as_a_prometheus_rule() -> None:
+    import os
+
+    import yaml
+
+    helm = Path(os.environ.get("KOMPRESS_CACHE") or Path.home() / ".cache" / "kompress") / "bin" / "helm"
+    if not helm.exists():
+        pytest.fail(f"{helm} missing: run .ci/install-kube-tools.sh (make servers)", pytrace=False)
+    out = subprocess.run([str(helm), "template", "k", str(ROOT / "charts" / "kompress"),
+                          "--set", "metrics.prometheusRule.enabled=true"], capture_output=True, text=True, check=True)
+    rules = [d for d in yaml.safe_load_all(out.stdout) if d and d.get("kind") == "PrometheusRule"]
+    assert len(rules) == 1 and rules[0]["spec"] == yaml.safe_load(RULES.read_text())

@@ -432,7 +432,7 @@ def test_every_dashboard_and_alert_query_returns_data(world: dict[str, Any]) -> 
     for title, expr in exprs:
         concrete = expr.replace("$namespace", ".*").replace("$optimization", ".*")
         assert prom.query(concrete), f"dashboard panel {title!r} returns no data: {concrete}"
-    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "kompress-rules.yaml").read_text())
+    rules = yaml.safe_load((ROOT / "charts" / "kompress" / "rules" / "kompress-rules.yaml").read_text())
     import re
 
     for rule in rules["groups"][0]["rules"]:

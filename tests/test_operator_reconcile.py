@@ -293,3 +293,26 @@ async def test_approval_promotes_with_the_referenced_secret(kmock: kmock.Kuberne
     # the operator process itself has no AWS credentials: only the Secret's were used
     reasons = [r.data["reason"] for r in kmock[kmock.method.POST, kmock.resource("v1/events")]]
     assert reasons.count("Promoted") == 1 and "AwaitingApproval" in reasons
+
+
+def test_gpu_job_carries_scheduling_overrides() -> None:
+    from kompress.operator.jobspec import build_job
+
+    body = resource(resources={
+        "cpu": "4", "memory": "16Gi", "gpu": 1, "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "runtimeClassName": "nvidia", "serviceAccountName": "gpu-runner", "image": "registry.example/kompress:cuda"})
+    body["spec"]["target"] = {"device": "gpu"}
+    job = build_job(body, OptimizationSpec.model_validate(body["spec"]), Settings())
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    assert container["image"] == "registry.example/kompress:cuda"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["runtimeClassName"] == "nvidia" and pod["serviceAccountName"] == "gpu-runner"
+    assert job["metadata"]["name"] == job_name(NAME, UID, run_key(OptimizationSpec.model_validate(body["spec"])))
+    assert len(job["metadata"]["name"]) <= 63
+    cpu_job = build_job(resource(), OptimizationSpec.model_validate(resource()["spec"]), Settings())
+    assert "nvidia.com/gpu" not in cpu_job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert cpu_job["metadata"]["name"] != job["metadata"]["name"]  # a different run, a different Job
