@@ -65,10 +65,6 @@ def op_histogram(model: onnx.ModelProto, top: int = 12) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in model.graph.node).most_common(top))
 
 
-def metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
     existing = {p.key: p for p in model.metadata_props}
     for key, value in values.items():

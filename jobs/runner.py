@@ -27,7 +27,7 @@ from kompress.jobs.progress import Progress
 from kompress.jobs.spec import API_VERSION, LoadedSpec
 
 SEED = 0
-FIXED_STEPS = 7  # fetch, prepare, evaluate, gates, report, promote, publish
+FIXED_STEPS = 6  # fetch, prepare, evaluate, gates, promote, write the report
 
 
 @dataclass
