@@ -27,6 +27,7 @@ class SourceModel:
     onnx_path: Path
     format: str
     sha256: str
+    inputs: list[InputSpec]
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -95,15 +96,15 @@ _ONNX_TYPE_NAMES = {"float32": "float", "float64": "double"}
 def prepare(spec: ModelSpec, local: Path, workdir: Path, samples: dict[str, np.ndarray] | None) -> SourceModel:
     fmt = detect_format(local, spec.format)
     digest = sha256_tree(local)
+    meta: dict[str, str] = {}
     if fmt == "onnx":
         path = local if local.is_file() else sorted(local.glob("*.onnx"))[0]
-        input_specs(path)  # fails early and clearly on a truncated or non-ONNX file
-        return SourceModel(path, fmt, digest)
-    if fmt == "huggingface":
+    elif fmt == "huggingface":
         path, meta = _export_huggingface(local, spec.task, workdir, samples)
     else:
         path, meta = _export_torch_export(local, workdir)
-    return SourceModel(path, fmt, digest, meta)
+    # reading the inputs also fails early and clearly on a truncated or non-ONNX file
+    return SourceModel(path, fmt, digest, input_specs(path), meta)
 
 
 class _MeanPooled:

@@ -102,7 +102,7 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
 
         torch.manual_seed(SEED)
     source = model_io.prepare(spec.model, model_local, work, dataset.inputs)
-    inputs = model_io.input_specs(source.onnx_path)
+    inputs = source.inputs
     dataset = datamod.conform(dataset, inputs)
     calibration, evaluation, overlap = datamod.split(dataset, spec.data.calibration_samples,
                                                      spec.data.evaluation_samples, SEED)
