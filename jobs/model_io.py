@@ -93,16 +93,21 @@ def tensor_specs(onnx_path: Path, kind: str) -> list[InputSpec]:
 _ONNX_TYPE_NAMES = {"float32": "float", "float64": "double"}
 
 
-def prepare(spec: ModelSpec, local: Path, workdir: Path, samples: dict[str, np.ndarray] | None) -> SourceModel:
+def prepare(spec: ModelSpec, local: Path, workdir: Path, samples: dict[str, np.ndarray] | None,
+            seed: int = 0) -> SourceModel:
     fmt = detect_format(local, spec.format)
     digest = sha256_tree(local)
     meta: dict[str, str] = {}
     if fmt == "onnx":
         path = local if local.is_file() else sorted(local.glob("*.onnx"))[0]
-    elif fmt == "huggingface":
-        path, meta = _export_huggingface(local, spec.task, workdir, samples)
     else:
-        path, meta = _export_torch_export(local, workdir)
+        import torch
+
+        torch.manual_seed(seed)  # exports trace the model; keep anything random in it reproducible
+        if fmt == "huggingface":
+            path, meta = _export_huggingface(local, spec.task, workdir, samples)
+        else:
+            path, meta = _export_torch_export(local, workdir)
     # reading the inputs also fails early and clearly on a truncated or non-ONNX file
     return SourceModel(path, fmt, digest, input_specs(path), meta)
 

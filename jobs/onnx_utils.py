@@ -49,6 +49,18 @@ def files_of(path: Path) -> list[Path]:
     return files
 
 
+def copy_model(src: Path, dst: Path) -> Path:
+    """Copy a model file and its external data (as ``<dst>.data``) without reading them into memory."""
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for f in (dst, dst.with_name(dst.name + ".data")):
+        f.unlink(missing_ok=True)
+    for f in files_of(src):
+        shutil.copyfile(f, dst if f == src else dst.with_name(dst.name + ".data"))
+    return dst
+
+
 def size_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in files_of(path))
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kompress.jobs import onnx_utils
 from kompress.jobs.data import InputSpec
 from kompress.jobs.spec import PromotionSpec
 from kompress.jobs.storage import Store, open_store
@@ -79,10 +80,7 @@ def promote(registry_uri: str, model: str, model_file: Path, manifest: dict[str,
     manifest = {**manifest, "promotionKey": key, "version": version, "modelName": model}
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
-        (staged / "model.onnx").write_bytes(model_file.read_bytes())
-        external = model_file.with_name(model_file.name + ".data")
-        if external.exists():
-            (staged / "model.onnx.data").write_bytes(external.read_bytes())
+        onnx_utils.copy_model(model_file, staged / "model.onnx")
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if store.read(f"{model}/{version}/{MANIFEST}") is None:
             store.delete_tree(f"{model}/{version}")  # leftovers of an interrupted attempt at this claim

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs import data as datamod
-from kompress.jobs import evaluate, gates, model_io, registry, report, storage
+from kompress.jobs import evaluate, gates, model_io, onnx_utils, registry, report, storage
 from kompress.jobs import techniques as techmod
 from kompress.jobs.context import StepContext
 from kompress.jobs.energy import Stopwatch, open_meter
@@ -97,11 +96,7 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
     dataset = datamod.load_npz(data_local)
 
     progress.step(f"preparing the model ({spec.model.format or 'format auto-detected'})")
-    if (spec.model.format or model_io.detect_format(model_local, None)) != "onnx":
-        import torch
-
-        torch.manual_seed(SEED)
-    source = model_io.prepare(spec.model, model_local, work, dataset.inputs)
+    source = model_io.prepare(spec.model, model_local, work, dataset.inputs, seed=SEED)
     inputs = source.inputs
     dataset = datamod.conform(dataset, inputs)
     calibration, evaluation, overlap = datamod.split(dataset, spec.data.calibration_samples,
@@ -127,7 +122,7 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
             raise RuntimeFailure(f"technique {name} failed: {type(err).__name__}: "
                                  f"{str(err).splitlines()[0][:300] if str(err) else ''}") from err
         current = result.model_path
-        size = evaluate.static_facts(current)["sizeBytes"]
+        size = onnx_utils.size_bytes(current)
         rep["steps"].append({"technique": name, "config": config.model_dump(mode="json", by_alias=True),
                              "durationSeconds": round(time.perf_counter() - t0, 2), "sizeBytes": size,
                              "details": result.details})
@@ -151,12 +146,7 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
     rep["comparison"] = gates.comparison(baseline, optimized)
     verdict = gates.evaluate(spec.gates, report.status_blocks(rep)["result"])
     rep["gates"] = verdict
-    final = output_dir / "model.onnx"
-    for f in (final, final.with_name("model.onnx.data")):
-        f.unlink(missing_ok=True)
-    shutil.copyfile(current, final)
-    if current.with_name(current.name + ".data").exists():
-        shutil.copyfile(current.with_name(current.name + ".data"), final.with_name("model.onnx.data"))
+    final = onnx_utils.copy_model(current, output_dir / "model.onnx")
 
     progress.step("promoting")
     if promote:
@@ -212,4 +202,4 @@ def _write_outputs(rep: dict[str, Any], output_dir: Path, output_uri: str | None
         for name in ("model.onnx", "model.onnx.data", "report.png", "report.html", "report.json"):
             f = output_dir / name
             if f.exists() and (name != "model.onnx" or "model" in artifacts):
-                store.write(name, f.read_bytes())
+                store.put_file(name, f)

@@ -183,6 +183,9 @@ class Store:
 
     def read(self, rel: str) -> bytes | None: ...
     def write(self, rel: str, data: bytes) -> None: ...
+    def put_file(self, rel: str, path: Path) -> None:
+        """Copy a local file to ``rel`` (whole or not at all), without reading it into memory."""
+        ...
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         """Write ``rel`` only if it does not exist; True when this call created it."""
         ...
@@ -210,6 +213,14 @@ class LocalStore(Store):
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.replace(tmp, p)
+
+    def put_file(self, rel: str, path: Path) -> None:
+        p = self.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+        os.close(fd)
+        shutil.copyfile(path, tmp)
         os.replace(tmp, p)
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
@@ -268,6 +279,10 @@ class S3Store(Store):
         with s3_errors(f"{self.uri}/{rel}", self.field):
             self.client.put_object(Bucket=self.loc.bucket, Key=self._key(rel), Body=data)
 
+    def put_file(self, rel: str, path: Path) -> None:
+        with s3_errors(f"{self.uri}/{rel}", self.field):
+            self.client.upload_file(str(path), self.loc.bucket, self._key(rel))  # multipart for large files
+
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
@@ -293,10 +308,8 @@ class S3Store(Store):
     def publish_dir(self, local: Path, rel: str) -> None:
         # S3 has no rename: upload the model files first and the manifest (kompress.json) last, so a
         # version with a manifest is always whole. Each object appears atomically.
-        files = sorted(local.iterdir(), key=lambda f: f.name == "kompress.json")
-        with s3_errors(f"{self.uri}/{rel}", self.field):
-            for f in files:
-                self.client.upload_file(str(f), self.loc.bucket, self._key(f"{rel}/{f.name}"))
+        for f in sorted(local.iterdir(), key=lambda f: f.name == "kompress.json"):
+            self.put_file(f"{rel}/{f.name}", f)
 
     def delete_tree(self, rel: str) -> None:
         prefix = self._key(rel).rstrip("/") + "/"

@@ -123,15 +123,20 @@ def digits_spec(model_uri: str, data_uri: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def s3_inputs(s3_server: S3Server) -> dict[str, str]:
+def s3_client(s3_server: S3Server) -> Any:
     env = s3_server.env()
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=env["AWS_ENDPOINT_URL"],
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name=env["AWS_DEFAULT_REGION"],
     )
+
+
+@pytest.fixture(scope="module")
+def s3_inputs(s3_client: Any) -> dict[str, str]:
+    client = s3_client
     for bucket in (INPUTS, RUNS):
         with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=bucket)
@@ -185,7 +190,7 @@ def diagnostics(cluster: Cluster, kubelet: FakeKubelet, ns: str, job: str) -> Ca
 
 
 def test_engine_job_completes(
-    kube_cluster: Cluster, kubelet: FakeKubelet, namespace: str, s3_inputs: dict[str, str], s3_server: S3Server
+    kube_cluster: Cluster, kubelet: FakeKubelet, namespace: str, s3_inputs: dict[str, str], s3_client: Any
 ) -> None:
     ns, job = namespace, "digits"
     spec = digits_spec(s3_inputs["digits-cnn.onnx"], s3_inputs["digits-eval.npz"])
@@ -213,15 +218,7 @@ def test_engine_job_completes(
     summary = json.loads(term["message"])
     assert summary["outcome"] == "succeeded", summary
 
-    env = s3_server.env()
-    client = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
-    report = json.loads(client.get_object(Bucket=RUNS, Key=f"{ns}/{job}/report.json")["Body"].read())
+    report = json.loads(s3_client.get_object(Bucket=RUNS, Key=f"{ns}/{job}/report.json")["Body"].read())
     assert report["outcome"] == "succeeded", report.get("message")
     assert summary["reportUri"] == f"s3://{RUNS}/{ns}/{job}/report.json"
 

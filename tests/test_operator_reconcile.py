@@ -76,6 +76,20 @@ def finish_job(kmock: kmock.KubernetesEmulator, job: str, condition_type: str) -
         "succeeded" if condition_type == "Complete" else "failed": 1}})
 
 
+async def started(kmock: kmock.KubernetesEmulator, api: KubeClient, body: dict[str, Any]) -> tuple[Reconciler, str]:
+    """Store the resource and reconcile once: its Job exists. Returns the reconciler and the Job's name."""
+    kmock.objects[MOPT, NS, NAME] = body
+    rec = reconciler(api)
+    await rec.reconcile(NS, NAME)
+    return rec, the_job_name(body)
+
+
+def engine_exits(kmock: kmock.KubernetesEmulator, job: str, exit_code: int, message: str) -> None:
+    """The Job's pod terminates with this exit code and termination message; the Job controller concludes."""
+    put_pod(kmock, job, "Succeeded" if exit_code == 0 else "Failed", exit_code, message)
+    finish_job(kmock, job, "Complete" if exit_code == 0 else "Failed")
+
+
 def summary(speedup: float = 2.1, drop: float = 0.007) -> str:
     result = {"latencyP50Seconds": 0.009, "latencyP95Seconds": 0.012, "latencyP99Seconds": 0.013,
               "throughputPerSecond": 120.0, "sizeBytes": 22_800_000, "peakMemoryBytes": 46_000_000,
@@ -125,16 +139,12 @@ async def test_create_makes_one_owned_job_and_reports_pending(kmock: kmock.Kuber
 async def test_running_then_succeeded_without_promotion(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
     body = resource()
     del body["spec"]["promotion"]
-    kmock.objects[MOPT, NS, NAME] = body
-    rec = reconciler(api)
-    await rec.reconcile(NS, NAME)
-    jname = the_job_name(body)
+    rec, jname = await started(kmock, api, body)
     put_pod(kmock, jname, "Running")
     await rec.reconcile(NS, NAME)
     obj = stored(kmock, MOPT, NAME)
     assert obj["status"]["phase"] == "Running" and condition(obj, "JobRunning")["status"] == "True"
-    put_pod(kmock, jname, "Succeeded", 0, summary())
-    finish_job(kmock, jname, "Complete")
+    engine_exits(kmock, jname, 0, summary())
     await rec.reconcile(NS, NAME)
     obj = stored(kmock, MOPT, NAME)
     st = obj["status"]
@@ -149,12 +159,8 @@ async def test_gates_failing_reject_and_a_gates_edit_reuses_the_job(kmock: kmock
                                                                     api: KubeClient) -> None:
     body = resource()
     del body["spec"]["promotion"]
-    kmock.objects[MOPT, NS, NAME] = body
-    rec = reconciler(api)
-    await rec.reconcile(NS, NAME)
-    jname = the_job_name(body)
-    put_pod(kmock, jname, "Succeeded", 0, summary(speedup=1.2))
-    finish_job(kmock, jname, "Complete")
+    rec, jname = await started(kmock, api, body)
+    engine_exits(kmock, jname, 0, summary(speedup=1.2))
     await rec.reconcile(NS, NAME)
     obj = stored(kmock, MOPT, NAME)
     assert obj["status"]["phase"] == "Rejected"
@@ -171,13 +177,9 @@ async def test_gates_failing_reject_and_a_gates_edit_reuses_the_job(kmock: kmock
 
 async def test_permanent_engine_failure_surfaces_its_message(kmock: kmock.KubernetesEmulator,
                                                              api: KubeClient) -> None:
-    kmock.objects[MOPT, NS, NAME] = resource()
-    rec = reconciler(api)
-    await rec.reconcile(NS, NAME)
-    jname = the_job_name(resource())
+    rec, jname = await started(kmock, api, resource())
     engine_says = json.dumps({"outcome": "failed", "message": "model.uri: s3://models/x.onnx does not exist"})
-    put_pod(kmock, jname, "Failed", 2, engine_says)
-    finish_job(kmock, jname, "Failed")
+    engine_exits(kmock, jname, 2, engine_says)
     await rec.reconcile(NS, NAME)
     obj = stored(kmock, MOPT, NAME)
     assert obj["status"]["phase"] == "Failed"
@@ -193,12 +195,8 @@ async def test_permanent_engine_failure_surfaces_its_message(kmock: kmock.Kubern
 
 
 async def test_runtime_failure_after_retries(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
-    kmock.objects[MOPT, NS, NAME] = resource()
-    rec = reconciler(api)
-    await rec.reconcile(NS, NAME)
-    jname = the_job_name(resource())
-    put_pod(kmock, jname, "Failed", 4, "killed: out of memory")
-    finish_job(kmock, jname, "Failed")
+    rec, jname = await started(kmock, api, resource())
+    engine_exits(kmock, jname, 4, "killed: out of memory")
     await rec.reconcile(NS, NAME)
     obj = stored(kmock, MOPT, NAME)
     assert obj["status"]["phase"] == "Failed" and condition(obj, "Stalled")["reason"] == "RetriesExhausted"
@@ -224,12 +222,8 @@ async def test_specs_the_schema_cannot_catch(kmock: kmock.KubernetesEmulator, ap
 async def test_manual_policy_waits_for_approval(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
     body = resource()
     body["spec"]["promotion"]["policy"] = "manual"
-    kmock.objects[MOPT, NS, NAME] = body
-    rec = reconciler(api)
-    await rec.reconcile(NS, NAME)
-    jname = the_job_name(body)
-    put_pod(kmock, jname, "Succeeded", 0, summary())
-    finish_job(kmock, jname, "Complete")
+    rec, jname = await started(kmock, api, body)
+    engine_exits(kmock, jname, 0, summary())
     await rec.reconcile(NS, NAME)
     obj = stored(kmock, MOPT, NAME)
     assert obj["status"]["phase"] == "Evaluating"
@@ -264,16 +258,12 @@ async def test_approval_promotes_with_the_referenced_secret(kmock: kmock.Kuberne
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     doc["metadata"] = {"name": NAME, "namespace": NS, "uid": UID, "generation": 1}
-    kmock.objects[MOPT, NS, NAME] = doc
     kmock.resources["v1/secrets"] = {"namespaced": True}
     kmock.objects["v1/secrets", NS, "s3-creds"] = {"apiVersion": "v1", "kind": "Secret", "metadata": {
         "name": "s3-creds", "namespace": NS}, "data": {k: base64.b64encode(v.encode()).decode()
                                                       for k, v in s3_server.env().items()}}
-    rec = reconciler(api)
-    await rec.reconcile(NS, NAME)
-    jname = the_job_name(doc)
-    put_pod(kmock, jname, "Succeeded", 0, term.read_text())
-    finish_job(kmock, jname, "Complete")
+    rec, jname = await started(kmock, api, doc)
+    engine_exits(kmock, jname, 0, term.read_text())
     await rec.reconcile(NS, NAME)
     assert stored(kmock, MOPT, NAME)["status"]["phase"] == "Evaluating"  # awaiting approval
     assert "Contents" not in client.list_objects_v2(Bucket="approvals", Prefix="serving/digits/")
