@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from kompress.jobs.checkpoints import Checkpoints
     from kompress.jobs.progress import Progress
 
 
@@ -24,6 +25,13 @@ class StepContext:
     """Facts recorded when the model was loaded (e.g. Hugging Face architecture: heads, hidden size)."""
     device: str = "cpu"
     progress: Progress | None = None
+    task: str = "generic"
+    """model.task: embedding, classification or generic (what distillation losses match)."""
+    train: dict[str, np.ndarray] | None = None
+    """Training/transfer rows for techniques that train (inputs, plus `labels` when the data has them)."""
+    checkpoints: Checkpoints | None = None
+    """Where this step keeps resumable state (None: nothing is kept)."""
+    seed: int = 0
 
     def out_path(self, name: str) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -197,3 +197,38 @@ def peak_memory_bytes(path: Path, data: Dataset, target: TargetSpec) -> int:
 
 def static_facts(path: Path) -> dict[str, Any]:
     return {"sizeBytes": onnx_utils.size_bytes(path), "sha256": onnx_utils.sha256_file(path)}
+
+
+STEP_LATENCY_RUNS = 30
+
+
+def step_metrics(base_session: Any, base_out: np.ndarray, path: Path, data: Dataset, target: TargetSpec,
+                 model: Any) -> dict[str, Any]:
+    """Quick figures for one pipeline step: quality against the baseline and a short interleaved latency
+    comparison (median of STEP_LATENCY_RUNS calls each; the final evaluation is the thorough one)."""
+    session = open_session(path, target)
+    out = run_all(session, data.inputs, model.output)
+    _, q = quality(base_out, out, data, model.task)
+    feeds = {k: v[: min(target.batch_size, data.size)] for k, v in data.inputs.items()}
+    times: dict[str, list[float]] = {"baseline": [], "step": []}
+    for sess in (base_session, session):
+        for _ in range(3):
+            sess.run(None, feeds)
+    for _ in range(STEP_LATENCY_RUNS):
+        for name, sess in (("baseline", base_session), ("step", session)):
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            times[name].append(time.perf_counter() - t0)
+    p50 = float(np.median(times["step"]))
+    return {"quality": q, "latencyP50Seconds": p50, "speedupVsBaseline": float(np.median(times["baseline"])) / p50}
+
+
+def headline(measured: dict[str, Any]) -> str:
+    """One line for progress output: quality and quick speedup of a step."""
+    q = measured["quality"]
+    parts = []
+    if "accuracy" in q:
+        parts.append(f"accuracy {q['accuracy']:.4f}")
+    parts.append(f"cosine {q['fidelity']['cosineSimilarityMean']:.4f}")
+    parts.append(f"speedup {measured['speedupVsBaseline']:.2f}x (quick)")
+    return ", ".join(parts)

@@ -139,8 +139,21 @@ class _MeanPooled:
         return MeanPooled()
 
 
-def _export_huggingface(folder: Path, task: str, workdir: Path,
-                        samples: dict[str, np.ndarray] | None) -> tuple[Path, dict[str, str]]:
+@dataclass
+class HuggingFaceModule:
+    """A Hugging Face model wrapped so that forward(*inputs) returns the tensor quality is measured on."""
+
+    module: object  # torch.nn.Module
+    input_names: list[str]
+    output_name: str
+    dynamic_axes: dict[str, dict[int, str]]
+    example_args: tuple
+    metadata: dict[str, str]
+    config: object  # transformers.PretrainedConfig
+
+
+def load_huggingface(folder: Path, task: str, samples: dict[str, np.ndarray] | None) -> HuggingFaceModule:
+    """Load a Hugging Face text model from safetensors only (no remote code), wrapped for export."""
     import torch
     import transformers
 
@@ -172,34 +185,52 @@ def _export_huggingface(folder: Path, task: str, workdir: Path,
     else:
         args = tuple(torch.ones((2, 16), dtype=torch.int64) for _ in names)
     if task == "embedding":
-        normalize = _has_normalize(folder)
-        module, outputs = _MeanPooled.build(model, normalize), ["sentence_embedding"]
+        module, output = _MeanPooled.build(model, _has_normalize(folder)), "sentence_embedding"
     elif task == "classification":
-        module, outputs = _OutputSelector.build(model, "logits"), ["logits"]
+        module, output = _OutputSelector.build(model, "logits", names), "logits"
     else:
-        module, outputs = _OutputSelector.build(model, "last_hidden_state"), ["last_hidden_state"]
-    out = workdir / "source" / "model.onnx"
-    out.parent.mkdir(parents=True, exist_ok=True)
+        module, output = _OutputSelector.build(model, "last_hidden_state", names), "last_hidden_state"
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes[outputs[0]] = {0: "batch"} if task != "generic" else {0: "batch", 1: "sequence"}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer chatter about Python control flow the export does not need
-        torch.onnx.export(module, args, str(out), input_names=names, output_names=outputs,
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    axes[output] = {0: "batch"} if task != "generic" else {0: "batch", 1: "sequence"}
     meta = {"hf.model_type": str(config.model_type),
             "hf.num_attention_heads": str(getattr(config, "num_attention_heads", 0)),
             "hf.hidden_size": str(getattr(config, "hidden_size", 0)),
             "hf.num_hidden_layers": str(getattr(config, "num_hidden_layers", 0)),
             "export.task": task}
+    return HuggingFaceModule(module, names, output, axes, args, meta, config)
+
+
+def export_onnx(module, args: tuple, input_names: list[str], output_name: str,  # type: ignore[no-untyped-def]
+                dynamic_axes: dict[str, dict[int, str]], out: Path, metadata: dict[str, str]) -> Path:
+    """TorchScript-based ONNX export (fusable by ONNX Runtime's transformer optimizer), with metadata."""
+    import torch
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    was_training = getattr(module, "training", False)
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about Python control flow the export does not need
+        torch.onnx.export(module, args, str(out), input_names=input_names, output_names=[output_name],
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+    if was_training:
+        module.train()
     model_proto = onnx_utils.load(out)
-    onnx_utils.set_metadata(model_proto, meta)
+    onnx_utils.set_metadata(model_proto, metadata)
     onnx_utils.save(model_proto, out)
-    return out, meta
+    return out
+
+
+def _export_huggingface(folder: Path, task: str, workdir: Path,
+                        samples: dict[str, np.ndarray] | None) -> tuple[Path, dict[str, str]]:
+    hf = load_huggingface(folder, task, samples)
+    out = export_onnx(hf.module, hf.example_args, hf.input_names, hf.output_name, hf.dynamic_axes,
+                      workdir / "source" / "model.onnx", hf.metadata)
+    return out, hf.metadata
 
 
 class _OutputSelector:
     @staticmethod
-    def build(model, attribute: str):  # type: ignore[no-untyped-def]
+    def build(model, attribute: str, names: list[str]):  # type: ignore[no-untyped-def]
         import torch
 
         class Select(torch.nn.Module):
@@ -208,8 +239,7 @@ class _OutputSelector:
                 self.model = model
 
             def forward(self, *args):  # type: ignore[no-untyped-def]
-                names = ("input_ids", "attention_mask", "token_type_ids")
-                return getattr(self.model(**dict(zip(names, args, strict=False))), attribute)
+                return getattr(self.model(**dict(zip(names, args, strict=True))), attribute)
 
         return Select()
 

@@ -85,3 +85,13 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
         else:
             prop = model.metadata_props.add()
             prop.key, prop.value = key, value
+
+
+def parameter_count(path: Path) -> int:
+    """Elements in the model's initializers (weights, biases, quantization scales)."""
+    import math
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(math.prod(t.dims) for t in model.graph.initializer)

@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs import data as datamod
-from kompress.jobs import evaluate, gates, model_io, onnx_utils, registry, report, storage
+from kompress.jobs import evaluate, gates, model_io, onnx_utils, registry, report, storage, torch_model
 from kompress.jobs import techniques as techmod
+from kompress.jobs.checkpoints import Checkpoints, fingerprint
 from kompress.jobs.context import StepContext
 from kompress.jobs.energy import Stopwatch, open_meter
 from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure
 from kompress.jobs.progress import Progress
 from kompress.jobs.spec import API_VERSION, LoadedSpec
+from kompress.jobs.torch_model import TorchModel
 
 SEED = 0
 FIXED_STEPS = 6  # fetch, prepare, evaluate, gates, promote, write the report
@@ -70,7 +72,8 @@ def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, 
     with tempfile.TemporaryDirectory(prefix="kompress-") as tmp:
         work = Path(tmp)
         try:
-            code = _run(loaded, rep, work, output_dir, progress, meter, approve, resource_uid, promote)
+            code = _run(loaded, rep, work, output_dir, output_uri, progress, meter, approve, resource_uid,
+                        promote)
         except KompressError as err:
             rep["outcome"], rep["message"] = "failed", str(err)
             rep["errorKind"] = type(err).__name__
@@ -86,7 +89,8 @@ def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, 
     return RunResult(rep, code, output_dir)
 
 
-def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, progress: Progress,
+def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, output_uri: str | None,
+         progress: Progress,
          meter: Any, approve: bool, resource_uid: str | None, promote: bool) -> ExitCode:
     spec = loaded.spec
     np.random.seed(SEED)
@@ -107,38 +111,62 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
                    "evaluationSamples": evaluation.size, "calibrationSamples": calibration.size,
                    "calibrationOverlapsEvaluation": overlap, "labels": dataset.labels is not None}
 
-    current = source.onnx_path
+    train = _training_rows(loaded, rep, work, inputs, calibration)
+    target = spec.target
+    base_session = evaluate.open_session(source.onnx_path, target)
+    base_out = evaluate.run_all(base_session, evaluation.inputs, spec.model.output, progress, "baseline")
+    checkpoints = Checkpoints(storage.open_store(output_uri, field="--output") if output_uri
+                              else storage.LocalStore(output_dir))
+    lineage = [source.sha256, dataset.sha256, rep["data"].get("trainSha256")]
+    current: Path | TorchModel = source.onnx_path
     for i, (name, config) in enumerate(loaded.spec.steps()):
+        tech = techmod.get(name)
         progress.step(f"technique {name} {config.model_dump(by_alias=True, exclude_defaults=True) or ''}")
-        ctx = StepContext(workdir=work / f"step{i}-{name}", calibration=calibration.inputs,
-                          labels=calibration.labels, metadata=dict(source.metadata), device=spec.target.device,
-                          progress=progress)
+        lineage.append([name, config.model_dump(mode="json", by_alias=True)])
+        step_dir = work / f"step{i}-{name}"
+        if tech.stage_of(config) == "torch" and isinstance(current, Path):
+            # the spec puts torch steps first, so `current` is still the source model here
+            current = torch_model.load(source.format, model_local, source.onnx_path, spec.model.task,
+                                       calibration.inputs)
+        elif tech.stage_of(config) == "onnx" and isinstance(current, TorchModel):
+            current = current.export(step_dir / "input" / "model.onnx")
+        ctx = StepContext(workdir=step_dir, calibration=calibration.inputs,
+                          labels=calibration.labels, metadata=dict(source.metadata), device=target.device,
+                          progress=progress, task=spec.model.task, train=train,
+                          checkpoints=checkpoints.scope(f"step{i}-{name}-{fingerprint(*lineage)}"), seed=SEED)
         t0 = time.perf_counter()
         try:
-            result = techmod.get(name).apply(current, config, ctx)
+            result = tech.apply(current, config, ctx)
         except KompressError:
             raise
         except Exception as err:
             raise RuntimeFailure(f"technique {name} failed: {type(err).__name__}: "
                                  f"{str(err).splitlines()[0][:300] if str(err) else ''}") from err
+        seconds = time.perf_counter() - t0
         current = result.model_path
-        size = onnx_utils.size_bytes(current)
-        rep["steps"].append({"technique": name, "config": config.model_dump(mode="json", by_alias=True),
-                             "durationSeconds": round(time.perf_counter() - t0, 2), "sizeBytes": size,
+        step_onnx = current.export(step_dir / "eval" / "model.onnx") if isinstance(current, TorchModel) else current
+        measured = evaluate.step_metrics(base_session, base_out, step_onnx, evaluation, target, spec.model)
+        rep["steps"].append({"technique": name, "stage": tech.stage_of(config),
+                             "config": config.model_dump(mode="json", by_alias=True),
+                             "durationSeconds": round(seconds, 2), "sizeBytes": onnx_utils.size_bytes(step_onnx),
+                             "parameters": onnx_utils.parameter_count(step_onnx), **measured,
                              "details": result.details})
-        progress.info(f"{name}: {size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
+        progress.info(f"{name}: {onnx_utils.size_bytes(step_onnx) / 1e6:.1f} MB, "
+                      f"{evaluate.headline(measured)} in {seconds:.1f}s")
+    if isinstance(current, TorchModel):
+        current = current.export(work / "final" / "model.onnx")
 
     progress.step(f"evaluating baseline and optimized on {evaluation.size} samples")
-    target = spec.target
-    sessions = {"baseline": evaluate.open_session(source.onnx_path, target),
-                "optimized": evaluate.open_session(current, target)}
-    outputs = {k: evaluate.run_all(s, evaluation.inputs, spec.model.output, progress, k) for k, s in sessions.items()}
-    base_q, opt_q = evaluate.quality(outputs["baseline"], outputs["optimized"], evaluation, spec.model.task)
+    sessions = {"baseline": base_session, "optimized": evaluate.open_session(current, target)}
+    opt_out = evaluate.run_all(sessions["optimized"], evaluation.inputs, spec.model.output, progress, "optimized")
+    base_q, opt_q = evaluate.quality(base_out, opt_out, evaluation, spec.model.task)
     speed = evaluate.measure_speed(sessions, evaluation, target, meter, progress)
-    del sessions
+    del sessions, base_session
     baseline = {**evaluate.static_facts(source.onnx_path), **speed["baseline"], "quality": base_q,
+                "parameters": onnx_utils.parameter_count(source.onnx_path),
                 "peakMemoryBytes": evaluate.peak_memory_bytes(source.onnx_path, evaluation, target)}
     optimized = {**evaluate.static_facts(current), **speed["optimized"], "quality": opt_q,
+                 "parameters": onnx_utils.parameter_count(current),
                  "peakMemoryBytes": evaluate.peak_memory_bytes(current, evaluation, target)}
     rep["baseline"], rep["optimized"] = baseline, optimized
 
@@ -162,6 +190,26 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
     rep["message"] = (f"promoted to {promo['uri']}" if promo.get("uri")
                       else f"gates passed; not promoted ({promo.get('reason')})")
     return ExitCode.SUCCESS
+
+
+def _training_rows(loaded: LoadedSpec, rep: dict[str, Any], work: Path, inputs: list,
+                   calibration: datamod.Dataset) -> dict[str, np.ndarray] | None:
+    """Rows for techniques that train: data.trainUri when set, else the calibration rows (never the
+    evaluation rows, so a trained model is not scored on what it learned from)."""
+    spec = loaded.spec
+    if not any(techmod.get(n).stage_of(c) == "torch" for n, c in spec.steps()):
+        return None
+    rows = calibration
+    if spec.data.train_uri:
+        local = storage.fetch(spec.data.train_uri, work / "fetch" / "train", field="data.trainUri")
+        rows = datamod.conform(datamod.load_npz(local, field="data.trainUri"), inputs, field="data.trainUri")
+    n = min(rows.size, spec.data.train_samples)
+    rep["data"] |= {"trainUri": spec.data.train_uri or spec.data.uri + " (calibration rows)",
+                    "trainSha256": rows.sha256, "trainSamples": n}
+    out = {k: v[:n] for k, v in rows.inputs.items()}
+    if rows.labels is not None:
+        out["labels"] = rows.labels[:n]
+    return out
 
 
 def _promote(loaded: LoadedSpec, rep: dict[str, Any], final: Path, passed: bool, approve: bool,

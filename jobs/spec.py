@@ -43,6 +43,11 @@ class DataSpec(SpecModel):
     """Samples used to calibrate static quantization."""
     evaluation_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 512
     """Samples used to measure quality (capped at what the file holds)."""
+    train_uri: str | None = None
+    """Training or transfer data for techniques that train (prune recovery, distill, qat): a .npz like `uri`,
+    labels optional. Default: the calibration rows of `uri`, which never overlap the evaluation rows."""
+    train_samples: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    """Training samples used at most."""
 
 
 def _technique_step_model() -> type[SpecModel]:
@@ -199,8 +204,26 @@ class OptimizationSpec(SpecModel):
     storage_secret_ref: SecretRef | None = None
     """Secret with S3 credentials for the Job (ignored by a local run, which uses the standard AWS chain)."""
 
+    @model_validator(mode="after")
+    def torch_steps_first(self) -> OptimizationSpec:
+        check_stage_order(self.steps(), "techniques")
+        return self
+
     def steps(self) -> list[tuple[str, SpecModel]]:
         return [step_name_and_config(s) for s in self.techniques]
+
+
+def check_stage_order(steps: list[tuple[str, SpecModel]], where: str) -> None:
+    """Steps that train in PyTorch must come before the ONNX-only steps (a quantized ONNX graph cannot go
+    back to PyTorch)."""
+    first_onnx = None
+    for i, (name, config) in enumerate(steps):
+        stage = techniques.get(name).stage_of(config)
+        if stage == "onnx" and first_onnx is None:
+            first_onnx = (i, name)
+        elif stage == "torch" and first_onnx is not None:
+            raise ValueError(f"{where}[{i}] {name} trains in PyTorch, so it must come before the ONNX-only step "
+                             f"{where}[{first_onnx[0]}] {first_onnx[1]}")
 
 
 class LoadedSpec(SpecModel):
