@@ -43,8 +43,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except KompressError as err:
         print(f"kompress: {err}", file=sys.stderr)
         return err.exit_code
-    steps = ", ".join(name for name, _ in loaded.spec.steps())
-    print(f"{args.spec}: valid ModelOptimization {loaded.name!r} ({steps})")
+    search = loaded.spec.search
+    if search is not None:
+        what = (f"search over {len(search.candidates)} candidate(s)" if search.candidates
+                else "search over the built-in candidates") + f", objective {search.objective}"
+    else:
+        what = ", ".join(name for name, _ in loaded.spec.steps())
+    print(f"{args.spec}: valid ModelOptimization {loaded.name!r} ({what})")
     return ExitCode.SUCCESS
 
 

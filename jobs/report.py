@@ -109,6 +109,12 @@ def console_table(report: dict[str, Any]) -> str:
                  f"{cmp['qualityMetric']} drop {cmp['accuracyDrop']:.4f}")
     for g in report["gates"]["results"]:
         lines.append(f"gate {'PASS' if g['passed'] else 'FAIL'}  {g['message']}")
+    if report.get("search"):
+        search = report["search"]
+        lines.append(f"search: {len(search['trials'])} trial(s), {search['stopped']}")
+        for t in search["trials"]:
+            gain = "" if t.get("gain") is None else f"{t['gain']:.2f}x"
+            lines.append(f"  {'*' if t.get('chosen') else ' '} {t['name']:<36} {gain:>7}  {t['status']}")
     promo = report.get("promotion") or {}
     verdict = report["outcome"].upper()
     where = f" -> {promo['uri']}" if promo.get("uri") else (f" ({promo['reason']})" if promo.get("reason") else "")
@@ -154,7 +160,34 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def write_html(report: dict[str, Any], plot_path: Path | None, path: Path) -> Path:
+def _search_section(report: dict[str, Any], search_plot: Path | None) -> list[str]:
+    esc = html.escape
+    search = report["search"]
+    parts = [f"<h2>Search ({esc(search['objective'])})</h2><p>{len(search['trials'])} of {search['candidates']} "
+             f"candidates tried; {esc(search['stopped'])}.</p>"]
+    if search_plot and search_plot.exists():
+        data = base64.b64encode(search_plot.read_bytes()).decode()
+        parts.append(f"<img alt='trials: quality vs latency' src='data:image/png;base64,{data}'>")
+    parts.append("<table><tr><th>trial</th><th>expected</th><th>gain</th><th>latency p50</th><th>size</th>"
+                 "<th>quality</th><th>verdict</th></tr>")
+    for t in search["trials"]:
+        m = t.get("metrics") or {}
+        quality = (f"accuracy {m['accuracy']:.4f}" if "accuracy" in m
+                   else f"cosine {m['cosineSimilarity']:.4f}" if "cosineSimilarity" in m else "")
+        verdict = t["status"] + (" (chosen)" if t.get("chosen") else "")
+        why = "; ".join(t.get("failures") or []) or t.get("message") or ""
+        parts.append(f"<tr><td>{esc(t['name'])}</td><td>{t['expectedGain']:.2f}x</td>"
+                     f"<td>{'' if t.get('gain') is None else format(t['gain'], '.2f') + 'x'}</td>"
+                     f"<td>{_ms(m['latencyP50Seconds']) if m else ''}</td>"
+                     f"<td>{_mb(m['sizeBytes']) if m else ''}</td><td>{esc(quality)}</td>"
+                     f"<td class='{'pass' if t['status'] == 'passed' else 'fail'}'>{esc(verdict)}"
+                     f"<br><small>{esc(why)}</small></td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def write_html(report: dict[str, Any], plot_path: Path | None, path: Path,
+               search_plot: Path | None = None) -> Path:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>kompress: {esc(report['name'])}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:4px 10px;"
@@ -174,11 +207,20 @@ def write_html(report: dict[str, Any], plot_path: Path | None, path: Path) -> Pa
             parts.append(f"<tr><td class='{cls}'>{'PASS' if g['passed'] else 'FAIL'}</td>"
                          f"<td>{esc(g['message'])}</td></tr>")
         parts.append("</table>")
-    parts.append("<h2>Steps</h2><table><tr><th>technique</th><th>seconds</th><th>size</th><th>details</th></tr>")
+    if report.get("search"):
+        parts += _search_section(report, search_plot)
+    parts.append("<h2>Steps</h2><table><tr><th>technique</th><th>seconds</th><th>size</th><th>parameters</th>"
+                 "<th>quality</th><th>speedup (quick)</th><th>details</th></tr>")
     for s in report.get("steps", []):
+        fid = (s.get("quality") or {}).get("fidelity") or {}
+        quality = " ".join(x for x in (
+            f"accuracy {s['quality']['accuracy']:.4f}" if "accuracy" in (s.get("quality") or {}) else "",
+            f"cosine {fid['cosineSimilarityMean']:.4f}" if fid else "") if x)
         parts.append(f"<tr><td>{esc(s['technique'])}</td><td>{s['durationSeconds']:.1f}</td>"
-                     f"<td>{_mb(s['sizeBytes'])}</td><td><code>{esc(json.dumps(s['details'], default=str))}</code>"
-                     "</td></tr>")
+                     f"<td>{_mb(s['sizeBytes']) if 'sizeBytes' in s else ''}</td><td>{s.get('parameters', '')}</td>"
+                     f"<td>{esc(quality)}</td>"
+                     f"<td>{format(s['speedupVsBaseline'], '.2f') + 'x' if 'speedupVsBaseline' in s else ''}</td>"
+                     f"<td><code>{esc(json.dumps(s['details'], default=str))}</code></td></tr>")
     parts.append("</table><h2>Provenance</h2><pre>")
     parts.append(esc(json.dumps({k: report.get(k) for k in ("model", "data", "environment", "promotion",
                                                              "runEnergy")}, indent=2, default=str)))

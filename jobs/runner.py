@@ -17,15 +17,13 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs import data as datamod
-from kompress.jobs import evaluate, gates, model_io, onnx_utils, registry, report, storage, torch_model
+from kompress.jobs import evaluate, gates, model_io, onnx_utils, pipeline, registry, report, search, storage
 from kompress.jobs import techniques as techmod
-from kompress.jobs.checkpoints import Checkpoints, fingerprint
-from kompress.jobs.context import StepContext
+from kompress.jobs.checkpoints import Checkpoints
 from kompress.jobs.energy import Stopwatch, open_meter
 from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure
 from kompress.jobs.progress import Progress
 from kompress.jobs.spec import API_VERSION, LoadedSpec
-from kompress.jobs.torch_model import TorchModel
 
 SEED = 0
 FIXED_STEPS = 6  # fetch, prepare, evaluate, gates, promote, write the report
@@ -57,7 +55,8 @@ def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, 
     """Run the spec; ``promote=False`` leaves promotion to the caller (the operator promotes from the report)."""
     spec = loaded.spec
     steps = spec.steps()
-    progress = Progress(FIXED_STEPS + len(steps), quiet=quiet)
+    planned = len(steps) if spec.search is None else spec.search.max_trials  # a search may stop early
+    progress = Progress(FIXED_STEPS + planned, quiet=quiet)
     meter = open_meter(spec.target.energy.method, spec.target.device, spec.target.energy.cpu_watts_per_core)
     output_dir.mkdir(parents=True, exist_ok=True)
     rep: dict[str, Any] = {
@@ -111,53 +110,35 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
                    "evaluationSamples": evaluation.size, "calibrationSamples": calibration.size,
                    "calibrationOverlapsEvaluation": overlap, "labels": dataset.labels is not None}
 
-    train = _training_rows(loaded, rep, work, inputs, calibration)
+    candidates = ((spec.search.candidates or search.default_candidates(source.format, source.metadata,
+                                                                       spec.target.device))
+                  if spec.search else [])
+    steps_needing_torch = spec.steps() + [s for c in candidates for s in c.steps()]
+    train = _training_rows(loaded, rep, work, inputs, calibration, steps_needing_torch)
     target = spec.target
     base_session = evaluate.open_session(source.onnx_path, target)
     base_out = evaluate.run_all(base_session, evaluation.inputs, spec.model.output, progress, "baseline")
     checkpoints = Checkpoints(storage.open_store(output_uri, field="--output") if output_uri
                               else storage.LocalStore(output_dir))
-    lineage = [source.sha256, dataset.sha256, rep["data"].get("trainSha256")]
-    current: Path | TorchModel = source.onnx_path
-    for i, (name, config) in enumerate(loaded.spec.steps()):
-        tech = techmod.get(name)
-        progress.step(f"technique {name} {config.model_dump(by_alias=True, exclude_defaults=True) or ''}")
-        lineage.append([name, config.model_dump(mode="json", by_alias=True)])
-        step_dir = work / f"step{i}-{name}"
-        if tech.stage_of(config) == "torch" and isinstance(current, Path):
-            # the spec puts torch steps first, so `current` is still the source model here
-            current = torch_model.load(source.format, model_local, source.onnx_path, spec.model.task,
-                                       calibration.inputs)
-        elif tech.stage_of(config) == "onnx" and isinstance(current, TorchModel):
-            current = current.export(step_dir / "input" / "model.onnx")
-        ctx = StepContext(workdir=step_dir, calibration=calibration.inputs,
-                          labels=calibration.labels, metadata=dict(source.metadata), device=target.device,
-                          progress=progress, task=spec.model.task, train=train,
-                          checkpoints=checkpoints.scope(f"step{i}-{name}-{fingerprint(*lineage)}"), seed=SEED)
-        t0 = time.perf_counter()
-        try:
-            result = tech.apply(current, config, ctx)
-        except KompressError:
-            raise
-        except Exception as err:
-            raise RuntimeFailure(f"technique {name} failed: {type(err).__name__}: "
-                                 f"{str(err).splitlines()[0][:300] if str(err) else ''}") from err
-        seconds = time.perf_counter() - t0
-        current = result.model_path
-        step_onnx = current.export(step_dir / "eval" / "model.onnx") if isinstance(current, TorchModel) else current
-        measured = evaluate.step_metrics(base_session, base_out, step_onnx, evaluation, target, spec.model)
-        rep["steps"].append({"technique": name, "stage": tech.stage_of(config),
-                             "config": config.model_dump(mode="json", by_alias=True),
-                             "durationSeconds": round(seconds, 2), "sizeBytes": onnx_utils.size_bytes(step_onnx),
-                             "parameters": onnx_utils.parameter_count(step_onnx), **measured,
-                             "details": result.details})
-        progress.info(f"{name}: {onnx_utils.size_bytes(step_onnx) / 1e6:.1f} MB, "
-                      f"{evaluate.headline(measured)} in {seconds:.1f}s")
-    if isinstance(current, TorchModel):
-        current = current.export(work / "final" / "model.onnx")
+    ws = pipeline.Workspace(spec, source, model_local, calibration, evaluation, train, base_session, base_out,
+                            checkpoints, [source.sha256, dataset.sha256, rep["data"].get("trainSha256")],
+                            progress, work, SEED)
+    if spec.search is None:
+        result = pipeline.apply(ws, spec.steps(), "pipeline", evaluate_steps=True, step_lines=True)
+        current, rep["steps"] = result.model, result.steps
+    else:
+        outcome = search.run(ws, spec.search, candidates, spec.gates, meter)
+        rep["search"] = {"objective": spec.search.objective, "candidates": len(candidates),
+                         "stopped": outcome.stopped, "chosen": outcome.chosen, "trials": outcome.trials}
+        if outcome.model is None:
+            raise RuntimeFailure("search: no candidate produced a model: "
+                                 + "; ".join(f"{t['name']}: {t.get('message')}" for t in outcome.trials))
+        current, rep["steps"] = outcome.model, outcome.steps
+        progress.info(f"search chose {outcome.trials[outcome.chosen]['name']} ({outcome.stopped})")
 
     progress.step(f"evaluating baseline and optimized on {evaluation.size} samples")
     sessions = {"baseline": base_session, "optimized": evaluate.open_session(current, target)}
+    del ws
     opt_out = evaluate.run_all(sessions["optimized"], evaluation.inputs, spec.model.output, progress, "optimized")
     base_q, opt_q = evaluate.quality(base_out, opt_out, evaluation, spec.model.task)
     speed = evaluate.measure_speed(sessions, evaluation, target, meter, progress)
@@ -193,11 +174,11 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
 
 
 def _training_rows(loaded: LoadedSpec, rep: dict[str, Any], work: Path, inputs: list,
-                   calibration: datamod.Dataset) -> dict[str, np.ndarray] | None:
+                   calibration: datamod.Dataset, steps: list) -> dict[str, np.ndarray] | None:
     """Rows for techniques that train: data.trainUri when set, else the calibration rows (never the
     evaluation rows, so a trained model is not scored on what it learned from)."""
     spec = loaded.spec
-    if not any(techmod.get(n).stage_of(c) == "torch" for n, c in spec.steps()):
+    if not any(techmod.get(n).stage_of(c) == "torch" for n, c in steps):
         return None
     rows = calibration
     if spec.data.train_uri:
@@ -234,12 +215,20 @@ def _write_outputs(rep: dict[str, Any], output_dir: Path, output_uri: str | None
             plot_path = report.plot(rep, output_dir / "report.png")
         except Exception as err:
             print(f"kompress: plot skipped: {err}", file=sys.stderr)
-    report.write_html(rep, plot_path, output_dir / "report.html")
+    search_plot = None
+    if rep.get("search"):
+        try:
+            search_plot = search.plot(rep["search"]["trials"], output_dir / "search.png")
+        except Exception as err:
+            print(f"kompress: search plot skipped: {err}", file=sys.stderr)
+    report.write_html(rep, plot_path, output_dir / "report.html", search_plot)
     if (output_dir / "model.onnx").exists() and rep.get("optimized"):
         artifacts["model"] = str(output_dir / "model.onnx")
     artifacts |= {"reportJson": str(output_dir / "report.json"), "reportHtml": str(output_dir / "report.html")}
     if plot_path:
         artifacts["plot"] = str(plot_path)
+    if search_plot:
+        artifacts["searchPlot"] = str(search_plot)
     if output_uri:
         base = output_uri.rstrip("/")
         artifacts = {k: f"{base}/{Path(v).name}" for k, v in artifacts.items()}
@@ -247,7 +236,7 @@ def _write_outputs(rep: dict[str, Any], output_dir: Path, output_uri: str | None
     report.write_json(rep, output_dir / "report.json")
     if output_uri:
         store = storage.open_store(output_uri, field="--output")
-        for name in ("model.onnx", "model.onnx.data", "report.png", "report.html", "report.json"):
+        for name in ("model.onnx", "model.onnx.data", "report.png", "search.png", "report.html", "report.json"):
             f = output_dir / name
             if f.exists() and (name != "model.onnx" or "model" in artifacts):
                 store.put_file(name, f)

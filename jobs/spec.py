@@ -90,6 +90,41 @@ def step_name_and_config(step: SpecModel) -> tuple[str, SpecModel]:
     raise AssertionError("validated TechniqueStep without a technique")
 
 
+class Candidate(SpecModel):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_. +-]{0,62}$")] | None = None
+    """Label in the trial table (default: the technique names joined by '+')."""
+    techniques: Annotated[list[TechniqueStep], Field(min_length=1, max_length=32)]  # type: ignore[valid-type]
+    """The pipeline this candidate applies, as in spec.techniques."""
+
+    @model_validator(mode="after")
+    def torch_steps_first(self) -> Candidate:
+        check_stage_order([step_name_and_config(s) for s in self.techniques], "techniques")
+        return self
+
+    def steps(self) -> list[tuple[str, SpecModel]]:
+        return [step_name_and_config(s) for s in self.techniques]
+
+    def label(self) -> str:
+        return self.name or "+".join(n for n, _ in self.steps())
+
+
+class SearchSpec(SpecModel):
+    candidates: Annotated[list[Candidate], Field(min_length=1, max_length=64)] | None = None
+    """Recipes to try. Default: a built-in list for the model's format and task (INT8 variants, and for
+    Hugging Face transformers structured pruning and distillation followed by INT8)."""
+    objective: Literal["latency", "size", "energy"] = "latency"
+    """What the chosen model minimises among the candidates that pass every gate."""
+    max_trials: Annotated[int, Field(ge=1, le=64)] = 8
+    """Candidates evaluated at most."""
+    timeout_seconds: Annotated[int, Field(ge=60, le=7 * 86400)] = 3600
+    """No trial starts after this many seconds of search (a running trial finishes)."""
+    trial_iterations: Annotated[int, Field(ge=5, le=10_000)] = 30
+    """Timed runs per variant in a trial (interleaved with the baseline); the chosen model is then measured
+    in full (target.iterations)."""
+    early_stop: bool = True
+    """Stop once a passing trial's measured gain is at least the expected gain of every candidate left."""
+
+
 class EnergySpec(SpecModel):
     method: Literal["auto", "rapl", "nvml", "estimate"] = "auto"
     """auto: NVML on GPU, RAPL where /sys/class/powercap is readable, else an estimate from CPU time."""
@@ -191,8 +226,10 @@ class OptimizationSpec(SpecModel):
     """The model to optimize."""
     data: DataSpec
     """Calibration and evaluation data."""
-    techniques: Annotated[list[TechniqueStep], Field(min_length=1, max_length=32)]  # type: ignore[valid-type]
-    """Techniques applied in order."""
+    techniques: Annotated[list[TechniqueStep], Field(min_length=1, max_length=32)] | None = None  # type: ignore[valid-type]
+    """Techniques applied in order (give either techniques or search)."""
+    search: SearchSpec | None = None
+    """Search over candidate recipes; the fastest (or smallest, or least energy) one that passes the gates wins."""
     target: TargetSpec = TargetSpec()
     """Where and how the model is measured."""
     gates: GatesSpec = GatesSpec()
@@ -205,12 +242,15 @@ class OptimizationSpec(SpecModel):
     """Secret with S3 credentials for the Job (ignored by a local run, which uses the standard AWS chain)."""
 
     @model_validator(mode="after")
-    def torch_steps_first(self) -> OptimizationSpec:
+    def techniques_or_search(self) -> OptimizationSpec:
+        if (self.techniques is None) == (self.search is None):
+            raise ValueError("give exactly one of techniques (a fixed pipeline) or search (candidate recipes)")
         check_stage_order(self.steps(), "techniques")
         return self
 
     def steps(self) -> list[tuple[str, SpecModel]]:
-        return [step_name_and_config(s) for s in self.techniques]
+        """The fixed pipeline's steps (empty for a search)."""
+        return [step_name_and_config(s) for s in self.techniques or []]
 
 
 def check_stage_order(steps: list[tuple[str, SpecModel]], where: str) -> None:

@@ -21,7 +21,7 @@ LABEL_NAME = "kompress.dev/name"
 LABEL_RUN = "kompress.dev/run"
 TERMINATION_LOG = "/dev/termination-log"
 WORKDIR = "/work"
-RUN_FIELDS = ("model", "data", "techniques", "target", "resources", "storage_secret_ref")
+RUN_FIELDS = ("model", "data", "techniques", "search", "target", "resources", "storage_secret_ref")
 
 
 def run_key(spec: OptimizationSpec) -> str:

@@ -152,7 +152,10 @@ def test_structural_and_strict(root: dict[str, Any]) -> None:
 
 
 def test_required_and_optional_fields(spec: dict[str, Any]) -> None:
-    assert spec["required"] == ["model", "data", "techniques"]
+    assert spec["required"] == ["model", "data"]  # plus exactly one of techniques / search, by a CEL rule
+    assert {"rule": "has(self.techniques) != has(self.search)",
+            "message": "give exactly one of techniques (a fixed pipeline) or search (candidate recipes)"} \
+        in spec["x-kubernetes-validations"]
     props = spec["properties"]
     assert props["model"]["required"] == ["uri"]
     assert props["model"]["properties"]["format"]["enum"] == ["onnx", "huggingface", "torch-export"]

@@ -32,7 +32,12 @@ class GraphOptimizeConfig(SpecModel):
 
 @register("graphOptimize", GraphOptimizeConfig, "ONNX Runtime graph optimization and transformer fusion.")
 def graph_optimize(model_path: Path, config: GraphOptimizeConfig, ctx: StepContext) -> StepResult:
-    hf_type = ctx.metadata.get("hf.model_type", "")
+    # The input file's own metadata wins: a torch step (pruned heads, fewer layers) records its shape there.
+    import onnx
+
+    meta = {**ctx.metadata, **{p.key: p.value for p in onnx.load(str(model_path), load_external_data=False)
+                               .metadata_props}}
+    hf_type = meta.get("hf.model_type", "")
     model_type = config.model_type
     if model_type == "auto":
         model_type = "bert" if hf_type in _BERT_LIKE else "generic"
@@ -40,8 +45,8 @@ def graph_optimize(model_path: Path, config: GraphOptimizeConfig, ctx: StepConte
     if model_type == "bert":
         from onnxruntime.transformers import optimizer
 
-        heads = config.num_heads or int(ctx.metadata.get("hf.num_attention_heads", 0))
-        hidden = config.hidden_size or int(ctx.metadata.get("hf.hidden_size", 0))
+        heads = config.num_heads or int(meta.get("hf.num_attention_heads", 0))  # 0: detected from the graph
+        hidden = config.hidden_size or int(meta.get("hf.hidden_size", 0))
         fused = optimizer.optimize_model(
             str(model_path), model_type="bert", num_heads=heads, hidden_size=hidden,
             opt_level=0, use_gpu=ctx.device == "gpu",

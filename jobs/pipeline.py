@@ -1,0 +1,111 @@
+"""Apply a list of technique steps to the source model: the fixed pipeline of `spec.techniques`, and each
+trial of a search. Torch steps (the ones that train) run first on a TorchModel; the model is exported to
+ONNX before the first ONNX step and at the end. Each step can be evaluated on its own (quality against the
+baseline and a quick latency comparison), so a report shows what every step bought."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kompress.jobs import evaluate, onnx_utils, torch_model
+from kompress.jobs import techniques as techmod
+from kompress.jobs.checkpoints import Checkpoints, fingerprint
+from kompress.jobs.context import StepContext
+from kompress.jobs.data import Dataset
+from kompress.jobs.errors import KompressError, RuntimeFailure
+from kompress.jobs.model_io import SourceModel
+from kompress.jobs.progress import Progress
+from kompress.jobs.spec import OptimizationSpec
+from kompress.jobs.specbase import SpecModel
+from kompress.jobs.torch_model import TorchModel
+
+
+@dataclass
+class Workspace:
+    """Everything a pipeline needs that does not change between pipelines of one run."""
+
+    spec: OptimizationSpec
+    source: SourceModel
+    model_local: Path
+    calibration: Dataset
+    evaluation: Dataset
+    train: dict[str, np.ndarray] | None
+    base_session: Any
+    base_out: np.ndarray
+    checkpoints: Checkpoints
+    lineage: list[Any]
+    progress: Progress
+    work: Path
+    seed: int
+
+
+@dataclass
+class PipelineResult:
+    model: Path
+    steps: list[dict[str, Any]]
+
+
+def apply(ws: Workspace, steps: list[tuple[str, SpecModel]], label: str, *, evaluate_steps: bool,
+          step_lines: bool) -> PipelineResult:
+    """Run ``steps`` from the source model; ``label`` keeps scratch folders and checkpoints of different
+    pipelines apart. ``step_lines``: announce each step as a numbered progress step (else an info line)."""
+    spec = ws.spec
+    lineage = list(ws.lineage)
+    reports: list[dict[str, Any]] = []
+    current: Path | TorchModel = ws.source.onnx_path
+    for i, (name, config) in enumerate(steps):
+        tech = techmod.get(name)
+        stage = tech.stage_of(config)
+        announce = f"technique {name} {config.model_dump(by_alias=True, exclude_defaults=True) or ''}"
+        if step_lines:
+            ws.progress.step(announce)
+        else:
+            ws.progress.info(f"{label}: {announce}")
+        lineage.append([name, config.model_dump(mode="json", by_alias=True)])
+        step_dir = ws.work / label / f"step{i}-{name}"
+        if stage == "torch" and isinstance(current, Path):
+            # torch steps come first (the spec checks), so `current` is still the source model here
+            current = torch_model.load(ws.source.format, ws.model_local, ws.source.onnx_path, spec.model.task,
+                                       ws.calibration.inputs)
+        elif stage == "onnx" and isinstance(current, TorchModel):
+            current = current.export(step_dir / "input" / "model.onnx")
+        ctx = StepContext(workdir=step_dir, calibration=ws.calibration.inputs, labels=ws.calibration.labels,
+                          metadata=dict(ws.source.metadata), device=spec.target.device, progress=ws.progress,
+                          task=spec.model.task, train=ws.train, seed=ws.seed,
+                          checkpoints=ws.checkpoints.scope(f"step{i}-{name}-{fingerprint(*lineage)}"))
+        t0 = time.perf_counter()
+        try:
+            result = tech.apply(current, config, ctx)
+        except KompressError:
+            raise
+        except Exception as err:
+            raise RuntimeFailure(f"technique {name} failed: {type(err).__name__}: "
+                                 f"{str(err).splitlines()[0][:300] if str(err) else ''}") from err
+        seconds = time.perf_counter() - t0
+        current = result.model_path
+        entry: dict[str, Any] = {"technique": name, "stage": stage,
+                                 "config": config.model_dump(mode="json", by_alias=True),
+                                 "durationSeconds": round(seconds, 2)}
+        if evaluate_steps or i == len(steps) - 1:
+            step_onnx = (current.export(step_dir / "eval" / "model.onnx") if isinstance(current, TorchModel)
+                         else current)
+            entry |= {"sizeBytes": onnx_utils.size_bytes(step_onnx),
+                      "parameters": onnx_utils.parameter_count(step_onnx)}
+            if evaluate_steps:
+                measured = evaluate.step_metrics(ws.base_session, ws.base_out, step_onnx, ws.evaluation,
+                                                 spec.target, spec.model)
+                entry |= measured
+                ws.progress.info(f"{name}: {entry['sizeBytes'] / 1e6:.1f} MB, {evaluate.headline(measured)} "
+                                 f"in {seconds:.1f}s")
+            if isinstance(current, TorchModel) and i == len(steps) - 1:
+                current = step_onnx
+        entry["details"] = result.details
+        reports.append(entry)
+    if isinstance(current, TorchModel):  # pragma: no cover - the last step exported it above
+        current = current.export(ws.work / label / "final" / "model.onnx")
+    return PipelineResult(current, reports)
