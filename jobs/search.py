@@ -143,7 +143,9 @@ def run(ws: pipeline.Workspace, search: SearchSpec, candidates: list[Candidate],
     meta, device = ws.source.metadata, spec.target.device
     ranked = sorted(((expected_gain(c, search.objective, meta, device), i, c) for i, c in enumerate(candidates)),
                     key=lambda t: (-t[0], t[1]))
-    store = ws.checkpoints.scope("search-" + fingerprint(ws.lineage, search.model_dump(mode="json"),
+    # What a trial computes depends on these; budgets (maxTrials, timeout, early stop) do not, so raising a
+    # budget and re-running reuses the finished trials.
+    store = ws.checkpoints.scope("search-" + fingerprint(ws.lineage, search.trial_iterations,
                                                          gates_spec.model_dump(mode="json"),
                                                          spec.target.model_dump(mode="json"),
                                                          [c.model_dump(mode="json") for c in candidates]))
