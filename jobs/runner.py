@@ -92,37 +92,11 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
          progress: Progress,
          meter: Any, approve: bool, resource_uid: str | None, promote: bool) -> ExitCode:
     spec = loaded.spec
-    np.random.seed(SEED)
-    progress.step(f"fetching model {spec.model.uri} and data {spec.data.uri}")
-    model_local = storage.fetch(spec.model.uri, work / "fetch" / "model", field="model.uri")
-    data_local = storage.fetch(spec.data.uri, work / "fetch" / "data", field="data.uri")
-    dataset = datamod.load_npz(data_local)
-
-    progress.step(f"preparing the model ({spec.model.format or 'format auto-detected'})")
-    source = model_io.prepare(spec.model, model_local, work, dataset.inputs, seed=SEED)
-    inputs = source.inputs
-    dataset = datamod.conform(dataset, inputs)
-    calibration, evaluation, overlap = datamod.split(dataset, spec.data.calibration_samples,
-                                                     spec.data.evaluation_samples, SEED)
-    rep["model"] = {"uri": spec.model.uri, "format": source.format, "sha256": source.sha256,
-                    "inputs": [i.name for i in inputs], "metadata": source.metadata}
-    rep["data"] = {"uri": spec.data.uri, "sha256": dataset.sha256, "samples": dataset.size,
-                   "evaluationSamples": evaluation.size, "calibrationSamples": calibration.size,
-                   "calibrationOverlapsEvaluation": overlap, "labels": dataset.labels is not None}
-
-    candidates = ((spec.search.candidates or search.default_candidates(source.format, source.metadata,
-                                                                       spec.target.device))
-                  if spec.search else [])
-    steps_needing_torch = spec.steps() + [s for c in candidates for s in c.steps()]
-    train = _training_rows(loaded, rep, work, inputs, calibration, steps_needing_torch)
-    target = spec.target
-    base_session = evaluate.open_session(source.onnx_path, target)
-    base_out = evaluate.run_all(base_session, evaluation.inputs, spec.model.output, progress, "baseline")
     checkpoints = Checkpoints(storage.open_store(output_uri, field="--output") if output_uri
                               else storage.LocalStore(output_dir))
-    ws = pipeline.Workspace(spec, source, model_local, calibration, evaluation, train, base_session, base_out,
-                            checkpoints, [source.sha256, dataset.sha256, rep["data"].get("trainSha256")],
-                            progress, work, SEED)
+    ws, candidates = open_workspace(loaded, rep, work, checkpoints, progress)
+    source, evaluation, target = ws.source, ws.evaluation, spec.target
+    base_session, base_out, inputs = ws.base_session, ws.base_out, source.inputs
     if spec.search is None:
         result = pipeline.apply(ws, spec.steps(), "pipeline", evaluate_steps=True, step_lines=True)
         current, rep["steps"] = result.model, result.steps
@@ -171,6 +145,42 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
     rep["message"] = (f"promoted to {promo['uri']}" if promo.get("uri")
                       else f"gates passed; not promoted ({promo.get('reason')})")
     return ExitCode.SUCCESS
+
+
+def open_workspace(loaded: LoadedSpec, rep: dict[str, Any], work: Path, checkpoints: Checkpoints,
+                   progress: Progress) -> tuple[pipeline.Workspace, list[Any]]:
+    """Fetch and prepare the model and data, split the rows, run the baseline once; the search candidates
+    (given or built in) come back too. Fills rep["model"] and rep["data"]."""
+    spec = loaded.spec
+    np.random.seed(SEED)
+    progress.step(f"fetching model {spec.model.uri} and data {spec.data.uri}")
+    model_local = storage.fetch(spec.model.uri, work / "fetch" / "model", field="model.uri")
+    data_local = storage.fetch(spec.data.uri, work / "fetch" / "data", field="data.uri")
+    dataset = datamod.load_npz(data_local)
+
+    progress.step(f"preparing the model ({spec.model.format or 'format auto-detected'})")
+    source = model_io.prepare(spec.model, model_local, work, dataset.inputs, seed=SEED)
+    inputs = source.inputs
+    dataset = datamod.conform(dataset, inputs)
+    calibration, evaluation, overlap = datamod.split(dataset, spec.data.calibration_samples,
+                                                     spec.data.evaluation_samples, SEED)
+    rep["model"] = {"uri": spec.model.uri, "format": source.format, "sha256": source.sha256,
+                    "inputs": [i.name for i in inputs], "metadata": source.metadata}
+    rep["data"] = {"uri": spec.data.uri, "sha256": dataset.sha256, "samples": dataset.size,
+                   "evaluationSamples": evaluation.size, "calibrationSamples": calibration.size,
+                   "calibrationOverlapsEvaluation": overlap, "labels": dataset.labels is not None}
+
+    candidates = ((spec.search.candidates or search.default_candidates(source.format, source.metadata,
+                                                                       spec.target.device))
+                  if spec.search else [])
+    steps_needing_torch = spec.steps() + [s for c in candidates for s in c.steps()]
+    train = _training_rows(loaded, rep, work, inputs, calibration, steps_needing_torch)
+    base_session = evaluate.open_session(source.onnx_path, spec.target)
+    base_out = evaluate.run_all(base_session, evaluation.inputs, spec.model.output, progress, "baseline")
+    ws = pipeline.Workspace(spec, source, model_local, calibration, evaluation, train, base_session, base_out,
+                            checkpoints, [source.sha256, dataset.sha256, rep["data"].get("trainSha256")],
+                            progress, work, SEED)
+    return ws, candidates
 
 
 def _training_rows(loaded: LoadedSpec, rep: dict[str, Any], work: Path, inputs: list,
