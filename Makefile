@@ -28,6 +28,8 @@ test: install servers
 
 bench: install
 	$(PYTHON) bench/minilm_cpu.py
+	$(PYTHON) bench/compression.py --model minilm
+	$(PYTHON) bench/compression.py --model digits
 
 lint:
 	ruff check .

@@ -256,14 +256,20 @@ class OptimizationSpec(SpecModel):
 def check_stage_order(steps: list[tuple[str, SpecModel]], where: str) -> None:
     """Steps that train in PyTorch must come before the ONNX-only steps (a quantized ONNX graph cannot go
     back to PyTorch)."""
-    first_onnx = None
+    first_onnx = closing = None
     for i, (name, config) in enumerate(steps):
-        stage = techniques.get(name).stage_of(config)
+        tech = techniques.get(name)
+        stage = tech.stage_of(config)
         if stage == "onnx" and first_onnx is None:
             first_onnx = (i, name)
         elif stage == "torch" and first_onnx is not None:
             raise ValueError(f"{where}[{i}] {name} trains in PyTorch, so it must come before the ONNX-only step "
                              f"{where}[{first_onnx[0]}] {first_onnx[1]}")
+        elif stage == "torch" and closing is not None:
+            raise ValueError(f"{where}[{i}] {name} cannot follow {where}[{closing[0]}] {closing[1]}, which must be "
+                             "the last PyTorch step")
+        if stage == "torch" and tech.last_torch_step:
+            closing = (i, name)
 
 
 class LoadedSpec(SpecModel):

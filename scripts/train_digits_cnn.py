@@ -3,9 +3,11 @@
 scikit-learn's digits (1,797 8x8 images shipped inside the package) are split 80/20 with a fixed seed;
 the CNN trains on the 80% in a few seconds on a CPU, and the 20% becomes the labelled evaluation set.
 
-Run: python scripts/train_digits_cnn.py [--out-dir jobs/datasets]
-Writes digits-cnn.onnx (input `pixels` [N,1,8,8] float32, output `logits` [N,10]) and digits-eval.npz
-(`pixels`, `labels`), and prints the held-out accuracy.
+Run: python scripts/train_digits_cnn.py [--out-dir jobs/datasets] [--train-data-only]
+Writes digits-cnn.onnx (input `pixels` [N,1,8,8] float32, output `logits` [N,10]), digits-eval.npz
+(`pixels`, `labels`) and digits-train.npz (the 80% the CNN trained on, for techniques that train:
+`data.trainUri`), and prints the held-out accuracy. `--train-data-only` writes digits-train.npz alone,
+without retraining: the split is deterministic, so the shipped model and evaluation file stay as they are.
 """
 
 from __future__ import annotations
@@ -72,11 +74,26 @@ def train(epochs: int = 12) -> tuple[object, float, np.ndarray, np.ndarray]:
     return model, acc, x_test, y_test
 
 
+def write_train_data(out_dir: Path) -> Path:
+    """The training split as an .npz (float32 pixels, int64 labels), like digits-eval.npz."""
+    x_train, y_train, _, _ = load_split()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "digits-train.npz"
+    np.savez_compressed(path, pixels=x_train, labels=y_train)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "jobs" / "datasets")
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--train-data-only", action="store_true",
+                        help="only write digits-train.npz (no training; the shipped model is left alone)")
     args = parser.parse_args()
+    train_path = write_train_data(args.out_dir)
+    if args.train_data_only:
+        print(json.dumps({"trainData": str(train_path)}))
+        return
     import torch
 
     model, acc, x_test, y_test = train(args.epochs)
@@ -86,7 +103,8 @@ def main() -> None:
                       output_names=["logits"], dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
                       opset_version=17, dynamo=False)
     np.savez_compressed(args.out_dir / "digits-eval.npz", pixels=x_test, labels=y_test)
-    print(json.dumps({"model": str(onnx_path), "heldOutAccuracy": acc, "evalSamples": len(y_test)}))
+    print(json.dumps({"model": str(onnx_path), "trainData": str(train_path), "heldOutAccuracy": acc,
+                      "evalSamples": len(y_test)}))
 
 
 if __name__ == "__main__":

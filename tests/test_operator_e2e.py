@@ -135,6 +135,7 @@ def world(kube_cluster: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFa
         s3.create_bucket(Bucket=bucket)
     s3.upload_file(str(DATASETS / "digits-cnn.onnx"), "e2e-models", "digits/model.onnx")
     s3.upload_file(str(DATASETS / "digits-eval.npz"), "e2e-datasets", "digits/eval.npz")
+    s3.upload_file(str(DATASETS / "digits-train.npz"), "e2e-datasets", "digits/train.npz")
     s3.upload_file(str(DATASETS / "minilm-eval.npz"), "e2e-datasets", "minilm/eval.npz")
     kubelet = FakeKubelet(kube_cluster, extra_env={}, workdir=workdir / "kubelet", max_parallel=2).start()
     pushgateway = start_pushgateway(workdir)
@@ -307,6 +308,55 @@ def test_failing_job_retries_then_fails_with_the_message(world: dict[str, Any]) 
     assert st["phase"] == "Failed" and condition(obj, "Stalled")["reason"] == "RetriesExhausted"
     assert st["message"]  # the pod's termination message (FallbackToLogsOnError: the engine's last lines)
     assert "RetriesExhausted" in events(world, ns)
+
+
+def test_search_with_training_resumes_its_trials_after_the_pod_is_killed(world: dict[str, Any]) -> None:
+    """spec.search as a Job: candidates that train (structured pruning + recovery, QAT) and one that does not;
+    the engine pod is killed during the second trial, and the retried pod resumes from the first trial's
+    record in S3 (the Job's output prefix) instead of redoing it."""
+    ns = namespace(world, "searching")
+    doc = digits("tuned")
+    del doc["spec"]["techniques"]
+    doc["spec"]["data"]["trainUri"] = "s3://e2e-datasets/digits/train.npz"
+    doc["spec"]["promotion"]["modelName"] = "digits-tuned"
+    doc["spec"]["gates"] = {"maxAccuracyDrop": 0.02}
+    doc["spec"]["search"] = {"objective": "latency", "earlyStop": False, "trialIterations": 200, "candidates": [
+        {"name": "pruned", "techniques": [
+            {"prune": {"method": "structured", "target": "channels", "sparsity": 0.5, "finetune": {"epochs": 2}}},
+            {"quantize": {"method": "static"}}]},
+        {"name": "qat", "techniques": [{"qat": {"epochs": 2}}]},
+        {"name": "int8", "techniques": [{"quantize": {"method": "dynamic"}}]}]}
+    assert apply(world, ns, doc).returncode == 0
+    kubelet = world["kubelet"]
+    killed: list[str] = []
+
+    def kill_in_second_trial() -> Any:
+        for pod in world["cluster"].request("GET", f"/api/v1/namespaces/{ns}/pods")["items"]:
+            name = pod["metadata"]["name"]
+            pid = kubelet.pid(ns, name)
+            if pid and not killed and "trial 2:" in kubelet.logs(ns, name):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(name)
+        obj = get(world, ns, "tuned")
+        return obj if obj.get("status", {}).get("phase") in FINAL else None
+
+    obj = wait_for(kill_in_second_trial, 420, "the search to finish after a kill", world)
+    assert killed, "the pod finished before it could be killed"
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    pods = [p["metadata"]["name"] for p in world["cluster"].request("GET", f"/api/v1/namespaces/{ns}/pods")["items"]]
+    retried = next(kubelet.logs(ns, p) for p in pods if p != killed[0])
+    assert "search: resuming, 1 trial(s) already completed" in retried
+    assert "trial 1:" not in retried
+    runs = world["s3"].list_objects_v2(Bucket="e2e-registry", Prefix="serving/.kompress-runs/searching/tuned/")
+    report_key = next(o["Key"] for o in runs["Contents"] if o["Key"].endswith("/report.json"))
+    report = json.loads(world["s3"].get_object(Bucket="e2e-registry", Key=report_key)["Body"].read())
+    trials = report["search"]["trials"]
+    assert {t["name"] for t in trials} == {"pruned", "qat", "int8"}
+    pruned = next(t for t in trials if t["name"] == "pruned")
+    assert pruned["steps"][0]["stage"] == "torch" and pruned["steps"][0]["details"]["parametersAfter"] < \
+        pruned["steps"][0]["details"]["parametersBefore"]
+    assert sum(bool(t.get("chosen")) for t in trials) == 1
+    assert obj["status"]["promotedTo"] == "s3://e2e-registry/serving/digits-tuned/1"
 
 
 def test_bad_input_fails_at_once_with_the_engine_message(world: dict[str, Any]) -> None:

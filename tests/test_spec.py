@@ -90,3 +90,16 @@ def test_yaml_syntax_error_is_one_line(tmp_path: Path) -> None:
     assert "is not valid YAML" in proc.stderr and "Traceback" not in proc.stderr
     missing = run_cli("run", str(tmp_path / "nope.yaml"), cwd=tmp_path)
     assert missing.returncode == ExitCode.INVALID_INPUT and "does not exist" in missing.stderr
+
+
+def test_training_steps_come_first_and_qat_closes_them() -> None:
+    base = {"model": {"uri": "m"}, "data": {"uri": "d"}}
+    with pytest.raises(SpecError) as err:
+        parse_document({**base, "techniques": [{"quantize": {}}, {"prune": {"method": "structured"}}]})
+    assert "techniques[1] prune trains in PyTorch, so it must come before the ONNX-only step techniques[0]" \
+        in str(err.value)
+    with pytest.raises(SpecError) as err:
+        parse_document({**base, "techniques": [{"qat": {}}, {"prune": {"method": "structured"}}]})
+    assert "techniques[1] prune cannot follow techniques[0] qat" in str(err.value)
+    ok = parse_document({**base, "techniques": [{"prune": {"method": "structured"}}, {"qat": {}}]})
+    assert [n for n, _ in ok.spec.steps()] == ["prune", "qat"]

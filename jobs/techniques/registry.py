@@ -44,6 +44,8 @@ class Technique:
     apply: ApplyFn
     summary: str
     stage: Stage | Callable[[Any], Stage] = "onnx"
+    last_torch_step: bool = False
+    """True when no torch step may follow (e.g. QAT leaves a fake-quantized module that must be exported)."""
 
     def stage_of(self, config: Any) -> Stage:
         return self.stage(config) if callable(self.stage) else self.stage
@@ -53,11 +55,13 @@ _TECHNIQUES: dict[str, Technique] = {}
 
 
 def register(name: str, config: type[SpecModel], summary: str,
-             stage: Stage | Callable[[Any], Stage] = "onnx") -> Callable[[ApplyFn], ApplyFn]:
+             stage: Stage | Callable[[Any], Stage] = "onnx",
+             last_torch_step: bool = False) -> Callable[[ApplyFn], ApplyFn]:
     def decorate(fn: ApplyFn) -> ApplyFn:
         if name in _TECHNIQUES:
             raise ValueError(f"technique {name!r} registered twice")
-        _TECHNIQUES[name] = Technique(name=name, config=config, apply=fn, summary=summary, stage=stage)
+        _TECHNIQUES[name] = Technique(name=name, config=config, apply=fn, summary=summary, stage=stage,
+                                      last_torch_step=last_torch_step)
         return fn
 
     return decorate
