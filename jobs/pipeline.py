@@ -17,7 +17,7 @@ from kompress.jobs import techniques as techmod
 from kompress.jobs.checkpoints import Checkpoints, fingerprint
 from kompress.jobs.context import StepContext
 from kompress.jobs.data import Dataset
-from kompress.jobs.errors import KompressError, RuntimeFailure
+from kompress.jobs.errors import InvalidInputError, KompressError, RuntimeFailure
 from kompress.jobs.model_io import SourceModel
 from kompress.jobs.progress import Progress
 from kompress.jobs.spec import OptimizationSpec
@@ -68,6 +68,11 @@ def apply(ws: Workspace, steps: list[tuple[str, SpecModel]], label: str, *, eval
             ws.progress.info(f"{label}: {announce}")
         lineage.append([name, config.model_dump(mode="json", by_alias=True)])
         step_dir = ws.work / label / f"step{i}-{name}"
+        if stage == "torch" and ws.train is None:
+            raise InvalidInputError(
+                f"{name} trains, but every row of data.uri is also used for evaluation; set data.trainUri to "
+                "training or transfer rows, or lower data.evaluationSamples below the number of rows",
+                field="data.trainUri")
         if stage == "torch" and isinstance(current, Path):
             # torch steps come first (the spec checks), so `current` is still the source model here
             current = torch_model.load(ws.source.format, ws.model_local, ws.source.onnx_path, spec.model.task,

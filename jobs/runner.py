@@ -191,6 +191,10 @@ def _training_rows(loaded: LoadedSpec, rep: dict[str, Any], work: Path, inputs: 
     if not any(techmod.get(n).stage_of(c) == "torch" for n, c in steps):
         return None
     rows = calibration
+    if not spec.data.train_uri and rep["data"]["calibrationOverlapsEvaluation"]:
+        # training on evaluation rows would score the model on what it learned from
+        rep["data"]["trainSamples"] = 0
+        return None
     if spec.data.train_uri:
         local = storage.fetch(spec.data.train_uri, work / "fetch" / "train", field="data.trainUri")
         rows = datamod.conform(datamod.load_npz(local, field="data.trainUri"), inputs, field="data.trainUri")

@@ -249,11 +249,13 @@ def test_crd_defaults_agree_with_pydantic(spec: dict[str, Any]) -> None:
         defaulted = crd.apply_defaults(spec, copy.deepcopy(body))
         assert defaulted != body  # the CRD does default things
         assert OptimizationSpec.model_validate(defaulted) == OptimizationSpec.model_validate(body), path.name
-    minimal = {"model": {"uri": "s3://m/x.onnx"}, "data": {"uri": "s3://d/x.npz"},
-               "techniques": [{name: {}} for name in techniques.names()]}
-    defaulted = crd.apply_defaults(spec, copy.deepcopy(minimal))
-    assert defaulted["target"]["iterations"] == OptimizationSpec.model_validate(minimal).target.iterations
-    assert OptimizationSpec.model_validate(defaulted) == OptimizationSpec.model_validate(minimal)
+    required = {"distill": {"student": {"layers": 3}}}  # techniques whose config has a required field
+    for name in techniques.names():
+        minimal = {"model": {"uri": "s3://m/x.onnx"}, "data": {"uri": "s3://d/x.npz"},
+                   "techniques": [{name: required.get(name, {})}]}
+        defaulted = crd.apply_defaults(spec, copy.deepcopy(minimal))
+        assert defaulted["target"]["iterations"] == OptimizationSpec.model_validate(minimal).target.iterations
+        assert OptimizationSpec.model_validate(defaulted) == OptimizationSpec.model_validate(minimal), name
 
 
 def test_object_defaults_are_compact(spec: dict[str, Any]) -> None:

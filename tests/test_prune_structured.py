@@ -269,9 +269,21 @@ def test_fields_of_the_other_method_are_rejected() -> None:
 
 
 def test_cli_exit_code_for_a_wrong_target(tmp_path: Path) -> None:
-    doc = {"model": {"uri": str(MODEL)}, "data": {"uri": str(DATASETS / "digits-eval.npz")},
+    doc = {"model": {"uri": str(MODEL)}, "data": {"uri": str(DATASETS / "digits-eval.npz"),
+                                                  "trainUri": str(DATASETS / "digits-train.npz")},
            "techniques": [{"prune": {"method": "structured", "target": "ffn"}}]}
     proc = run_cli("run", str(write_spec(tmp_path / "bad.yaml", doc)), "-o", str(tmp_path / "out"), cwd=tmp_path,
                    timeout=300)
     assert proc.returncode == ExitCode.INVALID_INPUT, proc.stderr[-2000:]
     assert "techniques.prune.target" in proc.stderr + proc.stdout
+
+
+def test_training_on_evaluation_rows_is_refused(tmp_path: Path) -> None:
+    """Without data.trainUri, training uses the calibration rows; when those overlap the evaluation rows (all
+    360 rows evaluated here), the run stops instead of scoring the model on what it trained on."""
+    doc = {"model": {"uri": str(MODEL)}, "data": {"uri": str(DATASETS / "digits-eval.npz")},
+           "techniques": [{"prune": {"method": "structured"}}]}
+    proc = run_cli("run", str(write_spec(tmp_path / "leaky.yaml", doc)), "-o", str(tmp_path / "out"), cwd=tmp_path,
+                   timeout=300)
+    assert proc.returncode == ExitCode.INVALID_INPUT, proc.stderr[-2000:]
+    assert "every row of data.uri is also used for evaluation; set data.trainUri" in proc.stderr

@@ -47,6 +47,9 @@ def graph_optimize(model_path: Path, config: GraphOptimizeConfig, ctx: StepConte
 
         heads = config.num_heads or int(meta.get("hf.num_attention_heads", 0))  # 0: detected from the graph
         hidden = config.hidden_size or int(meta.get("hf.hidden_size", 0))
+        if not config.hidden_size and heads and meta.get("hf.attention_head_size"):
+            # after head pruning the attention width is heads x head size, no longer the model's hidden size
+            hidden = heads * int(meta["hf.attention_head_size"])
         fused = optimizer.optimize_model(
             str(model_path), model_type="bert", num_heads=heads, hidden_size=hidden,
             opt_level=0, use_gpu=ctx.device == "gpu",
