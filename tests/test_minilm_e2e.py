@@ -98,3 +98,36 @@ def test_minilm_through_s3(s3: Any, s3_server: Any, tmp_path: Path) -> None:
     assert again.returncode == ExitCode.SUCCESS, again.stderr[-3000:]
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="minilm-registry")["Contents"]]
     assert not [k for k in keys if k.startswith("serving/minilm/2")]
+
+
+@pytest.mark.slow
+def test_search_finds_a_recipe_that_holds_a_cosine_gate_the_library_defaults_miss(tmp_path: Path) -> None:
+    """Search on the real MiniLM with a 0.98 cosine gate: per-tensor INT8 (what quantize_dynamic does by
+    default) is tried first for its higher expected gain and misses the gate; fused per-channel INT8 holds it
+    and is chosen; structured FFN pruning (25%, no recovery training here) is tried and reported too."""
+    doc = example("minilm-int8.yaml")
+    del doc["spec"]["techniques"]
+    doc["spec"]["data"]["trainUri"] = str(DATASETS / "minilm-transfer.npz")
+    doc["spec"]["data"]["trainSamples"] = 256
+    doc["spec"]["gates"] = {"minCosineSimilarity": 0.98}
+    doc["spec"]["target"]["iterations"] = 20
+    fused, dynamic = {"graphOptimize": {"modelType": "bert"}}, {"method": "dynamic"}
+    doc["spec"]["search"] = {"objective": "latency", "earlyStop": False, "trialIterations": 10, "candidates": [
+        {"name": "per-channel", "techniques": [fused, {"quantize": {**dynamic, "perChannel": True}}]},
+        {"name": "per-tensor", "techniques": [fused, {"quantize": {**dynamic, "perChannel": False}}]},
+        {"name": "ffn-pruned", "techniques": [
+            {"prune": {"method": "structured", "target": "ffn", "sparsity": 0.25, "finetune": {"epochs": 0}}},
+            fused, {"quantize": {**dynamic, "perChannel": True}}]}]}
+    proc = run_cli("run", str(write_spec(tmp_path / "search.yaml", doc)), "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == ExitCode.SUCCESS, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    trials = {t["name"]: t for t in report["search"]["trials"]}
+    assert list(trials) == ["ffn-pruned", "per-tensor", "per-channel"]  # by expected gain
+    assert trials["per-tensor"]["status"] == "rejected"
+    assert trials["per-tensor"]["metrics"]["cosineSimilarity"] < 0.98
+    assert trials["per-channel"]["status"] == "passed" and trials["per-channel"]["chosen"]
+    pruned = trials["ffn-pruned"]
+    assert pruned["status"] == "rejected"  # 25% of the FFN gone without recovery: cosine well below 0.98
+    assert pruned["steps"][-1]["parameters"] < trials["per-channel"]["steps"][-1]["parameters"]
+    assert report["optimized"]["quality"]["fidelity"]["cosineSimilarityMean"] >= 0.98
+    assert (tmp_path / "out" / "search.png").exists()
