@@ -3,8 +3,9 @@
 The student is either derived from a Hugging Face transformer teacher (a copy keeping fewer encoder layers,
 initialized from the teacher's weights) or supplied by the user (a Hugging Face folder or an ONNX file with
 the teacher's inputs and output shape). It trains on the transfer rows (``data.trainUri``, else the calibration
-rows; labels used when present) with the shared resumable loop in training.py: soft targets with a temperature
-for classifiers, MSE plus cosine distance for embeddings, and optionally the hidden states of mapped layers.
+rows; classifiers also learn from labels when present) with the shared resumable loop in training.py: soft
+targets with a temperature for classifiers, MSE plus cosine distance for embeddings, and optionally the hidden
+states of mapped layers.
 
 Adding a student source (e.g. a structurally pruned copy of the teacher) is one field in `StudentSpec` and one
 builder in `_BUILDERS`; the training below only needs a `Student`.
