@@ -27,10 +27,19 @@ ROUNDS = 5
 
 
 def available_threads() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a pod's CPU limit does
+    not change the affinity, and a pool sized to the node's cores thrashes under the quota)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(float(quota) / float(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def providers_for(device: str) -> list[str]:
