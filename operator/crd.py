@@ -132,6 +132,8 @@ class _Converter:
                     raise CRDSchemaError(f"{path}: uniqueItems is forbidden in CRD schemas; use a list-type set")
             elif key in _PASSTHROUGH:
                 out[key] = value
+            elif key == "x-kubernetes-validations":  # CEL rules a spec class declares in its json_schema_extra
+                out.setdefault(key, []).extend(copy.deepcopy(value))
             else:
                 raise CRDSchemaError(f"{path}: unsupported JSON Schema key {key!r}")
 
@@ -144,7 +146,7 @@ class _Converter:
         if "type" not in out:
             raise CRDSchemaError(f"{path}: no type (structural schemas need one on every node)")
         if ref_name == TechniqueStep.__name__:
-            out["x-kubernetes-validations"] = [_technique_rule()]
+            out.setdefault("x-kubernetes-validations", []).append(_technique_rule())
         if out.get("type") == "object" and "default" in out:
             out["default"] = _object_default(out, out["default"], path)
         return out

@@ -371,12 +371,25 @@ def test_explain_shows_descriptions(tools: dict[str, str], cluster: Any) -> None
     ("two-keys", [{"prune": {}, "quantize": {}}], "spec.techniques[0]", "exactly one key"),
     ("no-key", [{}], "spec.techniques[0]", "exactly one key"),
     ("bad-enum", [{"quantize": {"method": "magic"}}], "spec.techniques[0].quantize.method", "Unsupported value"),
+    ("two-students", [{"distill": {"student": {"layers": 3, "uri": "s3://m/s.onnx"}}}],
+     "spec.techniques[0].distill.student", "set exactly one of student.layers or student.uri"),
 ])
 def test_server_rejects_invalid_specs(tools: dict[str, str], cluster: Any, name: str, techniques: Any,
                                       field: str, words: str) -> None:
     res = kube(tools, cluster, "apply", "-f", "-", input=mopt(name, techniques))
     assert res.returncode != 0, f"{name} was accepted"
     assert field in res.stderr and words in res.stderr, res.stderr
+
+
+@pytest.mark.kube
+def test_server_wants_techniques_or_search_not_both(tools: dict[str, str], cluster: Any) -> None:
+    search = {"candidates": [{"techniques": [{"quantize": {}}]}], "objective": "size"}
+    res = kube(tools, cluster, "apply", "-f", "-", input=mopt("both", [{"quantize": {}}], search=search))
+    assert res.returncode != 0 and "exactly one of techniques" in res.stderr, res.stderr
+    doc = yaml.safe_load(mopt("search-only", [], search=search))
+    del doc["spec"]["techniques"]
+    res = kube(tools, cluster, "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc))
+    assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.kube

@@ -40,6 +40,11 @@ _LAYER_LIST_NAMES = ("layer", "layers", "h", "block", "blocks")
 class StudentSpec(SpecModel):
     """The student to train: exactly one of `layers` (derived from the teacher) or `uri` (user-supplied)."""
 
+    # the same rule for the API server (the CRD generator copies x-kubernetes-validations from the schema)
+    model_config = SpecModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [{
+        "rule": "has(self.layers) != has(self.uri)",
+        "message": "set exactly one of student.layers or student.uri"}]}}
+
     layers: Annotated[int, Field(ge=1, le=1000)] | None = None
     """Derive the student from a Hugging Face transformer teacher: keep this many of its encoder layers, evenly
     spaced from the first to the last (DistilBERT's choice: 12 -> 6 keeps 0,2,4,7,9,11; 6 -> 3 keeps 0,2,5),
