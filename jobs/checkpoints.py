@@ -28,10 +28,6 @@ class Checkpoints:
         self.store = store
         self.prefix = prefix.strip("/")
 
-    @property
-    def enabled(self) -> bool:
-        return self.store is not None
-
     def scope(self, name: str) -> Checkpoints:
         return Checkpoints(self.store, f"{self.prefix}/{name}")
 

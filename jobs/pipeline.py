@@ -42,6 +42,23 @@ class Workspace:
     progress: Progress
     work: Path
     seed: int
+    keep_torch_source: bool = False
+    """Keep the trainable source model between pipelines (a search's trials) instead of reloading it."""
+    _torch_source: TorchModel | None = None
+
+    def trainable_source(self) -> TorchModel:
+        """The source model as trainable PyTorch modules: loaded once, cloned for each pipeline when kept."""
+        if self._torch_source is not None:
+            import torch
+
+            torch.manual_seed(self.seed)  # as a fresh load would: each pipeline starts from the same state
+            return self._torch_source.clone()
+        model = torch_model.load(self.source.format, self.model_local, self.source.onnx_path, self.spec.model.task,
+                                 self.calibration.inputs)
+        if self.keep_torch_source:
+            self._torch_source = model
+            return model.clone()
+        return model
 
 
 @dataclass
@@ -58,6 +75,7 @@ def apply(ws: Workspace, steps: list[tuple[str, SpecModel]], label: str, *, eval
     lineage = list(ws.lineage)
     reports: list[dict[str, Any]] = []
     current: Path | TorchModel = ws.source.onnx_path
+    exported: Path | None = None  # the ONNX export of `current` when it is a TorchModel already exported
     for i, (name, config) in enumerate(steps):
         tech = techmod.get(name)
         stage = tech.stage_of(config)
@@ -75,10 +93,9 @@ def apply(ws: Workspace, steps: list[tuple[str, SpecModel]], label: str, *, eval
                 field="data.trainUri")
         if stage == "torch" and isinstance(current, Path):
             # torch steps come first (the spec checks), so `current` is still the source model here
-            current = torch_model.load(ws.source.format, ws.model_local, ws.source.onnx_path, spec.model.task,
-                                       ws.calibration.inputs)
+            current = ws.trainable_source()
         elif stage == "onnx" and isinstance(current, TorchModel):
-            current = current.export(step_dir / "input" / "model.onnx")
+            current = exported or current.export(step_dir / "input" / "model.onnx")
         ctx = StepContext(workdir=step_dir, calibration=ws.calibration.inputs, labels=ws.calibration.labels,
                           metadata=dict(ws.source.metadata), device=spec.target.device, progress=ws.progress,
                           task=spec.model.task, train=ws.train, seed=ws.seed,
@@ -92,13 +109,14 @@ def apply(ws: Workspace, steps: list[tuple[str, SpecModel]], label: str, *, eval
             raise RuntimeFailure(f"technique {name} failed: {type(err).__name__}: "
                                  f"{str(err).splitlines()[0][:300] if str(err) else ''}") from err
         seconds = time.perf_counter() - t0
-        current = result.model_path
+        current, exported = result.model_path, None
         entry: dict[str, Any] = {"technique": name, "stage": stage,
                                  "config": config.model_dump(mode="json", by_alias=True),
                                  "durationSeconds": round(seconds, 2)}
         if evaluate_steps or i == len(steps) - 1:
-            step_onnx = (current.export(step_dir / "eval" / "model.onnx") if isinstance(current, TorchModel)
-                         else current)
+            if isinstance(current, TorchModel):
+                exported = current.export(step_dir / "eval" / "model.onnx")
+            step_onnx = exported or current
             entry |= {"sizeBytes": onnx_utils.size_bytes(step_onnx),
                       "parameters": onnx_utils.parameter_count(step_onnx)}
             if evaluate_steps:
@@ -107,10 +125,7 @@ def apply(ws: Workspace, steps: list[tuple[str, SpecModel]], label: str, *, eval
                 entry |= measured
                 ws.progress.info(f"{name}: {entry['sizeBytes'] / 1e6:.1f} MB, {evaluate.headline(measured)} "
                                  f"in {seconds:.1f}s")
-            if isinstance(current, TorchModel) and i == len(steps) - 1:
-                current = step_onnx
         entry["details"] = result.details
         reports.append(entry)
-    if isinstance(current, TorchModel):  # pragma: no cover - the last step exported it above
-        current = current.export(ws.work / label / "final" / "model.onnx")
-    return PipelineResult(current, reports)
+    # the last step was always evaluated, so a final TorchModel is already exported
+    return PipelineResult(exported or current, reports)

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs import evaluate, gates, onnx_utils, pipeline, report
-from kompress.jobs import techniques as techmod
 from kompress.jobs.checkpoints import fingerprint
 from kompress.jobs.energy import Meter
 from kompress.jobs.errors import KompressError, RuntimeFailure
@@ -149,6 +148,7 @@ def run(ws: pipeline.Workspace, search: SearchSpec, candidates: list[Candidate],
                                                          gates_spec.model_dump(mode="json"),
                                                          spec.target.model_dump(mode="json"),
                                                          [c.model_dump(mode="json") for c in candidates]))
+    ws.keep_torch_source = True  # trials that train start from the same source model: load it once
     done: dict[str, dict[str, Any]] = {t["key"]: t for t in (store.read_json("trials.json") or [])}
     if done:
         ws.progress.info(f"search: resuming, {len(done)} trial(s) already completed are not run again")
@@ -252,6 +252,3 @@ def plot(trials: list[dict[str, Any]], path: Path) -> Path | None:
     plt.close(fig)
     return path
 
-
-def torch_needed(candidates: list[Candidate]) -> bool:
-    return any(techmod.get(n).stage_of(c) == "torch" for cand in candidates for n, c in cand.steps())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -43,7 +43,6 @@ class FitResult:
     loss_history: list[float]
     resumed_from: dict[str, int] | None
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"epochs": self.epochs, "optimizerSteps": self.steps,

