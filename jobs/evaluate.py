@@ -53,16 +53,26 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def open_session(path: Path, target: TargetSpec) -> Any:
+def session_options(threads: int) -> Any:
+    """CPU session options for timing variants alternately in one process (the evaluation and bench/).
+    Threads spin between the ops of a run, as ONNX Runtime's default does, but stop at the end of each run:
+    a pool left spinning after its run steals the cores of the variant timed next (MiniLM FP32, 2 cores,
+    measured here: 43 ms left spinning, 18.2 ms never spinning, 16.6-17.3 ms spinning within runs only)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = target.threads or available_threads()
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    # Variants are timed alternately: a pool whose idle threads spin would steal the cores of the variant
-    # timed next (measured here: FP32 17.8 ms with spinning off, 43 ms with it on).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
+def open_session(path: Path, target: TargetSpec) -> Any:
+    import onnxruntime as ort
+
+    options = session_options(target.threads or available_threads())
     try:
         return ort.InferenceSession(str(path), options, providers=providers_for(target.device))
     except (ort.capi.onnxruntime_pybind11_state.InvalidGraph,

@@ -43,7 +43,7 @@ def default_candidates(fmt: str, metadata: dict[str, str], device: str) -> list[
     dynamic = {"quantize": {"method": "dynamic", "perChannel": True}}
     static = {"quantize": {"method": "static", "perChannel": True}}
     transformer = metadata.get("hf.model_type", "") in _BERT_LIKE
-    fuse = [{"graphOptimize": {}}] if transformer else []
+    fuse = [{"graphOptimize": {"geluApproximation": True}}] if transformer else []
     specs: list[tuple[str, list[dict[str, Any]]]] = [
         ("int8-dynamic", [*fuse, dynamic]),
         ("int8-dynamic-per-tensor", [*fuse, {"quantize": {"method": "dynamic", "perChannel": False}}]),

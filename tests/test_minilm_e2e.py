@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kompress.jobs.errors import ExitCode
+from kompress.jobs.techniques.layer_norm import SPLIT_MIN_GAIN
 
 from conftest import DATASETS, example, run_cli, versions, write_spec
 
@@ -23,6 +24,12 @@ def check_minilm_report(report: dict[str, Any]) -> None:
     assert report["model"]["format"] == "huggingface"
     fused = report["steps"][0]["details"]
     assert fused["mode"] == "transformer-fusion" and fused["fusedAttention"] == 6  # one per layer
+    assert fused["geluApproximation"] and fused["ops"].get("FastGelu") == 6
+    # the residual layer norms: timed in both forms on this machine, the faster kept (12 = 2 per layer)
+    norms = fused["skipLayerNorm"]
+    timed = norms["microsecondsPerCall"]
+    faster_split = timed["fused"] >= timed["split"] * SPLIT_MIN_GAIN
+    assert (norms["form"], norms["split"]) == (("split", 12) if faster_split else ("fused", 0))
     assert report["comparison"]["sizeReduction"] >= MIN_SIZE_REDUCTION
     fidelity = report["optimized"]["quality"]["fidelity"]
     assert fidelity["cosineSimilarityMean"] >= MIN_COSINE
