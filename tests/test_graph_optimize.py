@@ -19,16 +19,18 @@ HIDDEN = 16
 RNG = np.random.default_rng(7)
 
 
-def residual_model(opset: int = 17, read_mean: bool = False) -> onnx.ModelProto:
+def residual_model(opset: int = 17, read_mean: bool = False, computed_gamma: bool = False) -> onnx.ModelProto:
     """Two residual blocks as the transformer optimizer leaves them: one SkipLayerNormalization with a bias
     whose residual sum (output 3) feeds the next block, one without bias or beta."""
     def const(name: str, *shape: int) -> onnx.TensorProto:
         return numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), name)
 
     first_outputs = ["h1", "mean1" if read_mean else "", "", "sum1"]
+    gamma = "g1c" if computed_gamma else "g1"
     nodes = [
+        *([helper.make_node("Identity", ["g1"], ["g1c"])] if computed_gamma else []),
         helper.make_node("MatMul", ["x", "w1"], ["m1"]),
-        helper.make_node("SkipLayerNormalization", ["m1", "x", "g1", "b1", "bias1"], first_outputs,
+        helper.make_node("SkipLayerNormalization", ["m1", "x", gamma, "b1", "bias1"], first_outputs,
                          domain="com.microsoft", epsilon=1e-5, name="sln1"),
         helper.make_node("MatMul", ["h1", "w2"], ["m2"]),
         helper.make_node("SkipLayerNormalization", ["m2", "sum1", "g2"], ["h2"], domain="com.microsoft",
@@ -121,3 +123,9 @@ def test_explicit_forms_and_gpu_skip_the_timing(tmp_path: Path, monkeypatch: pyt
 def test_unknown_form_is_a_field_error() -> None:
     with pytest.raises(Exception, match="skipLayerNorm"):
         _config(skipLayerNorm="sometimes")
+
+
+def test_auto_without_a_constant_width_keeps_the_fusion(tmp_path: Path) -> None:
+    model = residual_model(computed_gamma=True)
+    decision = graph_optimize._choose_skip_layer_norm(model, _config(), _ctx(tmp_path))
+    assert decision["form"] == "fused" and "not a constant" in decision["reason"]

@@ -39,7 +39,7 @@ def splittable(model: Any) -> list[int]:
 
 
 def hidden_size(model: Any, node: Any) -> int:
-    """The normalized width: the length of the node's gamma initializer."""
+    """The normalized width: the length of the node's gamma initializer (0 when gamma is computed)."""
     gamma = node.input[2]
     for init in model.graph.initializer:
         if init.name == gamma:
@@ -51,7 +51,7 @@ def split(model: Any) -> int:
     """Rewrite every splittable SkipLayerNormalization as Sum(input, skip[, bias]) -> LayerNormalization,
     in place. Returns how many were split. Output 3 (the residual sum, read by pre-norm models) keeps its
     name as the Sum's output."""
-    from onnx import helper
+    from onnx import NodeProto, helper
 
     targets = set(splittable(model))
     if not targets:
@@ -59,7 +59,9 @@ def split(model: Any) -> int:
     nodes = []
     for i, node in enumerate(model.graph.node):
         if i not in targets:
-            nodes.append(node)
+            kept = NodeProto()
+            kept.CopyFrom(node)  # a copy: the graph's node list is cleared below
+            nodes.append(kept)
             continue
         inputs = [*node.input, "", "", ""][:5]
         x, skip, gamma, beta, bias = inputs
@@ -81,6 +83,8 @@ def time_forms(hidden: int, threads: int, calls: int = 60) -> dict[str, float]:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from kompress.jobs.evaluate import session_options
+
     rng = np.random.default_rng(0)
     x, skip = (rng.standard_normal((1, _ROWS, hidden)).astype(np.float32) for _ in range(2))
     consts = [numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), n)
@@ -91,9 +95,7 @@ def time_forms(hidden: int, threads: int, calls: int = 60) -> dict[str, float]:
         "split": [helper.make_node("Sum", ["x", "skip", "bias"], ["s"]),
                   helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12)],
     }
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    options = session_options(threads)  # the evaluation's own timing setup
     sessions = {}
     for name, body in forms.items():
         inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, _ROWS, hidden]) for n in ("x", "skip")]
