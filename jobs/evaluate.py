@@ -161,17 +161,21 @@ def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, m
             sess.run(None, lat_feeds)
     bar = progress.bar(total=target.iterations + ROUNDS, desc="latency and throughput", unit="run") \
         if progress else None
+    per_call_energy = meter.block_seconds <= 0
     for _ in range(target.iterations):
         for name, sess in sessions.items():
             t = timings[name]
-            j0 = meter.read_joules()
+            j0 = meter.read_joules() if per_call_energy else 0.0
             t0 = time.perf_counter()
             sess.run(None, lat_feeds)
             t.latencies.append(time.perf_counter() - t0)
-            t.joules += meter.read_joules() - j0
-            t.runs += lat_batch
+            if per_call_energy:
+                t.joules += meter.read_joules() - j0
+                t.runs += lat_batch
         if bar:
             bar.update(1)
+    if not per_call_energy:
+        _energy_in_blocks(sessions, lat_feeds, lat_batch, meter, timings)
     for _ in range(ROUNDS):
         for name, sess in sessions.items():
             t = timings[name]
@@ -195,13 +199,35 @@ def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, m
                                "samples": len(lat), "batchSize": lat_batch},
             "throughputInferencesPerSecond": t.throughput_runs / t.throughput_seconds,
             "throughputBatchSize": thr_batch,
-            "energy": {"joulesPerInference": t.joules / t.runs, "method": meter.method},
+            "energy": {"joulesPerInference": t.joules / t.runs, "method": meter.method, "inferences": t.runs,
+                       "measuredOver": "single calls" if per_call_energy
+                       else f"{ROUNDS} alternating blocks of {meter.block_seconds:g} s per variant"},
         }
     return out
 
 
+def _energy_in_blocks(sessions: dict[str, Any], feeds: dict[str, np.ndarray], batch: int, meter: Meter,
+                      timings: dict[str, Timing]) -> None:
+    """Energy of back-to-back latency-batch calls, read around blocks of meter.block_seconds per variant,
+    alternating variants for ROUNDS rounds (for counters too coarse to read around one call)."""
+    for _ in range(ROUNDS):
+        for name, sess in sessions.items():
+            t = timings[name]
+            j0, t0, calls = meter.read_joules(), time.perf_counter(), 0
+            while calls < 1 or time.perf_counter() - t0 < meter.block_seconds:
+                sess.run(None, feeds)
+                calls += 1
+            t.joules += meter.read_joules() - j0
+            t.runs += calls * batch
+
+
 def peak_memory_bytes(path: Path, data: Dataset, target: TargetSpec) -> int:
-    """Peak resident memory to load the model and run one latency batch, in a fresh process."""
+    return peak_memory(path, data, target)[0]
+
+
+def peak_memory(path: Path, data: Dataset, target: TargetSpec) -> tuple[int, str]:
+    """Peak memory to load the model and run one latency batch, in a fresh process, and whose memory it is:
+    the GPU's on a GPU target (where NVML reads it), else the host's resident set."""
     feeds = {k: v[: min(target.batch_size, data.size)] for k, v in data.inputs.items()}
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "feeds.npz"
@@ -211,7 +237,10 @@ def peak_memory_bytes(path: Path, data: Dataset, target: TargetSpec) -> int:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
         raise RuntimeFailure(f"memory probe failed for {path.name}: {proc.stderr.strip().splitlines()[-1:]}")
-    return int(json.loads(proc.stdout)["peakBytes"])
+    probe = json.loads(proc.stdout)
+    if "gpuBytes" in probe:
+        return int(probe["gpuBytes"]), "gpu"
+    return int(probe["peakBytes"]), "host"
 
 
 def static_facts(path: Path) -> dict[str, Any]:

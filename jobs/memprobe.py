@@ -1,5 +1,7 @@
 """Child process for peak-memory measurement: prints the resident-set growth caused by loading and running
-a model (VmHWM after, minus VmRSS before), so each variant is measured in a clean address space."""
+a model (VmHWM after, minus VmRSS before), so each variant is measured in a clean address space. On a GPU
+target it also prints the GPU memory the model took (NVML's used memory after the runs minus before the
+session; ONNX Runtime's CUDA arena keeps what it reserved, so after is the peak), where NVML is available."""
 
 from __future__ import annotations
 
@@ -15,6 +17,16 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _gpu_used_bytes() -> int | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
+    except Exception:  # no NVML here: the host figure stands alone
+        return None
+
+
 def main(argv: list[str]) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -22,6 +34,7 @@ def main(argv: list[str]) -> None:
     model, feeds_path, threads, device = argv
     with np.load(feeds_path, allow_pickle=False) as npz:
         feeds = {k: npz[k] for k in npz.files}
+    gpu_before = _gpu_used_bytes() if device == "gpu" else None
     before = _status_kb("VmRSS")
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads)
@@ -29,7 +42,11 @@ def main(argv: list[str]) -> None:
     session = ort.InferenceSession(model, options, providers=providers)
     for _ in range(3):
         session.run(None, feeds)
-    print(json.dumps({"peakBytes": (_status_kb("VmHWM") - before) * 1024}))
+    result = {"peakBytes": (_status_kb("VmHWM") - before) * 1024}
+    gpu_after = _gpu_used_bytes() if gpu_before is not None else None
+    if gpu_before is not None and gpu_after is not None:
+        result["gpuBytes"] = max(0, gpu_after - gpu_before)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

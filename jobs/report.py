@@ -85,7 +85,7 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         (f"throughput (batch {o['throughputBatchSize']})", f"{b['throughputInferencesPerSecond']:.1f}/s",
          f"{o['throughputInferencesPerSecond']:.1f}/s"),
         ("size", _mb(b["sizeBytes"]), _mb(o["sizeBytes"])),
-        ("peak memory", _mb(b["peakMemoryBytes"]), _mb(o["peakMemoryBytes"])),
+        (f"peak memory ({o.get('peakMemoryOf', 'host')})", _mb(b["peakMemoryBytes"]), _mb(o["peakMemoryBytes"])),
         (f"energy/inference ({o['energy']['method']})", f"{b['energy']['joulesPerInference']:.4f} J",
          f"{o['energy']['joulesPerInference']:.4f} J"),
     ]

@@ -41,12 +41,20 @@ def _now() -> str:
 
 
 def _versions() -> dict[str, str]:
+    """Versions of what this process ran: an imported module's own version wins over installed metadata
+    (onnxruntime-gpu imports as `onnxruntime`, and a CPU build's metadata may sit beside it)."""
     out = {"python": platform.python_version()}
     for dist in ("kompress", "onnx", "onnxruntime", "numpy", "torch", "transformers", "boto3"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+        version = getattr(sys.modules.get(dist), "__version__", None)
+        if version is None:
+            try:
+                version = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        out[dist] = str(version)
+    ort = sys.modules.get("onnxruntime")
+    if ort is not None and hasattr(ort, "get_available_providers"):
+        out["onnxruntimeProviders"] = ",".join(ort.get_available_providers())
     return out
 
 
@@ -117,12 +125,14 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
     base_q, opt_q = evaluate.quality(base_out, opt_out, evaluation, spec.model.task)
     speed = evaluate.measure_speed(sessions, evaluation, target, meter, progress)
     del sessions, base_session
+    base_mem, base_mem_of = evaluate.peak_memory(source.onnx_path, evaluation, target)
+    opt_mem, opt_mem_of = evaluate.peak_memory(current, evaluation, target)
     baseline = {**evaluate.static_facts(source.onnx_path), **speed["baseline"], "quality": base_q,
                 "parameters": onnx_utils.parameter_count(source.onnx_path),
-                "peakMemoryBytes": evaluate.peak_memory_bytes(source.onnx_path, evaluation, target)}
+                "peakMemoryBytes": base_mem, "peakMemoryOf": base_mem_of}
     optimized = {**evaluate.static_facts(current), **speed["optimized"], "quality": opt_q,
                  "parameters": onnx_utils.parameter_count(current),
-                 "peakMemoryBytes": evaluate.peak_memory_bytes(current, evaluation, target)}
+                 "peakMemoryBytes": opt_mem, "peakMemoryOf": opt_mem_of}
     rep["baseline"], rep["optimized"] = baseline, optimized
 
     progress.step("applying gates")

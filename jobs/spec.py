@@ -165,7 +165,8 @@ class GatesSpec(SpecModel):
     max_energy_per_inference_joules: Annotated[float, Field(gt=0)] | None = None
     """Largest allowed energy per inference of the optimized model."""
     max_peak_memory_bytes: Annotated[int, Field(gt=0)] | None = None
-    """Largest allowed peak memory to load and run the optimized model."""
+    """Largest allowed peak memory to load and run the optimized model: GPU memory on a GPU target, the
+    host's resident set on a CPU one."""
 
 
 class PromotionSpec(SpecModel):

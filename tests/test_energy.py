@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kompress.jobs import energy
@@ -49,3 +51,53 @@ def test_auto_falls_back_and_explicit_methods_fail_clearly(tmp_path: Path) -> No
     with pytest.raises(InvalidInputError, match="energy method 'rapl' is not available") as info:
         energy.open_meter("rapl", "cpu", 5.0, powercap=tmp_path / "empty")
     assert info.value.field == "target.energy.method"
+
+
+class SteppedCounter:
+    """A counter like NVML's: it advances only every `step` seconds, by what `watts` drew meanwhile."""
+
+    method = "stepped"
+
+    def __init__(self, watts: float, step: float, block_seconds: float) -> None:
+        self.watts, self.step, self.block_seconds = watts, step, block_seconds
+        self.start = time.perf_counter()
+
+    def read_joules(self) -> float:
+        steps = (time.perf_counter() - self.start) // self.step
+        return steps * self.step * self.watts
+
+
+class BusySession:
+    """Stands in for an inference session: each call is `seconds` of wall time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def run(self, outputs: object, feeds: object) -> None:
+        end = time.perf_counter() + self.seconds
+        while time.perf_counter() < end:
+            pass
+
+
+@pytest.mark.parametrize("block_seconds", [0.0, 0.1])
+def test_coarse_counters_are_read_around_blocks_not_single_calls(block_seconds: float) -> None:
+    """A 20 ms-step counter read around 1 ms calls attributes whole steps to whichever call a step lands
+    in; read around blocks of back-to-back calls it gives power x time per call."""
+    from kompress.jobs.data import Dataset
+    from kompress.jobs.evaluate import measure_speed
+    from kompress.jobs.spec import TargetSpec
+
+    meter = SteppedCounter(watts=100.0, step=0.02, block_seconds=block_seconds)
+    sessions = {"slow": BusySession(0.002), "fast": BusySession(0.001)}
+    data = Dataset({"x": np.zeros((4, 3), np.float32)}, None, "", Path("d.npz"))
+    target = TargetSpec(iterations=40, warmup_iterations=1, throughput_batch_size=2)
+    out = measure_speed(sessions, data, target, meter)
+    per_call = {name: out[name]["energy"]["joulesPerInference"] for name in sessions}
+    if block_seconds:
+        assert out["slow"]["energy"]["measuredOver"].endswith("of 0.1 s per variant")
+        # 100 W x (2 ms, 1 ms) per call, within the counter's step over 0.5 s of blocks per variant
+        assert per_call["slow"] == pytest.approx(0.2, rel=0.4) and per_call["fast"] == pytest.approx(0.1, rel=0.4)
+        assert per_call["slow"] > per_call["fast"]
+    else:
+        assert out["slow"]["energy"]["measuredOver"] == "single calls"
+        assert out["slow"]["energy"]["inferences"] == 40
