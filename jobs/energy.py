@@ -68,10 +68,10 @@ class RaplMeter:
 
 class NvmlMeter:
     method = "nvml"
-    # The counter advances in steps far longer than a millisecond inference: read around single calls it
-    # gave an H200 running MiniLM at batch 1 (1.4 ms) 0.96 J per inference, i.e. ~690 W, while 400 W
-    # was the board's draw at full load.
-    block_seconds = 0.5
+    # The counter advances in steps far longer than a millisecond inference (100 ms on an H200, measured):
+    # read around single calls it gave MiniLM at batch 1 (1.4 ms a call) 0.96 J per inference, i.e.
+    # ~690 W, where the board drew ~150 W. Five 1 s blocks per variant keep the step under 2% of the total.
+    block_seconds = 1.0
 
     def __init__(self, index: int = 0) -> None:
         import pynvml

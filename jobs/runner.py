@@ -43,6 +43,8 @@ def _now() -> str:
 def _versions() -> dict[str, str]:
     """Versions of what this process ran: an imported module's own version wins over installed metadata
     (onnxruntime-gpu imports as `onnxruntime`, and a CPU build's metadata may sit beside it)."""
+    for module in ("numpy", "onnx", "onnxruntime"):  # the engine's own: imported, so their versions are read
+        importlib.import_module(module)
     out = {"python": platform.python_version()}
     for dist in ("kompress", "onnx", "onnxruntime", "numpy", "torch", "transformers", "boto3"):
         version = getattr(sys.modules.get(dist), "__version__", None)
@@ -52,9 +54,7 @@ def _versions() -> dict[str, str]:
             except importlib.metadata.PackageNotFoundError:
                 continue
         out[dist] = str(version)
-    ort = sys.modules.get("onnxruntime")
-    if ort is not None and hasattr(ort, "get_available_providers"):
-        out["onnxruntimeProviders"] = ",".join(ort.get_available_providers())
+    out["onnxruntimeProviders"] = ",".join(sys.modules["onnxruntime"].get_available_providers())
     return out
 
 
