@@ -109,6 +109,12 @@ def console_table(report: dict[str, Any]) -> str:
                  f"{cmp['qualityMetric']} drop {cmp['accuracyDrop']:.4f}")
     for g in report["gates"]["results"]:
         lines.append(f"gate {'PASS' if g['passed'] else 'FAIL'}  {g['message']}")
+    for name in ("baseline", "optimized"):
+        placement = report[name].get("placement")
+        if placement and placement["cpuOps"]:
+            ops = ", ".join(f"{op} x{n}" for op, n in list(placement["cpuOps"].items())[:5])
+            lines.append(f"{name}: {sum(placement['cpuOps'].values())} of "
+                         f"{sum(placement['nodesByProvider'].values())} nodes ran on the CPU provider ({ops})")
     if report.get("search"):
         search = report["search"]
         lines.append(f"search: {len(search['trials'])} trial(s), {search['stopped']}")

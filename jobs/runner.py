@@ -133,6 +133,9 @@ def _run(loaded: LoadedSpec, rep: dict[str, Any], work: Path, output_dir: Path, 
     optimized = {**evaluate.static_facts(current), **speed["optimized"], "quality": opt_q,
                  "parameters": onnx_utils.parameter_count(current),
                  "peakMemoryBytes": opt_mem, "peakMemoryOf": opt_mem_of}
+    if target.device == "gpu":  # ops the CUDA provider cannot run fall back to the CPU: say which
+        baseline["placement"] = evaluate.node_placement(source.onnx_path, evaluation, target)
+        optimized["placement"] = evaluate.node_placement(current, evaluation, target)
     rep["baseline"], rep["optimized"] = baseline, optimized
 
     progress.step("applying gates")

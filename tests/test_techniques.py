@@ -105,3 +105,14 @@ def test_generic_graph_optimization_keeps_outputs(tmp_path: Path) -> None:
     result = apply("graphOptimize", {"modelType": "generic"}, tmp_path)
     assert result.details["mode"] == "generic-extended"
     assert accuracy(result.model_path) == BASE_ACCURACY
+
+
+def test_node_placement_counts_the_provider_of_every_node() -> None:
+    """What a GPU run reports to say which ops fell back to the CPU; here every node is on the CPU."""
+    from kompress.jobs import evaluate
+    from kompress.jobs.spec import TargetSpec
+
+    placement = evaluate.node_placement(MODEL, EVAL, TargetSpec())
+    assert set(placement["nodesByProvider"]) == {"CPUExecutionProvider"}
+    assert sum(placement["cpuOps"].values()) == placement["nodesByProvider"]["CPUExecutionProvider"] > 0
+    assert {"Gemm", "FusedConv", "Conv"} & set(placement["cpuOps"])
