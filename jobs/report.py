@@ -68,6 +68,12 @@ def summary(report: dict[str, Any]) -> str:
     return text
 
 
+SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Equal", "Where", "Slice",
+                       "Cast", "ConstantOfShape", "Range", "Expand", "Size", "Constant"})
+"""Ops that ONNX Runtime places on the CPU on purpose when they compute shapes (a GPU run reports them, but
+they move a few integers, not activations)."""
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -110,11 +116,12 @@ def console_table(report: dict[str, Any]) -> str:
     for g in report["gates"]["results"]:
         lines.append(f"gate {'PASS' if g['passed'] else 'FAIL'}  {g['message']}")
     for name in ("baseline", "optimized"):
-        placement = report[name].get("placement")
-        if placement and placement["cpuOps"]:
-            ops = ", ".join(f"{op} x{n}" for op, n in list(placement["cpuOps"].items())[:5])
-            lines.append(f"{name}: {sum(placement['cpuOps'].values())} of "
-                         f"{sum(placement['nodesByProvider'].values())} nodes ran on the CPU provider ({ops})")
+        placement = report[name].get("placement") or {}
+        compute = {op: n for op, n in placement.get("cpuOps", {}).items() if op not in SHAPE_OPS}
+        if compute:
+            ops = ", ".join(f"{op} x{n}" for op, n in list(compute.items())[:5])
+            lines.append(f"{name}: {sum(compute.values())} compute nodes of "
+                         f"{sum(placement['nodesByProvider'].values())} ran on the CPU provider ({ops})")
     if report.get("search"):
         search = report["search"]
         lines.append(f"search: {len(search['trials'])} trial(s), {search['stopped']}")

@@ -116,3 +116,23 @@ def test_node_placement_counts_the_provider_of_every_node() -> None:
     assert set(placement["nodesByProvider"]) == {"CPUExecutionProvider"}
     assert sum(placement["cpuOps"].values()) == placement["nodesByProvider"]["CPUExecutionProvider"] > 0
     assert {"Gemm", "FusedConv", "Conv"} & set(placement["cpuOps"])
+
+
+def test_console_names_compute_ops_that_fell_back_to_the_cpu_not_shape_ops() -> None:
+    from kompress.jobs import report
+
+    def side(cpu_ops: dict[str, int]) -> dict:
+        return {"latencySeconds": {"p50": 0.001, "p95": 0.002}, "throughputInferencesPerSecond": 10.0,
+                "throughputBatchSize": 32, "sizeBytes": 1e6, "peakMemoryBytes": 1e6, "peakMemoryOf": "gpu",
+                "energy": {"joulesPerInference": 0.1, "method": "nvml"},
+                "quality": {"fidelity": {"cosineSimilarityMean": 0.99, "cosineSimilarityMin": 0.9}},
+                "placement": {"nodesByProvider": {"CUDAExecutionProvider": 100, "CPUExecutionProvider": 30},
+                              "cpuOps": cpu_ops}}
+
+    rep = {"baseline": side({"Gather": 15, "Concat": 14}), "optimized": side({"MatMulInteger": 18, "Gather": 2}),
+           "comparison": {"speedup": 0.3, "sizeReduction": 4.0, "qualityMetric": "cosine", "accuracyDrop": 0.01},
+           "gates": {"results": []}, "outcome": "succeeded", "promotion": {}}
+    text = report.console_table(rep)
+    assert "peak memory (gpu)" in text
+    assert "optimized: 18 compute nodes of 130 ran on the CPU provider (MatMulInteger x18)" in text
+    assert "baseline:" not in text  # shape computations on the CPU are by design
