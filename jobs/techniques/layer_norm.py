@@ -47,13 +47,13 @@ def hidden_size(model: Any, node: Any) -> int:
     return 0
 
 
-def split(model: Any) -> int:
-    """Rewrite every splittable SkipLayerNormalization as Sum(input, skip[, bias]) -> LayerNormalization,
-    in place. Returns how many were split. Output 3 (the residual sum, read by pre-norm models) keeps its
-    name as the Sum's output."""
+def split(model: Any, positions: list[int] | None = None) -> int:
+    """Rewrite the SkipLayerNormalization nodes at `positions` (default: every splittable one) as
+    Sum(input, skip[, bias]) -> LayerNormalization, in place. Returns how many were split. Output 3 (the
+    residual sum, read by pre-norm models) keeps its name as the Sum's output."""
     from onnx import NodeProto, helper
 
-    targets = set(splittable(model))
+    targets = set(splittable(model) if positions is None else positions)
     if not targets:
         return 0
     nodes = []
