@@ -10,26 +10,26 @@
 # BASE_IMAGE: any image with Python 3.11+ (`python3` on PATH, with venv). The default suits CPU Jobs and the
 # operator. For GPU Jobs build a second image on an NVIDIA CUDA runtime image that has Python, e.g. one
 # built FROM nvidia/cuda:12.x-cudnn-runtime-ubuntu24.04 plus python3/python3-venv, and add the `gpu` extra:
-#   docker build --build-arg BASE_IMAGE=<cuda runtime image with python> --build-arg EXTRAS=operator,engine,minilm,gpu \
+#   docker build --build-arg BASE_IMAGE=<cuda runtime image with python> --build-arg ENGINE_EXTRAS=engine,minilm,gpu \
 #     -t ghcr.io/kompress/kompress:0.1.0-cuda .
 # then point the chart's engineImage (or a spec's resources.image) at it.
 # PIP_EXTRA_INDEX_URL: e.g. https://download.pytorch.org/whl/cpu for a much smaller CPU-only torch.
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
-ARG EXTRAS=operator,engine,minilm
+ARG ENGINE_EXTRAS=engine,minilm
 ARG PIP_EXTRA_INDEX_URL=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL}
 RUN python3 -m venv /opt/kompress
 WORKDIR /src
 # Dependencies first (cached while only the sources change): install the pinned stack, then the package.
-COPY pyproject.toml constraints.txt README.md ./
-COPY kompress/ kompress/
+# jobs/ (kompress-jobs, the engine) and operator/ (kompress-operator) are two src-layout distributions.
+COPY constraints.txt ./
 COPY jobs/ jobs/
 COPY operator/ operator/
-RUN /opt/kompress/bin/pip install -c constraints.txt ".[${EXTRAS}]" \
+RUN /opt/kompress/bin/pip install -c constraints.txt "./jobs[${ENGINE_EXTRAS}]" ./operator \
     && /opt/kompress/bin/kompress --help >/dev/null \
-    && /opt/kompress/bin/python -c "import kompress.jobs.spec"
+    && /opt/kompress/bin/python -c "import kompress.jobs.spec, kompress.operator.handlers"
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="kompress" \

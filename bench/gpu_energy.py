@@ -41,7 +41,7 @@ def main() -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         sys.exit("no CUDAExecutionProvider: install onnxruntime-gpu on an NVIDIA machine")
     meter = NvmlMeter()
-    data = dict(np.load(ROOT / "jobs" / "datasets" / "minilm-eval.npz"))
+    data = dict(np.load(ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets" / "minilm-eval.npz"))
     feeds = {k: v[: args.batch] for k, v in data.items()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

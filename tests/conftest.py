@@ -19,8 +19,8 @@ from s3server import S3Server, start_s3_server
 pytest_plugins = ["kube.fixtures"]  # kube_cluster: the real API server tier
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ROOT / "jobs" / "datasets"
-EXAMPLES = ROOT / "jobs" / "examples"
+DATASETS = ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets"
+EXAMPLES = ROOT / "jobs" / "src" / "kompress" / "jobs" / "examples"
 
 
 @pytest.fixture(scope="session")

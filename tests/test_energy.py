@@ -84,20 +84,21 @@ def test_coarse_counters_are_read_around_blocks_not_single_calls(block_seconds: 
     """A 20 ms-step counter read around 1 ms calls attributes whole steps to whichever call a step lands
     in; read around blocks of back-to-back calls it gives power x time per call."""
     from kompress.jobs.data import Dataset
-    from kompress.jobs.evaluate import measure_speed
+    from kompress.jobs.evaluate import TimingPlan, measure_speed
     from kompress.jobs.spec import TargetSpec
 
     meter = SteppedCounter(watts=100.0, step=0.02, block_seconds=block_seconds)
     sessions = {"slow": BusySession(0.002), "fast": BusySession(0.001)}
     data = Dataset({"x": np.zeros((4, 3), np.float32)}, None, "", Path("d.npz"))
     target = TargetSpec(iterations=40, warmup_iterations=1, throughput_batch_size=2)
-    out = measure_speed(sessions, data, target, meter)
-    per_call = {name: out[name]["energy"]["joulesPerInference"] for name in sessions}
+    out = measure_speed(sessions, data, target, TimingPlan(target.iterations, target.warmup_iterations), meter)
+    energy = {name: out[name].energy for name in sessions}
+    per_call = {name: e.joules_per_inference for name, e in energy.items() if e}
     if block_seconds:
-        assert out["slow"]["energy"]["measuredOver"].endswith("of 0.1 s per variant")
+        assert energy["slow"].measured_over.endswith("of 0.1 s per variant")
         # 100 W x (2 ms, 1 ms) per call, within the counter's step over 0.5 s of blocks per variant
         assert per_call["slow"] == pytest.approx(0.2, rel=0.4) and per_call["fast"] == pytest.approx(0.1, rel=0.4)
         assert per_call["slow"] > per_call["fast"]
     else:
-        assert out["slow"]["energy"]["measuredOver"] == "single calls"
-        assert out["slow"]["energy"]["inferences"] == 40
+        assert energy["slow"].measured_over == "latency blocks of 5 consecutive calls"
+        assert energy["slow"].inferences == 40

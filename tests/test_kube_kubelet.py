@@ -29,7 +29,7 @@ pytest_plugins = ["kube.fixtures"]  # the session-scoped kube_cluster fixture
 pytestmark = pytest.mark.kube
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ROOT / "jobs" / "datasets"
+DATASETS = ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets"
 INPUTS = "inputs"  # bucket of the model and data
 RUNS = "runs"  # bucket of the engine's outputs
 JOB_TIMEOUT_S = float(os.environ.get("KOMPRESS_KUBE_JOB_TIMEOUT", "600"))

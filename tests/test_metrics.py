@@ -15,6 +15,7 @@ import pytest
 from promstack import Service, start_pushgateway
 
 from kompress.jobs import metrics
+from kompress.jobs.report_model import MetricsBlock, ResultBlock
 
 from conftest import DATASETS, ROOT, example, run_cli, write_spec
 
@@ -35,7 +36,8 @@ def test_series_names_units_and_labels() -> None:
               "result": {"latencyP50Seconds": 0.009, "sizeBytes": 22, "energyPerInferenceJoules": 0.15,
                          "cosineSimilarity": 0.99, "speedup": 2.0, "sizeReduction": 4.0, "accuracyDrop": 0.01,
                          "energyMethod": "rapl", "runEnergyJoules": 40.0}}
-    items = list(metrics.series("ns", "opt", blocks, True))
+    items = list(metrics.series("ns", "opt", MetricsBlock.model_validate(blocks["baseline"]),
+                                ResultBlock.model_validate(blocks["result"]), True))
     names = {s.name for s in items}
     assert names <= set(metrics.FAMILIES)
     for s in items:
@@ -135,3 +137,22 @@ def test_chart_renders_the_same_rules_as_a_prometheus_rule() -> None:
                           "--set", "metrics.prometheusRule.enabled=true"], capture_output=True, text=True, check=True)
     rules = [d for d in yaml.safe_load_all(out.stdout) if d and d.get("kind") == "PrometheusRule"]
     assert len(rules) == 1 and rules[0]["spec"] == yaml.safe_load(RULES.read_text())
+
+
+def test_operator_mirror_reads_the_status_blocks() -> None:
+    """The operator's /metrics mirror parses status.baseline/result through the engine's typed blocks; a status
+    it cannot parse keeps the series it had; a deleted resource's series go."""
+    from kompress.operator.metrics import ResultMirror
+
+    mirror = ResultMirror()
+    status = {"baseline": {"latencyP50Seconds": 0.018, "sizeBytes": 90, "cosineSimilarity": 1.0},
+              "result": {"latencyP50Seconds": 0.009, "sizeBytes": 22, "speedup": 2.0, "energyMethod": "rapl"},
+              "gates": {"passed": False, "failures": ["minSpeedup"]}}
+    mirror.update("ns", "opt", status)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in mirror.collect() for s in fam.samples}
+    assert samples[("kompress_optimization_speedup_ratio", (("namespace", "ns"), ("optimization", "opt")))] == 2.0
+    assert samples[("kompress_optimization_gates_passed", (("namespace", "ns"), ("optimization", "opt")))] == 0.0
+    mirror.update("ns", "opt", {"result": {"speedup": "fast"}})
+    assert len(mirror.collect()) == len({k[0] for k in samples})
+    mirror.forget("ns", "opt")
+    assert mirror.collect() == []

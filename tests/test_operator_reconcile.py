@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
+import kopf
 import pytest
 
 from kompress.jobs.spec import OptimizationSpec
+from kompress.operator import conditions
 from kompress.operator.jobspec import job_name, run_key
 from kompress.operator.kube import KubeClient
 from kompress.operator.reconciler import Reconciler
@@ -38,6 +40,20 @@ async def api(kmock: kmock.KubernetesEmulator) -> AsyncIterator[KubeClient]:
     client = KubeClient(str(kmock.url))
     yield client
     await client.close()
+
+
+@pytest.fixture(autouse=True)
+def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The Events the reconciler posts through kopf.event (outside a running operator, recorded here)."""
+    posted: list[dict[str, Any]] = []
+
+    def record(objs: Any, *, type: str, reason: str, message: str = "", **_: Any) -> None:
+        meta = objs["metadata"]
+        posted.append({"type": type, "reason": reason, "message": message, "involvedObject": {
+            "apiVersion": objs["apiVersion"], "kind": objs["kind"], "name": meta["name"], "uid": meta["uid"]}})
+
+    monkeypatch.setattr(kopf, "event", record)
+    return posted
 
 
 def reconciler(api: KubeClient) -> Reconciler:
@@ -101,8 +117,8 @@ def summary(speedup: float = 2.1, drop: float = 0.007) -> str:
                        "modelUri": "s3://registry/serving/.kompress-runs/x/model.onnx"})
 
 
-async def test_create_makes_one_owned_job_and_reports_pending(kmock: kmock.KubernetesEmulator,
-                                                               api: KubeClient) -> None:
+async def test_create_makes_one_owned_job_and_reports_pending(kmock: kmock.KubernetesEmulator, api: KubeClient,
+                                                               events: list[dict[str, Any]]) -> None:
     kmock.objects[MOPT, NS, NAME] = resource()
     rec = reconciler(api)
     await rec.reconcile(NS, NAME)
@@ -132,8 +148,9 @@ async def test_create_makes_one_owned_job_and_reports_pending(kmock: kmock.Kuber
     await rec.reconcile(NS, NAME)
     await reconciler(api).reconcile(NS, NAME)
     assert len(kmock[kmock.method.POST, kmock.resource("batch/v1/jobs")]) == 1
-    assert len(kmock[kmock.method.POST, kmock.resource("v1/events")]) == 1
-    assert kmock[kmock.method.POST, kmock.resource("v1/events")][0].data["reason"] == "JobCreated"
+    assert [e["reason"] for e in events] == ["JobCreated"]
+    assert events[0]["involvedObject"] == {"apiVersion": "kompress.dev/v1alpha1", "kind": "ModelOptimization",
+                                           "name": NAME, "uid": UID}
 
 
 async def test_running_then_succeeded_without_promotion(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
@@ -175,8 +192,8 @@ async def test_gates_failing_reject_and_a_gates_edit_reuses_the_job(kmock: kmock
     assert condition(obj, "GatesPassed")["observedGeneration"] == 2
 
 
-async def test_permanent_engine_failure_surfaces_its_message(kmock: kmock.KubernetesEmulator,
-                                                             api: KubeClient) -> None:
+async def test_permanent_engine_failure_surfaces_its_message(kmock: kmock.KubernetesEmulator, api: KubeClient,
+                                                             events: list[dict[str, Any]]) -> None:
     rec, jname = await started(kmock, api, resource())
     engine_says = json.dumps({"outcome": "failed", "message": "model.uri: s3://models/x.onnx does not exist"})
     engine_exits(kmock, jname, 2, engine_says)
@@ -186,12 +203,9 @@ async def test_permanent_engine_failure_surfaces_its_message(kmock: kmock.Kubern
     assert obj["status"]["message"] == "model.uri: s3://models/x.onnx does not exist"
     stalled = condition(obj, "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "InvalidInput"
-    warnings = [r.data for r in kmock[kmock.method.POST, kmock.resource("v1/events")]
-                if r.data["type"] == "Warning"]
-    assert [w["reason"] for w in warnings] == ["InvalidInput"]
+    assert [e["reason"] for e in events if e["type"] == "Warning"] == ["InvalidInput"]
     await rec.reconcile(NS, NAME)  # no repeated warning on a settled failure
-    assert len([r for r in kmock[kmock.method.POST, kmock.resource("v1/events")]
-                if r.data["type"] == "Warning"]) == 1
+    assert len([e for e in events if e["type"] == "Warning"]) == 1
 
 
 async def test_runtime_failure_after_retries(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
@@ -201,6 +215,83 @@ async def test_runtime_failure_after_retries(kmock: kmock.KubernetesEmulator, ap
     obj = stored(kmock, MOPT, NAME)
     assert obj["status"]["phase"] == "Failed" and condition(obj, "Stalled")["reason"] == "RetriesExhausted"
     assert obj["status"]["message"] == "killed: out of memory"
+
+
+async def test_log_tail_instead_of_a_summary(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
+    """FallbackToLogsOnError: a crashed engine leaves its log tail; the last line is the message."""
+    rec, jname = await started(kmock, api, resource())
+    engine_exits(kmock, jname, 1, "Traceback (most recent call last):\n  File x\nMemoryError: cannot allocate\n")
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Failed" and obj["status"]["message"] == "MemoryError: cannot allocate"
+    assert condition(obj, "Stalled")["reason"] == "RetriesExhausted"
+
+
+async def test_a_summary_that_breaks_the_contract_fails_the_run(kmock: kmock.KubernetesEmulator, api: KubeClient,
+                                                                events: list[dict[str, Any]]) -> None:
+    """A JSON summary the typed model refuses is an engine/operator mismatch, not a result to trust."""
+    body = resource()
+    del body["spec"]["promotion"]
+    rec, jname = await started(kmock, api, body)
+    drifted = json.loads(summary()) | {"speedUp": 2.1}
+    engine_exits(kmock, jname, 0, json.dumps(drifted))
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Failed" and "speedUp" in obj["status"]["message"]
+    assert condition(obj, "Stalled")["reason"] == "SummaryInvalid" and "result" not in obj["status"]
+    assert [e["reason"] for e in events if e["type"] == "Warning"] == ["SummaryInvalid"]
+
+
+async def test_a_failed_promotion_is_retried(kmock: kmock.KubernetesEmulator, api: KubeClient,
+                                             events: list[dict[str, Any]]) -> None:
+    rec, jname = await started(kmock, api, resource())
+    left = {k: v for k, v in json.loads(summary()).items() if k not in ("reportUri", "modelUri")}
+    engine_exits(kmock, jname, 0, json.dumps(left))
+    decision = await rec.reconcile(NS, NAME)
+    assert decision is not None and decision.retry_after
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Evaluating" and "no report and model in S3" in obj["status"]["message"]
+    assert condition(obj, "Promoted")["reason"] == "PromotionFailed"
+    assert condition(obj, "GatesPassed")["status"] == "True"
+    assert [e["reason"] for e in events] == ["JobCreated", "PromotionFailed"]
+
+
+def test_decisions_are_data() -> None:
+    """decide() only describes: a passing run asks for Promote; `promoted` maps its result to the final status."""
+    from kompress.jobs.report_model import PromotionResult
+    from kompress.operator.decide import Count, Event, Observed, Promote, accept, decide, promoted, wanted_status
+
+    body = resource()
+    spec, problem = accept(body["spec"])
+    jname = job_name(NAME, UID, run_key(spec))
+    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}}
+    pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [
+        {"name": "engine", "state": {"terminated": {"exitCode": 0, "message": summary()}}}]}}
+    obs = Observed(body, Settings(), "2026-01-01T00:00:00Z", spec, problem, job, [pod])
+    asked = decide(obs)
+    assert [type(e) for e in asked.effects] == [Count, Promote]
+    failed = promoted(obs, asked, "registry unreachable")
+    assert failed.phase == "Evaluating" and failed.outcome == "PromotionFailed" and failed.retry_after
+    assert Event("Warning", "PromotionFailed", "promotion failed: registry unreachable") in failed.effects
+    done = promoted(obs, asked, PromotionResult(promoted=True, uri="s3://registry/serving/minilm/4", version=4,
+                                                created=True))
+    assert Count("kompress_promotions_total") in done.effects and not any(isinstance(e, Promote)
+                                                                           for e in done.effects)
+    status = wanted_status(obs, done)
+    assert status["phase"] == "Succeeded" and status["promotedVersion"] == 4 and status["jobName"] == jname
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Accepted": "True", "JobRunning": "False", "Evaluated": "True", "GatesPassed": "True", "Stalled": "False",
+        "Promoted": "True", "Ready": "True"}
+
+
+def test_condition_table_and_transition_times() -> None:
+    types = {t for row in conditions.TABLE.values() for t in row}
+    assert types == {"Accepted", "JobRunning", "Evaluated", "GatesPassed", "Promoted", "Ready", "Stalled"}
+    first = conditions.set_condition([], "Ready", False, "Running", "", 1, at="2026-01-01T00:00:00Z")
+    same = conditions.set_condition(first, "Ready", False, "Other", "x", 2, at="2026-01-02T00:00:00Z")
+    flipped = conditions.set_condition(same, "Ready", True, "Done", "y", 2, at="2026-01-03T00:00:00Z")
+    assert same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z" and same[0]["reason"] == "Other"
+    assert flipped[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z" and len(flipped) == 1
 
 
 async def test_specs_the_schema_cannot_catch(kmock: kmock.KubernetesEmulator, api: KubeClient) -> None:
@@ -232,7 +323,8 @@ async def test_manual_policy_waits_for_approval(kmock: kmock.KubernetesEmulator,
 
 @pytest.mark.s3
 async def test_approval_promotes_with_the_referenced_secret(kmock: kmock.KubernetesEmulator, api: KubeClient,
-                                                            s3_server: Any, tmp_path: Any) -> None:
+                                                            events: list[dict[str, Any]], s3_server: Any,
+                                                            tmp_path: Any) -> None:
     """A real engine run (digits) leaves its report and model in MinIO; the operator, given only the user's
     Secret, promotes once approved — once, however often it reconciles."""
     import base64
@@ -281,7 +373,7 @@ async def test_approval_promotes_with_the_referenced_secret(kmock: kmock.Kuberne
     manifest = json.loads(client.get_object(Bucket="approvals", Key="serving/digits/1/kompress.json")["Body"].read())
     assert manifest["resourceUid"] == UID and manifest["gates"]["passed"] is True
     # the operator process itself has no AWS credentials: only the Secret's were used
-    reasons = [r.data["reason"] for r in kmock[kmock.method.POST, kmock.resource("v1/events")]]
+    reasons = [e["reason"] for e in events]
     assert reasons.count("Promoted") == 1 and "AwaitingApproval" in reasons
 
 

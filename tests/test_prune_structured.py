@@ -18,7 +18,7 @@ from kompress.jobs import data, onnx_utils, techniques, torch_model
 from kompress.jobs.context import StepContext
 from kompress.jobs.errors import ExitCode, InvalidInputError, SpecError
 from kompress.jobs.spec import parse_document
-from kompress.jobs.techniques.registry import StepResult
+from kompress.jobs.techniques import StepResult
 from kompress.jobs.torch_model import TorchModel
 
 from conftest import DATASETS, run_cli, write_spec

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from kompress.jobs import data, onnx_utils, storage, techniques, torch_model
+from kompress.jobs import data, model_files, storage, techniques, torch_model
 from kompress.jobs.checkpoints import Checkpoints
 from kompress.jobs.context import StepContext
 from kompress.jobs.errors import ExitCode, InvalidInputError
@@ -114,7 +114,7 @@ def test_exports_an_int8_qdq_model_ort_runs_with_integer_kernels(trained: Traine
     weights = [t for t in model.graph.initializer if t.name.endswith("weight_quantized")]
     assert len(weights) == 4 and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
     assert not [t for t in model.graph.initializer if t.name.endswith(".weight")]
-    assert onnx_utils.size_bytes(trained.onnx_path) < onnx_utils.size_bytes(MODEL) / 3.5
+    assert model_files.size_bytes(trained.onnx_path) < model_files.size_bytes(MODEL) / 3.5
     # what ONNX Runtime really runs: the QDQ pairs fused into integer kernels
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")

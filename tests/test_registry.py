@@ -93,3 +93,102 @@ def test_s3_promotion_is_idempotent_and_versioned(s3: Any, model_file: Path) -> 
     assert store.create_exclusive("digits/.claims/3", b"x") is True
     assert store.create_exclusive("digits/.claims/3", b"y") is False
     assert promote(uri, model_file, "key-c").version == 4
+
+
+def _model_config_class() -> Any:
+    """A message class for the part of Triton's ModelConfig (model_config.proto) that triton_config writes,
+    so the real protobuf text parser checks the syntax, the field names and the enum values."""
+    descriptor_pb2 = pytest.importorskip("google.protobuf.descriptor_pb2")
+    from google.protobuf import descriptor_pool, message_factory
+
+    f = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="kompress_test_model_config.proto", package="kt")
+    data_type = file.enum_type.add(name="DataType")
+    for number, name in enumerate(["TYPE_INVALID", "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32",
+                                   "TYPE_UINT64", "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64",
+                                   "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_STRING", "TYPE_BF16"]):
+        data_type.value.add(name=name, number=number)
+
+    def message(name: str, *fields: tuple[str, int, str | None, bool]) -> None:
+        msg = file.message_type.add(name=name)
+        for number, (field, kind, type_name, repeated) in enumerate(fields, start=1):
+            added = msg.field.add(name=field, number=number, type=kind,
+                                  label=f.LABEL_REPEATED if repeated else f.LABEL_OPTIONAL)
+            if type_name:
+                added.type_name = type_name
+
+    message("Reshape", ("shape", f.TYPE_INT64, None, True))
+    for name in ("ModelInput", "ModelOutput"):
+        message(name, ("name", f.TYPE_STRING, None, False), ("data_type", f.TYPE_ENUM, ".kt.DataType", False),
+                ("dims", f.TYPE_INT64, None, True), ("reshape", f.TYPE_MESSAGE, ".kt.Reshape", False))
+    message("Latest", ("num_versions", f.TYPE_UINT32, None, False))
+    message("VersionPolicy", ("latest", f.TYPE_MESSAGE, ".kt.Latest", False))
+    message("DynamicBatching")
+    message("ModelConfig", ("name", f.TYPE_STRING, None, False), ("platform", f.TYPE_STRING, None, False),
+            ("max_batch_size", f.TYPE_INT32, None, False), ("input", f.TYPE_MESSAGE, ".kt.ModelInput", True),
+            ("output", f.TYPE_MESSAGE, ".kt.ModelOutput", True),
+            ("version_policy", f.TYPE_MESSAGE, ".kt.VersionPolicy", False),
+            ("dynamic_batching", f.TYPE_MESSAGE, ".kt.DynamicBatching", False))
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("kt.ModelConfig"))
+
+
+def parse_config(text: str) -> Any:
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, _model_config_class()())
+
+
+def test_triton_config_batches_when_the_batch_axis_is_free() -> None:
+    text = registry.triton_config("digits", INPUTS, OUTPUTS)
+    assert "max_batch_size: 64\n" in text and "dynamic_batching { }" in text
+    config = parse_config(text)
+    assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
+    assert [(t.name, list(t.dims)) for t in (*config.input, *config.output)] == [("pixels", [1, 8, 8]),
+                                                                                 ("logits", [10])]
+    assert config.version_policy.latest.num_versions == 1
+
+
+def test_triton_config_does_not_batch_a_fixed_batch_axis() -> None:
+    inputs = [InputSpec("ids", "tensor(int64)", (1, "seq")), InputSpec("mask", "tensor(int64)", (1, "seq"))]
+    outputs = [InputSpec("embedding", "tensor(float)", (1, 384))]
+    text = registry.triton_config("minilm", inputs, outputs)
+    assert "max_batch_size: 0\n" in text and "dynamic_batching" not in text
+    config = parse_config(text)
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert [list(t.dims) for t in (*config.input, *config.output)] == [[1, -1], [1, -1], [1, 384]]
+    # a scalar tensor cannot be batched either; Triton writes it as [1] reshaped to []
+    scalar = registry.triton_config("m", [InputSpec("t", "tensor(float)", ())], outputs)
+    config = parse_config(scalar)
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [1]
+    assert config.input[0].HasField("reshape") and not config.input[0].reshape.shape
+
+
+def test_triton_config_escapes_names() -> None:
+    odd = 'in"put\\1\nné'
+    text = registry.triton_config('my "model"', [InputSpec(odd, "tensor(float)", ("b", 3))], OUTPUTS)
+    assert 'name: "my \\"model\\""' in text and 'name: "in\\"put\\\\1\\nn\\303\\251"' in text
+    config = parse_config(text)
+    assert config.name == 'my "model"' and config.input[0].name == odd
+
+
+def test_local_promotion_is_readable_by_other_users(tmp_path: Path, model_file: Path) -> None:
+    import os
+    import stat
+
+    reg = tmp_path / "registry"
+    old = os.umask(0o077)  # even a strict umask must not hide the registry from the model server
+    try:
+        promote(str(reg), model_file, "key-a")
+    finally:
+        os.umask(old)
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(reg / "digits") == 0o755 and mode(reg / "digits" / "1") == 0o755
+    assert mode(reg / "digits" / "config.pbtxt") == 0o644
+    assert mode(reg / "digits" / "1" / "model.onnx") == 0o644
+    assert mode(reg / "digits" / "1" / "kompress.json") == 0o644
+    assert mode(reg / "digits" / ".claims" / "1") == 0o644

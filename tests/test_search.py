@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kompress.jobs import search
+from kompress.jobs import candidates, search
 from kompress.jobs.errors import SpecError
 from kompress.jobs.spec import Candidate, parse_document
 
@@ -129,12 +129,22 @@ def test_search_spec_errors_name_the_field() -> None:
 
 
 def test_default_candidates_and_their_order() -> None:
-    cnn = search.default_candidates("onnx", {}, "cpu")
-    assert {"int8-dynamic", "int8-static"} <= {c.label() for c in cnn}
-    bert = search.default_candidates("huggingface", {"hf.model_type": "bert", "hf.num_hidden_layers": "6"}, "cpu")
+    cnn = candidates.default_candidates("onnx", {}, "cpu")
+    assert [c.label() for c in cnn] == ["int8-dynamic", "int8-dynamic-per-tensor", "int8-static", "qat-int8"]
+    bert = candidates.default_candidates("huggingface", {"hf.model_type": "bert", "hf.num_hidden_layers": "6"}, "cpu")
+    assert [c.label() for c in bert] == ["int8-dynamic", "int8-dynamic-per-tensor", "int8-static",
+                                         "distilled-3-layers+int8"]
     first = bert[0].steps()
     assert [n for n, _ in first] == ["graphOptimize", "quantize"]  # fused before INT8
-    gains = {c.label(): search.expected_gain(c, "latency", {"hf.num_hidden_layers": "6"}, "cpu") for c in bert}
+    gains = {c.label(): candidates.expected_gain(c, "latency", {"hf.num_hidden_layers": "6"}, "cpu") for c in bert}
     assert gains["int8-dynamic"] == pytest.approx(2.2)
+    assert gains["distilled-3-layers+int8"] == pytest.approx(4.4)  # 6/3 layers x fusion 1.1 x INT8 2
     quick = Candidate.model_validate({"techniques": [DYNAMIC]})
-    assert search.expected_gain(quick, "size", {}, "cpu") == 4.0
+    assert candidates.expected_gain(quick, "size", {}, "cpu") == 4.0
+    # ALBERT is fused like BERT (one BERT-like list for graphOptimize and the candidates), but its layers are
+    # shared: no layer-distillation candidate
+    albert = candidates.default_candidates("huggingface", {"hf.model_type": "albert", "hf.num_hidden_layers": "12"},
+                                           "gpu")
+    assert [c.label() for c in albert] == ["int8-dynamic", "int8-dynamic-per-tensor", "int8-static", "fp16"]
+    assert [n for n, _ in albert[-1].steps()] == ["graphOptimize", "fp16"]
+    assert search.default_candidates is candidates.default_candidates  # runner calls it through search

@@ -103,3 +103,19 @@ def test_training_steps_come_first_and_qat_closes_them() -> None:
     assert "techniques[1] prune cannot follow techniques[0] qat" in str(err.value)
     ok = parse_document({**base, "techniques": [{"prune": {"method": "structured"}}, {"qat": {}}]})
     assert [n for n, _ in ok.spec.steps()] == ["prune", "qat"]
+
+
+def test_kind_and_api_version_are_optional_locally() -> None:
+    doc = example("minilm-int8.yaml")
+    with_meta = {"metadata": {"name": "local-run"}, "spec": doc["spec"]}
+    assert parse_document(with_meta).name == "local-run"
+    only_spec = parse_document({"spec": doc["spec"]}, default_name="from-file")
+    assert only_spec.name == "from-file" and only_spec.spec == parse_document(doc).spec
+
+
+def test_wrong_kind_or_api_version_is_still_refused() -> None:
+    doc = example("minilm-int8.yaml")
+    problems = problems_of({"kind": "Deployment", "spec": doc["spec"]})
+    assert problems == {"kind": "expected 'ModelOptimization', got 'Deployment'"}
+    problems = problems_of({"apiVersion": "kompress.dev/v9", "spec": doc["spec"]})
+    assert problems == {"apiVersion": "expected 'kompress.dev/v1alpha1', got 'kompress.dev/v9'"}

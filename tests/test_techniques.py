@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +13,12 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from kompress.jobs import data, onnx_utils, techniques
+from kompress.jobs import data, model_files, techniques
 from kompress.jobs.context import StepContext
+from kompress.jobs.errors import RuntimeFailure
 from kompress.jobs.spec import parse_document
+from kompress.jobs.techniques.base import training_rows
+from kompress.jobs.techniques.configs import QuantizeConfig
 
 from conftest import DATASETS
 
@@ -45,10 +51,41 @@ def test_registry_lists_every_technique() -> None:
     assert set(techniques.names()) >= {"quantize", "fp16", "graphOptimize", "prune"}
 
 
+def test_the_spec_loads_the_catalog_only() -> None:
+    """Reading a spec (and generating the CRD, and listing search candidates) imports the light catalog: no
+    implementation module, no ONNX, ONNX Runtime or PyTorch."""
+    code = ("import sys, kompress.jobs.spec, kompress.jobs.candidates; print(sorted(m for m in sys.modules "
+            "if m.startswith('kompress.jobs.techniques.') or m.split('.')[0] in ('onnx', 'onnxruntime', 'torch')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert ast.literal_eval(out.strip()) == ["kompress.jobs.techniques.base", "kompress.jobs.techniques.catalog",
+                                             "kompress.jobs.techniques.configs"]
+
+
+def test_every_catalog_entry_loads_its_implementation() -> None:
+    for tech in techniques.all_techniques():
+        fn = tech.load()
+        assert callable(fn) and fn.__module__ == tech.module, tech.name
+
+
+def test_apply_refuses_the_config_of_another_technique(tmp_path: Path) -> None:
+    ctx = StepContext(workdir=tmp_path, calibration={}, labels=None)
+    with pytest.raises(TypeError, match="takes a Fp16Config, got QuantizeConfig"):
+        techniques.get("fp16").apply(MODEL, QuantizeConfig(), ctx)
+
+
+def test_a_training_step_without_training_rows_is_a_runtime_failure(tmp_path: Path) -> None:
+    """The pipeline refuses torch steps when there are no training rows, so a step that gets none is a bug."""
+    ctx = StepContext(workdir=tmp_path, calibration={"pixels": EVAL.inputs["pixels"][:4]}, labels=None)
+    with pytest.raises(RuntimeFailure, match="prune trains but was given no training rows"):
+        training_rows(ctx, "prune")
+    rows = {"pixels": EVAL.inputs["pixels"][:4]}
+    assert training_rows(StepContext(workdir=tmp_path, calibration={}, labels=None, train=rows), "prune") is rows
+
+
 def test_dynamic_int8(tmp_path: Path) -> None:
     result = apply("quantize", {"method": "dynamic", "perChannel": False}, tmp_path)
     assert {"MatMulInteger", "DynamicQuantizeLinear"} & ops(result.model_path)
-    assert onnx_utils.size_bytes(result.model_path) < onnx_utils.size_bytes(MODEL) / 2
+    assert model_files.size_bytes(result.model_path) < model_files.size_bytes(MODEL) / 2
     assert accuracy(result.model_path) >= BASE_ACCURACY - 0.02
 
 
@@ -57,7 +94,7 @@ def test_static_int8_qdq(tmp_path: Path, calibration: str) -> None:
     result = apply("quantize", {"method": "static", "calibration": calibration}, tmp_path)
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops(result.model_path)
     assert result.details["calibrationSamples"] == 64 and result.details["calibration"] == calibration
-    assert onnx_utils.size_bytes(result.model_path) < onnx_utils.size_bytes(MODEL) / 3.5
+    assert model_files.size_bytes(result.model_path) < model_files.size_bytes(MODEL) / 3.5
     assert accuracy(result.model_path) >= BASE_ACCURACY - 0.01
 
 
@@ -66,7 +103,7 @@ def test_fp16_halves_weights(tmp_path: Path) -> None:
     model = onnx.load(str(result.model_path))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keepIoTypes
-    assert onnx_utils.size_bytes(result.model_path) < 0.55 * onnx_utils.size_bytes(MODEL)
+    assert model_files.size_bytes(result.model_path) < 0.55 * model_files.size_bytes(MODEL)
     assert accuracy(result.model_path) >= BASE_ACCURACY - 0.005
 
 
@@ -113,25 +150,33 @@ def test_node_placement_counts_the_provider_of_every_node() -> None:
     from kompress.jobs.spec import TargetSpec
 
     placement = evaluate.node_placement(MODEL, EVAL, TargetSpec())
-    assert set(placement["nodesByProvider"]) == {"CPUExecutionProvider"}
-    assert sum(placement["cpuOps"].values()) == placement["nodesByProvider"]["CPUExecutionProvider"] > 0
-    assert {"Gemm", "FusedConv", "Conv"} & set(placement["cpuOps"])
+    assert set(placement.nodes_by_provider) == {"CPUExecutionProvider"}
+    assert sum(placement.cpu_ops.values()) == placement.nodes_by_provider["CPUExecutionProvider"] > 0
+    assert {"Gemm", "FusedConv", "Conv"} & set(placement.cpu_ops)
 
 
 def test_console_names_compute_ops_that_fell_back_to_the_cpu_not_shape_ops() -> None:
     from kompress.jobs import report
+    from kompress.jobs.report_model import OptimizationReport
 
     def side(cpu_ops: dict[str, int]) -> dict:
-        return {"latencySeconds": {"p50": 0.001, "p95": 0.002}, "throughputInferencesPerSecond": 10.0,
-                "throughputBatchSize": 32, "sizeBytes": 1e6, "peakMemoryBytes": 1e6, "peakMemoryOf": "gpu",
-                "energy": {"joulesPerInference": 0.1, "method": "nvml"},
-                "quality": {"fidelity": {"cosineSimilarityMean": 0.99, "cosineSimilarityMin": 0.9}},
+        return {"latencySeconds": {"p50": 0.001, "p95": 0.002, "p99": 0.002, "mean": 0.001, "samples": 10,
+                                   "batchSize": 1},
+                "throughputInferencesPerSecond": 10.0, "throughputBatchSize": 32, "sizeBytes": 1_000_000,
+                "peakMemoryBytes": 1_000_000, "peakMemoryOf": "gpu",
+                "energy": {"joulesPerInference": 0.1, "method": "nvml", "inferences": 10, "measuredOver": "blocks"},
+                "quality": {"fidelity": {"cosineSimilarityMean": 0.99, "cosineSimilarityMin": 0.9,
+                                         "maxAbsError": 0.1}},
                 "placement": {"nodesByProvider": {"CUDAExecutionProvider": 100, "CPUExecutionProvider": 30},
                               "cpuOps": cpu_ops}}
 
-    rep = {"baseline": side({"Gather": 15, "Concat": 14}), "optimized": side({"MatMulInteger": 18, "Gather": 2}),
-           "comparison": {"speedup": 0.3, "sizeReduction": 4.0, "qualityMetric": "cosine", "accuracyDrop": 0.01},
-           "gates": {"results": []}, "outcome": "succeeded", "promotion": {}}
+    rep = OptimizationReport.model_validate({
+        "apiVersion": "kompress.dev/v1alpha1", "name": "gpu", "startedAt": "2026-01-01T00:00:00+00:00", "spec": {},
+        "environment": {"platform": "p", "machine": "m", "seed": 0, "libraries": {}},
+        "baseline": side({"Gather": 15, "Concat": 14}), "optimized": side({"MatMulInteger": 18, "Gather": 2}),
+        "comparison": {"speedup": 0.3, "sizeReduction": 4.0, "qualityMetric": "cosineSimilarityMean",
+                       "accuracyDrop": 0.01},
+        "gates": {"passed": True, "results": []}, "outcome": "succeeded", "promotion": {"promoted": False}})
     text = report.console_table(rep)
     assert "peak memory (gpu)" in text
     assert "optimized: 18 compute nodes of 130 ran on the CPU provider (MatMulInteger x18)" in text

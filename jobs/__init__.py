@@ -1,1 +1,0 @@
-"""Compression engine: spec, techniques, evaluation, gates, report, registry."""

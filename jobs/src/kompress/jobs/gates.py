@@ -1,0 +1,108 @@
+"""Quality gates: each gate that is set is checked against a measured value and reported pass/fail."""
+
+from __future__ import annotations
+
+from kompress.jobs.report_model import Comparison, GateResult, GateVerdict, ResultBlock, VariantMetrics
+from kompress.jobs.spec import GatesSpec
+
+
+def comparison(baseline: VariantMetrics, optimized: VariantMetrics, task: str = "generic") -> Comparison:
+    """Derived figures: speedup, size and energy reduction, and the drop of the quality metric: accuracy with
+    labels; for a classifier without labels top-1 agreement with the original (a changed prediction is what
+    its user sees; 1 - cosine of logits hid 1% of flipped top-1 answers at a 0.0002 "drop"); else cosine."""
+    fidelity = optimized.quality.fidelity
+    if optimized.quality.accuracy is not None and baseline.quality.accuracy is not None:
+        metric, drop = "accuracy", baseline.quality.accuracy - optimized.quality.accuracy
+    elif task == "classification" and fidelity and fidelity.top1_agreement is not None:
+        metric, drop = "top1Agreement", 1.0 - fidelity.top1_agreement
+    else:
+        metric, drop = "cosineSimilarityMean", 1.0 - (fidelity.cosine_similarity_mean if fidelity else 1.0)
+    b_lat, o_lat = baseline.latency_seconds, optimized.latency_seconds
+    b_energy, o_energy = baseline.energy, optimized.energy
+    energies = (b_energy.joules_per_inference, o_energy.joules_per_inference) if b_energy and o_energy else None
+    return Comparison(
+        speedup=b_lat.p50 / o_lat.p50 if b_lat and o_lat else 1.0,
+        throughput_ratio=(optimized.throughput_inferences_per_second / baseline.throughput_inferences_per_second
+                          if optimized.throughput_inferences_per_second and baseline.throughput_inferences_per_second
+                          else None),
+        size_reduction=baseline.size_bytes / optimized.size_bytes,
+        accuracy_drop=drop, quality_metric=metric,
+        energy_reduction=energies[0] / energies[1] if energies and energies[1] > 0 else None,
+        energy_saved_ratio=1.0 - energies[1] / energies[0] if energies and energies[0] > 0 else None,
+        memory_ratio=(optimized.peak_memory_bytes / baseline.peak_memory_bytes
+                      if baseline.peak_memory_bytes and optimized.peak_memory_bytes else None),
+    )
+
+
+# gate -> (field of the flat result block that it checks, higher_is_better)
+GATE_FIELDS: dict[str, tuple[str, bool]] = {
+    "maxAccuracyDrop": ("accuracy_drop", False),
+    "minCosineSimilarity": ("cosine_similarity", True),
+    "minSpeedup": ("speedup", True),
+    "minSizeReduction": ("size_reduction", True),
+    "maxLatencyP95Seconds": ("latency_p95_seconds", False),
+    "maxEnergyPerInferenceJoules": ("energy_per_inference_joules", False),
+    "maxPeakMemoryBytes": ("peak_memory_bytes", False),
+}
+
+
+def evaluate(gates: GatesSpec, result: ResultBlock, objective: str | None = None) -> GateVerdict:
+    """Check every gate that is set against the flat result block; the engine (final result and each search
+    trial) and the operator (re-checking after a gates edit) share this one function. `objective`: the
+    search's (latency, size, energy), or None for a fixed pipeline (any of the three must improve)."""
+    thresholds = gates.model_dump(by_alias=True)
+    results = [no_regression(result, objective)] if gates.no_regression else []
+    for gate, (field, higher) in GATE_FIELDS.items():
+        threshold = thresholds.get(gate)
+        if threshold is None:
+            continue
+        measured = getattr(result, field)
+        passed = measured is not None and (measured >= threshold if higher else measured <= threshold)
+        word = ">=" if higher else "<="
+        message = f"{gate}: measured {_fmt(measured)} {'meets' if passed else 'misses'} {word} {_fmt(threshold)}"
+        results.append(GateResult(gate=gate, threshold=float(threshold),
+                                  measured=None if measured is None else float(measured), passed=passed,
+                                  message=message))
+    return GateVerdict(passed=all(r.passed for r in results), results=results,
+                       failures=[r.message for r in results if not r.passed])
+
+
+def _gains(result: ResultBlock) -> dict[str, tuple[float | None, float]]:
+    """objective -> (measured baseline/result ratio, the noise it must beat): latency and energy are timed
+    (their noise is the spread of the rounds), size is exact."""
+    noise = result.speedup_spread or 0.0
+    return {"latency": (result.speedup, noise), "size": (result.size_reduction, 0.0),
+            "energy": (result.energy_reduction, noise)}
+
+
+def no_regression(result: ResultBlock, objective: str | None) -> GateResult:
+    """The result beats the original beyond noise on the objective (a fixed pipeline: on any of them)."""
+    gains = _gains(result)
+    names = [objective] if objective else list(gains)
+    improved = [n for n in names if gains[n][0] is not None and gains[n][0] > 1.0 + gains[n][1]]
+    best = max(names, key=lambda n: (gains[n][0] or 0.0) - gains[n][1])
+    measured, noise = gains[best]
+    shown = ", ".join(f"{n} x{_fmt(gains[n][0])}" + (f" (noise ±{gains[n][1]:.2g})" if gains[n][1] else "")
+                      for n in names)
+    message = (f"noRegression: {'beats' if improved else 'does not beat'} the original on "
+               f"{'its objective' if objective else 'any of latency, size, energy'}: {shown}")
+    return GateResult(gate="noRegression", threshold=1.0 + noise, measured=measured, passed=bool(improved),
+                      message=message)
+
+
+def regressions(result: ResultBlock) -> list[str]:
+    """Where the result is worse than the original beyond noise: said loudly in the console, the report and
+    the status even when the gates pass."""
+    worse = {n: (g, noise) for n, (g, noise) in _gains(result).items() if g is not None and g < 1.0 - noise}
+    what = {"latency": "slower", "size": "larger", "energy": "uses more energy per inference"}
+    out = [f"{what[n]} than the original: x{g:.2f} {n}" + (f" (noise ±{noise:.2g})" if noise else "")
+           for n, (g, noise) in worse.items()]
+    if len(worse) == 3:
+        out.insert(0, "worse than the original on every axis (latency, size, energy)")
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}"

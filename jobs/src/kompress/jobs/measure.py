@@ -1,0 +1,140 @@
+"""One way to measure a variant. `measure_variant()` serves every pipeline step (a quick look), every search
+trial (a short full measurement) and the final evaluation (the full one): the same outputs, quality,
+interleaved timing with the baseline, size, and (as the plan asks) energy, peak memory and node placement.
+Only the plan differs, so a trial's figures and the result's mean the same thing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kompress.jobs import evaluate, gates, model_files, onnx_utils
+from kompress.jobs.data import Dataset
+from kompress.jobs.energy import Meter
+from kompress.jobs.evaluate import TimingPlan
+from kompress.jobs.ort_sessions import open_session
+from kompress.jobs.progress import Progress
+from kompress.jobs.report_model import Comparison, Quality, VariantMetrics
+from kompress.jobs.spec import GatesSpec, ModelSpec, SearchSpec, TargetSpec
+
+STEP_LATENCY_RUNS = 30
+STEP_WARMUP_RUNS = 3
+TRIAL_MAX_WARMUP = 5
+
+
+@dataclass(frozen=True)
+class MeasurePlan:
+    timing: TimingPlan
+    peak_memory: bool = False
+    placement: bool = False
+    """Which execution provider ran each node (GPU targets: ops without CUDA kernels fall back to the CPU)."""
+    provenance: bool = False
+    """sha256 and parameter counts of the files."""
+    show_progress: bool = False
+
+    @classmethod
+    def step(cls) -> MeasurePlan:
+        """A pipeline step: quality and a quick interleaved latency ratio (the final evaluation is thorough)."""
+        return cls(TimingPlan(STEP_LATENCY_RUNS, STEP_WARMUP_RUNS, throughput=False, energy=False))
+
+    @classmethod
+    def trial(cls, target: TargetSpec, search: SearchSpec, gates_spec: GatesSpec) -> MeasurePlan:
+        """A search trial: everything a gate can check, over search.trialIterations timed runs."""
+        return cls(TimingPlan(search.trial_iterations, min(target.warmup_iterations, TRIAL_MAX_WARMUP)),
+                   peak_memory=gates_spec.max_peak_memory_bytes is not None)
+
+    @classmethod
+    def final(cls, target: TargetSpec) -> MeasurePlan:
+        return cls(TimingPlan(target.iterations, target.warmup_iterations), peak_memory=True,
+                   placement=target.device == "gpu", provenance=True, show_progress=True)
+
+
+@dataclass
+class Baseline:
+    """The original model, run once on the evaluation rows; every variant is compared with it."""
+
+    path: Path
+    session: Any
+    outputs: np.ndarray
+    evaluation: Dataset
+    model: ModelSpec
+    target: TargetSpec
+    _facts: dict[str, Any] = field(default_factory=dict)
+    """What does not change between measurements (sha256, parameters, peak memory, placement)."""
+
+    @classmethod
+    def open(cls, path: Path, evaluation: Dataset, model: ModelSpec, target: TargetSpec,
+             progress: Progress | None = None) -> Baseline:
+        session = open_session(path, target)
+        outputs = evaluate.run_all(session, evaluation.inputs, model.output, progress, "baseline")
+        return cls(path, session, outputs, evaluation, model, target)
+
+    def fact(self, name: str, compute: Any) -> Any:
+        if name not in self._facts:
+            self._facts[name] = compute()
+        return self._facts[name]
+
+
+@dataclass
+class Measured:
+    baseline: VariantMetrics
+    candidate: VariantMetrics
+    comparison: Comparison
+
+    def headline(self) -> str:
+        """One line for progress output."""
+        q = self.candidate.quality
+        parts = [f"accuracy {q.accuracy:.4f}"] if q.accuracy is not None else []
+        if q.fidelity:
+            parts.append(f"cosine {q.fidelity.cosine_similarity_mean:.4f}")
+        parts.append(f"speedup {self.comparison.speedup:.2f}x")
+        return ", ".join(parts)
+
+
+def measure_variant(base: Baseline, model: Path, plan: MeasurePlan, meter: Meter | None = None,
+                    progress: Progress | None = None) -> Measured:
+    """Measure `model` against the baseline as `plan` says (meter: needed when the plan times energy)."""
+    shown = progress if plan.show_progress else None
+    session = open_session(model, base.target)
+    outputs = evaluate.run_all(session, base.evaluation.inputs, base.model.output, shown, "optimized")
+    base_q, cand_q = evaluate.quality(base.outputs, outputs, base.evaluation, base.model.task)
+    speed = evaluate.measure_speed({"baseline": base.session, "candidate": session}, base.evaluation,
+                                   base.target, plan.timing, meter, shown)  # type: ignore[arg-type]
+    del session
+    baseline = _variant(base, base.path, base_q, speed["baseline"], plan, cached=True)
+    candidate = _variant(base, model, cand_q, speed["candidate"], plan, cached=False)
+    comparison = gates.comparison(baseline, candidate, base.model.task)
+    comparison.speedup_spread = speedup_spread(speed["baseline"].round_medians, speed["candidate"].round_medians)
+    return Measured(baseline, candidate, comparison)
+
+
+def speedup_spread(baseline_rounds: list[float], candidate_rounds: list[float]) -> float | None:
+    """Half the interquartile range of the per-round baseline/candidate latency ratios: how far the speedup
+    moves between rounds on this machine now (None with fewer than 4 rounds)."""
+    if len(baseline_rounds) < 4 or len(baseline_rounds) != len(candidate_rounds):
+        return None
+    ratios = np.asarray(baseline_rounds) / np.maximum(np.asarray(candidate_rounds), 1e-12)
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return float(q3 - q1) / 2
+
+
+def _variant(base: Baseline, path: Path, quality: Quality, speed: evaluate.Speed, plan: MeasurePlan,
+             cached: bool) -> VariantMetrics:
+    def fact(name: str, compute: Any) -> Any:
+        return base.fact(name, compute) if cached else compute()
+
+    m = VariantMetrics(size_bytes=model_files.size_bytes(path), quality=quality, latency_seconds=speed.latency,
+                       throughput_inferences_per_second=speed.throughput_per_second,
+                       throughput_batch_size=speed.throughput_batch_size, energy=speed.energy)
+    if plan.provenance:
+        m.sha256 = fact("sha256", lambda: model_files.sha256_file(path))
+        m.parameters = fact("parameters", lambda: onnx_utils.parameter_count(path))
+    if plan.peak_memory:
+        m.peak_memory_bytes, m.peak_memory_of = fact(
+            "peakMemory", lambda: evaluate.peak_memory(path, base.evaluation, base.target))
+    if plan.placement:
+        m.placement = fact("placement", lambda: evaluate.node_placement(path, base.evaluation, base.target))
+    return m

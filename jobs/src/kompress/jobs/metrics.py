@@ -1,0 +1,111 @@
+"""Prometheus series of one optimization's results, shared by the operator's /metrics mirror and the Job's
+Pushgateway push, so both paths expose the same names and labels.
+
+Naming follows Prometheus conventions (base units, _ratio, _seconds, _bytes, _joules); labels are only
+namespace, optimization, variant and small enums — no URIs, pods or uids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kompress.jobs.report_model import MetricsBlock, OptimizationReport, ResultBlock
+
+VARIANTS = ("baseline", "optimized")
+QUANTILES = {"0.5": "latencyP50Seconds", "0.95": "latencyP95Seconds", "0.99": "latencyP99Seconds"}
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    help: str
+    labels: dict[str, str]
+    value: float
+
+
+FAMILIES = {
+    "kompress_model_latency_seconds": "Inference latency quantiles of the model variant at the target batch size.",
+    "kompress_model_size_bytes": "Model file size.",
+    "kompress_model_peak_memory_bytes": "Peak resident memory to load and run the model.",
+    "kompress_model_throughput_inferences_per_second": "Inferences per second at the throughput batch size.",
+    "kompress_model_inference_energy_joules": "Energy per inference (method label: rapl, nvml, estimate-cpu-time).",
+    "kompress_model_accuracy_ratio": "Quality of the variant: accuracy (labels) or cosine similarity to baseline.",
+    "kompress_optimization_speedup_ratio": "Baseline/optimized ratio of median latency.",
+    "kompress_optimization_size_reduction_ratio": "Baseline/optimized ratio of model size.",
+    "kompress_optimization_accuracy_drop_ratio": "Drop of the quality metric from baseline to optimized.",
+    "kompress_optimization_energy_joules": "Energy of the whole optimization run.",
+    "kompress_optimization_run_duration_seconds": "Wall time of the whole optimization run.",
+    "kompress_optimization_gates_passed": "1 when every quality gate passed, else 0.",
+}
+
+
+def series(namespace: str, optimization: str, baseline: MetricsBlock | None, optimized: ResultBlock | None,
+           gates_passed: bool | None) -> Iterator[Series]:
+    """Series for the flat baseline/result blocks (what the resource's status carries too)."""
+    base = {"namespace": namespace, "optimization": optimization}
+    blocks = {"baseline": baseline.to_json() if baseline else {}, "result": optimized.to_json() if optimized else {}}
+    result = blocks["result"]
+    method = str(result.get("energyMethod", "unknown"))
+    for variant in VARIANTS:
+        block = blocks.get("baseline" if variant == "baseline" else "result") or {}
+        labels = base | {"variant": variant}
+
+        def one(name: str, key: str, extra: dict[str, str] | None = None,
+                block: dict[str, Any] = block, labels: dict[str, str] = labels) -> Iterator[Series]:
+            if block.get(key) is not None:
+                yield Series(name, FAMILIES[name], labels | (extra or {}), float(block[key]))
+
+        for quantile, key in QUANTILES.items():
+            yield from one("kompress_model_latency_seconds", key, {"quantile": quantile})
+        yield from one("kompress_model_size_bytes", "sizeBytes")
+        yield from one("kompress_model_peak_memory_bytes", "peakMemoryBytes")
+        yield from one("kompress_model_throughput_inferences_per_second", "throughputPerSecond")
+        yield from one("kompress_model_inference_energy_joules", "energyPerInferenceJoules", {"method": method})
+        yield from one("kompress_model_accuracy_ratio", "accuracy", {"metric": "accuracy"})
+        yield from one("kompress_model_accuracy_ratio", "cosineSimilarity", {"metric": "cosine_similarity"})
+    for name, key in (("kompress_optimization_speedup_ratio", "speedup"),
+                      ("kompress_optimization_size_reduction_ratio", "sizeReduction"),
+                      ("kompress_optimization_accuracy_drop_ratio", "accuracyDrop"),
+                      ("kompress_optimization_run_duration_seconds", "durationSeconds")):
+        if result.get(key) is not None:
+            yield Series(name, FAMILIES[name], dict(base), float(result[key]))
+    if result.get("runEnergyJoules") is not None:
+        yield Series("kompress_optimization_energy_joules", FAMILIES["kompress_optimization_energy_joules"],
+                     base | {"method": method}, float(result["runEnergyJoules"]))
+    if gates_passed is not None:
+        yield Series("kompress_optimization_gates_passed", FAMILIES["kompress_optimization_gates_passed"],
+                     dict(base), 1.0 if gates_passed else 0.0)
+
+
+def to_families(items: list[Series]) -> list[Any]:
+    """prometheus_client metric families (gauges) for a list of series."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    families: dict[tuple[str, tuple[str, ...]], Any] = {}
+    for s in items:
+        keys = tuple(s.labels)
+        fam = families.get((s.name, keys))
+        if fam is None:
+            fam = families[(s.name, keys)] = GaugeMetricFamily(s.name, s.help, labels=list(keys))
+        fam.add_metric([s.labels[k] for k in keys], s.value)
+    return list(families.values())
+
+
+def push(gateway: str, namespace: str, optimization: str, report: OptimizationReport) -> None:
+    """Replace this optimization's group on a Pushgateway (PUT), so a re-run leaves no stale series.
+
+    The grouping key has no instance label: one group per namespace/optimization."""
+    from prometheus_client import CollectorRegistry, push_to_gateway
+
+    registry = CollectorRegistry()
+    baseline, result = report.blocks() or (None, None)
+    items = list(series(namespace, optimization, baseline, result, report.gates.passed if report.gates else None))
+
+    class _Collector:
+        def collect(self) -> list[Any]:
+            return to_families(items)
+
+    registry.register(_Collector())  # type: ignore[arg-type]
+    push_to_gateway(gateway, job="kompress", registry=registry,
+                    grouping_key={"namespace": namespace, "optimization": optimization}, timeout=10)

@@ -1,0 +1,76 @@
+"""ONNX Runtime sessions as kompress opens them: thread pools sized to the pod, providers for the target
+device, and the session options every timing in kompress shares (the evaluation, techniques that time
+alternatives, bench/)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.spec import TargetSpec
+
+
+def available_threads() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a pod's CPU limit does
+    not change the affinity, and a pool sized to the node's cores thrashes under the quota)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(float(quota) / float(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def providers_for(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "gpu":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise InvalidInputError("target.device is gpu but this onnxruntime has no CUDA provider "
+                                    "(install onnxruntime-gpu on a GPU node)", field="target.device")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session_options(threads: int) -> Any:
+    """CPU session options for timing variants alternately in one process (the evaluation and bench/).
+    Threads spin between the ops of a run, as ONNX Runtime's default does, but stop at the end of each run:
+    a pool left spinning after its run steals the cores of the variant timed next (MiniLM FP32, 2 cores,
+    measured here: 43 ms left spinning, 18.2 ms never spinning, 16.6-17.4 ms spinning within runs only)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
+def open_session(path: Path, target: TargetSpec, *, profile_prefix: str | None = None) -> Any:
+    """A session for `path` on the target's device and threads; a graph ONNX Runtime refuses is a clear
+    error naming the file, not a traceback."""
+    import onnxruntime as ort
+
+    options = session_options(target.threads or available_threads())
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers_for(target.device))
+    except (ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.Fail) as err:
+        raise InvalidInputError(f"{path.name} cannot be loaded by ONNX Runtime: {str(err).splitlines()[0][:300]}",
+                                field="model.uri") from None
+
+
+def batch_axis_fixed(session: Any) -> bool:
+    return any(isinstance(i.shape[0], int) and i.shape[0] == 1 for i in session.get_inputs() if i.shape)

@@ -1,0 +1,189 @@
+"""Rendering a run's report: report.json (the typed contract of report_model), report.html (for people,
+with a plot), the compact summary for a Job's termination message, and the console table."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from kompress.jobs.report_model import Artifacts, OptimizationReport, RunSummary
+
+SUMMARY_LIMIT = 4000  # Kubernetes caps a termination message at 4096 bytes
+
+
+def write_json(report: OptimizationReport, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(report.to_json(), indent=2, sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def read_json(text: str | bytes) -> OptimizationReport:
+    """A report.json, checked against this engine's report schema."""
+    return OptimizationReport.model_validate_json(text)
+
+
+def summary(report: OptimizationReport) -> str:
+    """The Job's termination message (at most 4 KiB): outcome, metrics for status, where the report is."""
+    blocks = report.blocks()
+    artifacts = report.artifacts or Artifacts()
+    out = RunSummary(outcome=report.outcome, message=report.message, error_kind=report.error_kind,
+                     baseline=blocks[0] if blocks else None, result=blocks[1] if blocks else None,
+                     gates_passed=report.gates.passed if report.gates else None,
+                     failures=report.gates.failures[:5] if report.gates else [], warnings=report.warnings[:4],
+                     promoted_to=report.promotion.uri if report.promotion else None,
+                     report_uri=artifacts.report_json, model_uri=artifacts.model)
+    text = json.dumps(out.to_json())
+    if len(text) > SUMMARY_LIMIT:
+        out.message = (out.message or "")[:500]
+        out.failures = [f[:200] for f in out.failures]
+        text = json.dumps(out.to_json())
+    if len(text) > SUMMARY_LIMIT:  # never cut JSON mid-way: the operator parses it
+        out.failures, out.message = out.failures[:1], (out.message or "")[:200]
+        text = json.dumps(out.to_json())
+    return text
+
+
+SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Equal", "Where", "Slice",
+                       "Cast", "ConstantOfShape", "Range", "Expand", "Size", "Constant"})
+"""Ops that ONNX Runtime places on the CPU on purpose when they compute shapes (a GPU run reports them, but
+they move a few integers, not activations)."""
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.2f} ms"
+
+
+def table_rows(report: OptimizationReport) -> list[tuple[str, str, str]]:
+    b, o = report.baseline, report.optimized
+    assert b is not None and o is not None and b.latency_seconds and o.latency_seconds
+    assert b.energy and o.energy and o.quality.fidelity
+    fid = o.quality.fidelity
+    rows = [
+        ("latency p50", _ms(b.latency_seconds.p50), _ms(o.latency_seconds.p50)),
+        ("latency p95", _ms(b.latency_seconds.p95), _ms(o.latency_seconds.p95)),
+        (f"throughput (batch {o.throughput_batch_size})", f"{b.throughput_inferences_per_second:.1f}/s",
+         f"{o.throughput_inferences_per_second:.1f}/s"),
+        ("size", _mb(b.size_bytes), _mb(o.size_bytes)),
+        (f"peak memory ({o.peak_memory_of or 'host'})", _mb(b.peak_memory_bytes or 0),
+         _mb(o.peak_memory_bytes or 0)),
+        (f"energy/inference ({o.energy.method})", f"{b.energy.joules_per_inference:.4f} J",
+         f"{o.energy.joules_per_inference:.4f} J"),
+    ]
+    if o.quality.accuracy is not None and b.quality.accuracy is not None:
+        rows.append(("accuracy", f"{b.quality.accuracy:.4f}", f"{o.quality.accuracy:.4f}"))
+    rows.append(("fidelity (cosine mean/min)", "1.0000", f"{fid.cosine_similarity_mean:.4f} / "
+                 f"{fid.cosine_similarity_min:.4f}"))
+    return rows
+
+
+def console_table(report: OptimizationReport) -> str:
+    if report.optimized is None or report.comparison is None or report.gates is None:
+        return f"verdict: {report.outcome.upper()}"
+    rows = [("metric", "baseline", "optimized"), *table_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    cmp = report.comparison
+    lines.append("")
+    lines.append(f"speedup x{cmp.speedup:.2f}   size reduction x{cmp.size_reduction:.2f}   "
+                 f"{cmp.quality_metric} drop {cmp.accuracy_drop:.4f}")
+    lines += [f"gate {'PASS' if g.passed else 'FAIL'}  {g.message}" for g in report.gates.results]
+    lines += [f"WARNING: the optimized model is {w}" for w in report.warnings]
+    for name, variant in (("baseline", report.baseline), ("optimized", report.optimized)):
+        placement = variant.placement if variant else None
+        compute = {op: n for op, n in (placement.cpu_ops if placement else {}).items() if op not in SHAPE_OPS}
+        if placement and compute:
+            ops = ", ".join(f"{op} x{n}" for op, n in list(compute.items())[:5])
+            lines.append(f"{name}: {sum(compute.values())} compute nodes of "
+                         f"{sum(placement.nodes_by_provider.values())} ran on the CPU provider ({ops})")
+    if report.search:
+        lines.append(f"search: {len(report.search.trials)} trial(s), {report.search.stopped}")
+        for t in report.search.trials:
+            gain = "" if t.gain is None else f"{t.gain:.2f}x"
+            lines.append(f"  {'*' if t.chosen else ' '} {t.name:<36} {gain:>7}  {t.status}")
+    promo = report.promotion
+    where = (f" -> {promo.uri}" if promo and promo.uri else f" ({promo.reason})" if promo and promo.reason else "")
+    lines.append(f"verdict: {report.outcome.upper()}{where}")
+    return "\n".join(lines)
+
+
+def _search_section(report: dict[str, Any], search_plot: Path | None) -> list[str]:
+    esc = html.escape
+    search = report["search"]
+    parts = [f"<h2>Search ({esc(search['objective'])})</h2><p>{len(search['trials'])} of {search['candidates']} "
+             f"candidates tried; {esc(search['stopped'])}.</p>"]
+    if search_plot and search_plot.exists():
+        data = base64.b64encode(search_plot.read_bytes()).decode()
+        parts.append(f"<img alt='trials: quality vs latency' src='data:image/png;base64,{data}'>")
+    parts.append("<table><tr><th>trial</th><th>expected</th><th>gain</th><th>latency p50</th><th>size</th>"
+                 "<th>quality</th><th>verdict</th></tr>")
+    for t in search["trials"]:
+        m = t.get("metrics") or {}
+        quality = (f"accuracy {m['accuracy']:.4f}" if "accuracy" in m
+                   else f"cosine {m['cosineSimilarity']:.4f}" if "cosineSimilarity" in m else "")
+        verdict = t["status"] + (" (chosen)" if t.get("chosen") else "")
+        why = "; ".join(t.get("failures") or []) or t.get("message") or ""
+        parts.append(f"<tr><td>{esc(t['name'])}</td><td>{t['expectedGain']:.2f}x</td>"
+                     f"<td>{'' if t.get('gain') is None else format(t['gain'], '.2f') + 'x'}</td>"
+                     f"<td>{_ms(m['latencyP50Seconds']) if m else ''}</td>"
+                     f"<td>{_mb(m['sizeBytes']) if m else ''}</td><td>{esc(quality)}</td>"
+                     f"<td class='{'pass' if t['status'] == 'passed' else 'fail'}'>{esc(verdict)}"
+                     f"<br><small>{esc(why)}</small></td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def write_html(typed: OptimizationReport, plot_path: Path | None, path: Path,
+               search_plot: Path | None = None) -> Path:
+    """report.html for people, rendered from report.json's own form (same names, same figures)."""
+    esc = html.escape
+    report = typed.to_json()
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>kompress: {esc(report['name'])}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:4px 10px;"
+             "border-bottom:1px solid #ddd;text-align:left}.pass{color:#080}.fail{color:#b00}</style></head><body>",
+             f"<h1>{esc(report['name'])}: {esc(report['outcome'])}</h1>",
+             f"<p>{esc(str(report.get('message') or ''))}</p>"]
+    if report.get("optimized"):
+        if plot_path and plot_path.exists():
+            data = base64.b64encode(plot_path.read_bytes()).decode()
+            parts.append(f"<img alt='baseline vs optimized' src='data:image/png;base64,{data}' width='100%'>")
+        parts.append("<h2>Baseline vs optimized</h2><table><tr><th>metric</th><th>baseline</th>"
+                     "<th>optimized</th></tr>")
+        parts += [f"<tr><td>{esc(a)}</td><td>{esc(b)}</td><td>{esc(c)}</td></tr>" for a, b, c in table_rows(typed)]
+        parts.append("</table><h2>Gates</h2><table>")
+        for g in report["gates"]["results"] or [{"passed": True, "message": "no gates set"}]:
+            cls = "pass" if g["passed"] else "fail"
+            parts.append(f"<tr><td class='{cls}'>{'PASS' if g['passed'] else 'FAIL'}</td>"
+                         f"<td>{esc(g['message'])}</td></tr>")
+        parts.append("</table>")
+        parts += [f"<p class='fail'><b>Warning:</b> the optimized model is {esc(w)}</p>"
+                  for w in typed.warnings]
+    if report.get("search"):
+        parts += _search_section(report, search_plot)
+    parts.append("<h2>Steps</h2><table><tr><th>technique</th><th>seconds</th><th>size</th><th>parameters</th>"
+                 "<th>quality</th><th>speedup (quick)</th><th>details</th></tr>")
+    for s in report.get("steps", []):
+        fid = (s.get("quality") or {}).get("fidelity") or {}
+        quality = " ".join(x for x in (
+            f"accuracy {s['quality']['accuracy']:.4f}" if "accuracy" in (s.get("quality") or {}) else "",
+            f"cosine {fid['cosineSimilarityMean']:.4f}" if fid else "") if x)
+        parts.append(f"<tr><td>{esc(s['technique'])}</td><td>{s['durationSeconds']:.1f}</td>"
+                     f"<td>{_mb(s['sizeBytes']) if 'sizeBytes' in s else ''}</td><td>{s.get('parameters', '')}</td>"
+                     f"<td>{esc(quality)}</td>"
+                     f"<td>{format(s['speedupVsBaseline'], '.2f') + 'x' if 'speedupVsBaseline' in s else ''}</td>"
+                     f"<td><code>{esc(json.dumps(s['details'], default=str))}</code></td></tr>")
+    parts.append("</table><h2>Provenance</h2><pre>")
+    parts.append(esc(json.dumps({k: report.get(k) for k in ("model", "data", "environment", "promotion",
+                                                             "runEnergy")}, indent=2, default=str)))
+    parts.append("</pre></body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

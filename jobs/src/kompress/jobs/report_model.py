@@ -1,0 +1,374 @@
+"""The run report as typed models: the contract between the engine (which writes report.json and the Job's
+termination summary) and everything that reads them (gates, registry, metrics, the operator).
+
+Light on purpose (pydantic only): the operator parses the Job's summary through `RunSummary`, so a drift
+between what the engine writes and what the operator reads fails validation instead of silently reading
+None. `SCHEMA_VERSION` changes whenever a field changes meaning or goes away; report.json carries it, and
+the published JSON schema (`kompress schema report`) is generated from these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+SCHEMA_VERSION = 1
+Outcome = Literal["succeeded", "rejected", "failed"]
+
+
+class ReportPart(BaseModel):
+    """camelCase in JSON, snake_case in Python; unknown fields are an error (the contract is checked)."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
+                              validate_assignment=True, use_attribute_docstrings=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ------------------------------------------------------------------------------------------- one variant
+
+
+class Latency(ReportPart):
+    p50: float
+    p95: float
+    p99: float
+    mean: float
+    samples: int
+    """Timed calls behind the percentiles."""
+    batch_size: int
+    method: str | None = None
+    """How the calls were timed (blocks of consecutive calls, rounds, alternation)."""
+
+
+class Energy(ReportPart):
+    joules_per_inference: float
+    method: str
+    """rapl, nvml or estimate-cpu-time."""
+    inferences: int
+    measured_over: str
+    """How the counter was read (around single calls, or blocks of calls)."""
+
+
+class Fidelity(ReportPart):
+    """Outputs of a variant compared with the baseline's on the evaluation rows."""
+
+    cosine_similarity_mean: float
+    cosine_similarity_min: float
+    max_abs_error: float
+    top1_agreement: float | None = None
+    """Share of rows whose arg-max output is the baseline's (classifiers, or whenever labels exist)."""
+
+
+class Quality(ReportPart):
+    accuracy: float | None = None
+    """Accuracy on the labelled evaluation rows (when the data has labels)."""
+    fidelity: Fidelity | None = None
+    """Agreement with the baseline (absent for the baseline itself)."""
+
+
+class Placement(ReportPart):
+    nodes_by_provider: dict[str, int]
+    cpu_ops: dict[str, int]
+    """Op types placed on the CPU provider, with their node counts."""
+
+
+class VariantMetrics(ReportPart):
+    """What was measured of one model (the baseline, a pipeline step, a search trial or the result)."""
+
+    size_bytes: int
+    sha256: str | None = None
+    parameters: int | None = None
+    quality: Quality = Quality()
+    latency_seconds: Latency | None = None
+    throughput_inferences_per_second: float | None = None
+    throughput_batch_size: int | None = None
+    energy: Energy | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_of: Literal["host", "gpu"] | None = None
+    placement: Placement | None = None
+
+
+class Comparison(ReportPart):
+    """The result relative to the baseline, measured side by side in one run."""
+
+    speedup: float
+    """Baseline/result ratio of median latency."""
+    size_reduction: float
+    accuracy_drop: float
+    """Drop of `quality_metric`: accuracy with labels; for a classifier without labels 1 - top-1 agreement;
+    else 1 - mean cosine similarity."""
+    quality_metric: Literal["accuracy", "top1Agreement", "cosineSimilarityMean"]
+    speedup_spread: float | None = None
+    """The measurement's own noise on `speedup`: half the interquartile range of the per-round
+    baseline/result latency ratios (a result must beat the baseline by more than this)."""
+    energy_reduction: float | None = None
+    """Baseline/result ratio of energy per inference."""
+    throughput_ratio: float | None = None
+    energy_saved_ratio: float | None = None
+    memory_ratio: float | None = None
+
+
+# ------------------------------------------------------------------------------------------------- gates
+
+
+class GateResult(ReportPart):
+    gate: str
+    threshold: float
+    measured: float | None
+    passed: bool
+    message: str
+
+
+class GateVerdict(ReportPart):
+    passed: bool
+    results: list[GateResult] = []
+    failures: list[str] = []
+
+
+# ----------------------------------------------------------------------------- flat blocks (status, gates)
+
+
+class MetricsBlock(ReportPart):
+    """One variant in the flat form the resource's status, the gates and Prometheus read."""
+
+    latency_p50_seconds: float | None = None
+    latency_p95_seconds: float | None = None
+    latency_p99_seconds: float | None = None
+    throughput_per_second: float | None = None
+    size_bytes: int | None = None
+    peak_memory_bytes: int | None = None
+    energy_per_inference_joules: float | None = None
+    accuracy: float | None = None
+    cosine_similarity: float | None = None
+
+
+class ResultBlock(MetricsBlock):
+    """The optimized variant's block plus the comparison and the run's own cost."""
+
+    speedup: float | None = None
+    speedup_spread: float | None = None
+    size_reduction: float | None = None
+    energy_reduction: float | None = None
+    accuracy_drop: float | None = None
+    quality_metric: str | None = None
+    energy_method: str | None = None
+    run_energy_joules: float | None = None
+    duration_seconds: float | None = None
+
+
+def metrics_block(m: VariantMetrics) -> dict[str, Any]:
+    """The flat fields of one variant (as a dict of python names, for MetricsBlock/ResultBlock)."""
+    fidelity = m.quality.fidelity
+    return {
+        "latency_p50_seconds": m.latency_seconds.p50 if m.latency_seconds else None,
+        "latency_p95_seconds": m.latency_seconds.p95 if m.latency_seconds else None,
+        "latency_p99_seconds": m.latency_seconds.p99 if m.latency_seconds else None,
+        "throughput_per_second": m.throughput_inferences_per_second, "size_bytes": m.size_bytes,
+        "peak_memory_bytes": m.peak_memory_bytes,
+        "energy_per_inference_joules": m.energy.joules_per_inference if m.energy else None,
+        "accuracy": m.quality.accuracy,
+        "cosine_similarity": fidelity.cosine_similarity_mean if fidelity else 1.0,
+    }
+
+
+def result_block(m: VariantMetrics, cmp: Comparison, *, run_energy_joules: float | None = None,
+                 duration_seconds: float | None = None) -> ResultBlock:
+    return ResultBlock(**metrics_block(m), speedup=cmp.speedup, speedup_spread=cmp.speedup_spread,
+                       size_reduction=cmp.size_reduction, energy_reduction=cmp.energy_reduction,
+                       accuracy_drop=cmp.accuracy_drop, quality_metric=cmp.quality_metric,
+                       energy_method=m.energy.method if m.energy else None,
+                       run_energy_joules=run_energy_joules, duration_seconds=duration_seconds)
+
+
+# --------------------------------------------------------------------------------- steps, trials, search
+
+
+class StepReport(ReportPart):
+    """One technique step of a pipeline: what it cost, and (when evaluated) what it bought."""
+
+    technique: str
+    stage: Literal["onnx", "torch"]
+    config: dict[str, Any]
+    duration_seconds: float
+    size_bytes: int | None = None
+    parameters: int | None = None
+    quality: Quality | None = None
+    latency_p50_seconds: float | None = None
+    """Quick median latency of the step's model (interleaved with the baseline's)."""
+    speedup_vs_baseline: float | None = None
+    details: dict[str, Any] = {}
+
+
+class Trial(ReportPart):
+    key: str
+    """Fingerprint of the candidate (what a resumed search matches finished trials by)."""
+    index: int
+    """Rank of the candidate by expected gain."""
+    name: str
+    expected_gain: float
+    techniques: list[dict[str, Any]]
+    status: Literal["passed", "rejected", "error"]
+    passed: bool
+    gain: float | None = None
+    """Measured gain on the search objective (baseline/trial)."""
+    message: str | None = None
+    metrics: ResultBlock | None = None
+    failures: list[str] = []
+    steps: list[StepReport] = []
+    duration_seconds: float = 0.0
+    chosen: bool = False
+
+
+class SearchReport(ReportPart):
+    objective: Literal["latency", "size", "energy"]
+    candidates: int
+    stopped: str
+    """Why the search stopped."""
+    chosen: int | None = None
+    """Index into `trials` of the chosen trial."""
+    trials: list[Trial] = []
+
+
+# ----------------------------------------------------------------------------------------- provenance
+
+
+class TensorSpec(ReportPart):
+    """An input or output of a model: what a serving config (Triton's config.pbtxt) is written from."""
+
+    name: str
+    dtype: str
+    """ONNX type string, e.g. tensor(float)."""
+    shape: list[int | str | None]
+    """Dimensions; a string or None is a dynamic axis."""
+
+
+class ModelFacts(ReportPart):
+    uri: str
+    format: str
+    sha256: str
+    inputs: list[str]
+    metadata: dict[str, str] = {}
+
+
+class DataFacts(ReportPart):
+    uri: str
+    sha256: str
+    samples: int
+    evaluation_samples: int
+    calibration_samples: int
+    calibration_overlaps_evaluation: bool
+    labels: bool
+    train_uri: str | None = None
+    train_sha256: str | None = None
+    train_samples: int | None = None
+
+
+class Environment(ReportPart):
+    platform: str
+    machine: str
+    seed: int
+    libraries: dict[str, str]
+
+
+class RunEnergy(ReportPart):
+    joules: float
+    method: str
+
+
+class ServingSignature(ReportPart):
+    """The optimized model's tensors, recorded by the Job so promotion never has to open the model."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class PromotionResult(ReportPart):
+    promoted: bool
+    policy: Literal["auto", "manual"] | None = None
+    reason: str | None = None
+    uri: str | None = None
+    version: int | None = None
+    created: bool | None = None
+
+
+class Artifacts(ReportPart):
+    model: str | None = None
+    report_json: str | None = None
+    report_html: str | None = None
+    plot: str | None = None
+    search_plot: str | None = None
+
+
+class OptimizationReport(ReportPart):
+    """report.json: everything one run did and measured."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    api_version: str
+    kind: Literal["OptimizationReport"] = "OptimizationReport"
+    name: str
+    outcome: Outcome = "failed"
+    message: str = ""
+    error_kind: str | None = None
+    started_at: str
+    finished_at: str | None = None
+    duration_seconds: float | None = None
+    spec: dict[str, Any]
+    environment: Environment
+    model: ModelFacts | None = None
+    data: DataFacts | None = None
+    steps: list[StepReport] = []
+    search: SearchReport | None = None
+    baseline: VariantMetrics | None = None
+    optimized: VariantMetrics | None = None
+    comparison: Comparison | None = None
+    gates: GateVerdict | None = None
+    warnings: list[str] = []
+    """Where the result is worse than the original (slower, larger, hungrier), said loudly."""
+    signature: ServingSignature | None = None
+    promotion: PromotionResult | None = None
+    run_energy: RunEnergy | None = None
+    artifacts: Artifacts | None = None
+
+    def blocks(self) -> tuple[MetricsBlock, ResultBlock] | None:
+        """The flat baseline/result blocks (status, gates, metrics), once both variants were measured."""
+        if self.baseline is None or self.optimized is None or self.comparison is None:
+            return None
+        return (MetricsBlock(**metrics_block(self.baseline)),
+                result_block(self.optimized, self.comparison, duration_seconds=self.duration_seconds,
+                             run_energy_joules=self.run_energy.joules if self.run_energy else None))
+
+
+class RunSummary(ReportPart):
+    """The Job's termination message (at most 4 KiB): what the operator needs to write status, apply the
+    gates and promote, without reading the full report."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    outcome: Outcome | None = None
+    message: str | None = None
+    error_kind: str | None = None
+    baseline: MetricsBlock | None = None
+    result: ResultBlock | None = None
+    gates_passed: bool | None = None
+    failures: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    promoted_to: str | None = None
+    report_uri: str | None = None
+    model_uri: str | None = None
+
+
+def json_schema() -> dict[str, Any]:
+    """The published schema of report.json (and of the summary, under $defs)."""
+    schema = OptimizationReport.model_json_schema(by_alias=True, mode="serialization")
+    schema["$defs"]["RunSummary"] = {k: v for k, v in RunSummary.model_json_schema(
+        by_alias=True, mode="serialization").items() if k != "$defs"}
+    schema["$id"] = f"https://kompress.dev/schemas/report-v{SCHEMA_VERSION}.json"
+    return schema
+
+
+def json_schema_text() -> str:
+    import json
+
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,267 @@
+"""One optimization run: load -> baseline -> techniques or search -> measure -> gates -> report -> promote.
+
+The same function runs behind `kompress run` on a laptop and inside the operator's Job. The data path reads
+in one direction: spec -> catalog -> pipeline/search -> measure_variant -> report model -> gates -> registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import importlib.metadata
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kompress.jobs import data as datamod
+from kompress.jobs import gates, model_files, model_io, pipeline, registry, report, report_plot, search, storage
+from kompress.jobs import techniques as techmod
+from kompress.jobs.checkpoints import Checkpoints
+from kompress.jobs.energy import Meter, Stopwatch, open_meter
+from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure
+from kompress.jobs.measure import Baseline, MeasurePlan, measure_variant
+from kompress.jobs.progress import Progress
+from kompress.jobs.report_model import (
+    Artifacts,
+    DataFacts,
+    Environment,
+    ModelFacts,
+    OptimizationReport,
+    PromotionResult,
+    RunEnergy,
+    ServingSignature,
+    TensorSpec,
+    result_block,
+)
+from kompress.jobs.spec import API_VERSION, Candidate, LoadedSpec
+
+SEED = 0
+FIXED_STEPS = 6  # fetch, prepare, evaluate, gates, promote, write the report
+
+
+@dataclass
+class RunResult:
+    report: OptimizationReport
+    exit_code: ExitCode
+    output_dir: Path
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    """Versions of what this process ran: an imported module's own version wins over installed metadata
+    (onnxruntime-gpu imports as `onnxruntime`, and a CPU build's metadata may sit beside it)."""
+    for module in ("numpy", "onnx", "onnxruntime"):  # the engine's own: imported, so their versions are read
+        importlib.import_module(module)
+    out = {"python": platform.python_version()}
+    for dist in ("kompress-jobs", "onnx", "onnxruntime", "numpy", "torch", "transformers", "boto3"):
+        version = getattr(sys.modules.get(dist), "__version__", None)
+        if version is None:
+            try:
+                version = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        out[dist] = str(version)
+    out["onnxruntimeProviders"] = ",".join(sys.modules["onnxruntime"].get_available_providers())
+    return out
+
+
+def new_report(loaded: LoadedSpec) -> OptimizationReport:
+    return OptimizationReport(
+        api_version=API_VERSION, name=loaded.name, started_at=_now(),
+        spec=loaded.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        environment=Environment(platform=platform.platform(), machine=platform.machine(), seed=SEED,
+                                libraries=_versions()))
+
+
+def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, approve: bool = False,
+        quiet: bool = False, resource_uid: str | None = None, promote: bool = True) -> RunResult:
+    """Run the spec; ``promote=False`` leaves promotion to the caller (the operator promotes from the report)."""
+    spec = loaded.spec
+    planned = len(spec.steps()) if spec.search is None else spec.search.max_trials  # a search may stop early
+    progress = Progress(FIXED_STEPS + planned, quiet=quiet)
+    meter = open_meter(spec.target.energy.method, spec.target.device, spec.target.energy.cpu_watts_per_core)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rep = new_report(loaded)
+    started = time.perf_counter()
+    run_energy = Stopwatch(meter).__enter__()
+    code = ExitCode.RUNTIME_FAILURE
+    with tempfile.TemporaryDirectory(prefix="kompress-") as tmp:
+        try:
+            code = _run(loaded, rep, Path(tmp), output_dir, output_uri, progress, meter, approve, resource_uid,
+                        promote)
+        except KompressError as err:
+            rep.outcome, rep.message, rep.error_kind = "failed", str(err), type(err).__name__
+            code = err.exit_code
+        except MemoryError:
+            rep.outcome, rep.message = "failed", "out of memory (raise resources.memory)"
+        finally:
+            run_energy.__exit__()
+            rep.finished_at = _now()
+            rep.duration_seconds = round(time.perf_counter() - started, 2)
+            rep.run_energy = RunEnergy(joules=run_energy.joules, method=meter.method)
+    _write_outputs(rep, output_dir, output_uri, progress)
+    return RunResult(rep, code, output_dir)
+
+
+def _run(loaded: LoadedSpec, rep: OptimizationReport, work: Path, output_dir: Path, output_uri: str | None,
+         progress: Progress, meter: Meter, approve: bool, resource_uid: str | None, promote: bool) -> ExitCode:
+    spec = loaded.spec
+    checkpoints = Checkpoints(storage.open_store(output_uri, field="--output") if output_uri
+                              else storage.LocalStore(output_dir))
+    ws, candidates = open_workspace(loaded, work, checkpoints, progress)
+    rep.model, rep.data = ws.model_facts, ws.data_facts
+    if spec.search is None:
+        result = pipeline.apply(ws, spec.steps(), "pipeline", evaluate_steps=True, step_lines=True)
+        current, rep.steps = result.model, result.steps
+    else:
+        outcome = search.run(ws, spec.search, candidates, spec.gates, meter)
+        rep.search = outcome.report(spec.search.objective, len(candidates))
+        if outcome.model is None:
+            raise RuntimeFailure("search: no candidate produced a model: "
+                                 + "; ".join(f"{t.name}: {t.message}" for t in outcome.trials))
+        current, rep.steps = outcome.model, outcome.steps
+        progress.info(f"search chose {outcome.trials[outcome.chosen or 0].name} ({outcome.stopped})")
+
+    progress.step(f"evaluating baseline and optimized on {ws.evaluation.size} samples")
+    ws.drop_torch_source()
+    measured = measure_variant(ws.baseline, current, MeasurePlan.final(spec.target), meter, progress)
+    rep.baseline, rep.optimized, rep.comparison = measured.baseline, measured.candidate, measured.comparison
+    rep.signature = ServingSignature(inputs=_tensors(current, "input"), outputs=_tensors(current, "output"))
+
+    progress.step("applying gates")
+    block = result_block(measured.candidate, measured.comparison)
+    rep.gates = verdict = gates.evaluate(spec.gates, block, spec.search.objective if spec.search else None)
+    rep.warnings = gates.regressions(block)
+    for warning in rep.warnings:
+        progress.info(f"WARNING: the optimized model is {warning}")
+    final = model_files.copy_model(current, output_dir / "model.onnx")
+
+    progress.step("promoting")
+    rep.promotion = (_promote(loaded, rep, final, approve, resource_uid) if promote
+                     else PromotionResult(promoted=False, reason="left to the caller (--no-promote)"))
+    if not verdict.passed:
+        rep.outcome, rep.message = "rejected", _rejection(rep, verdict.failures)
+        return ExitCode.GATES_REJECTED
+    rep.outcome = "succeeded"
+    promo = rep.promotion
+    rep.message = f"promoted to {promo.uri}" if promo.uri else f"gates passed; not promoted ({promo.reason})"
+    return ExitCode.SUCCESS
+
+
+def _rejection(rep: OptimizationReport, failures: list[str]) -> str:
+    """Why nothing is promoted; a search where no trial beat the original says so in those words."""
+    search = rep.search
+    if search and search.trials and not any(
+            t.metrics and not any(f.startswith("noRegression") for f in t.failures) for t in search.trials):
+        return (f"no candidate improved {search.objective}; nothing promoted (the original stays the best: "
+                + "; ".join(failures) + ")")
+    return "gates failed: " + "; ".join(failures)
+
+
+def _tensors(model: Path, kind: str) -> list[TensorSpec]:
+    return [TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in model_io.tensor_specs(model, kind)]
+
+
+def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints,
+                   progress: Progress) -> tuple[pipeline.Workspace, list[Candidate]]:
+    """Fetch and prepare the model and data, split the rows, run the baseline once; the search candidates
+    (given or built in) come back too. The workspace carries the facts for the report (model_facts,
+    data_facts)."""
+    spec = loaded.spec
+    np.random.seed(SEED)
+    progress.step(f"fetching model {spec.model.uri} and data {spec.data.uri}")
+    model_local = storage.fetch(spec.model.uri, work / "fetch" / "model", field="model.uri")
+    data_local = storage.fetch(spec.data.uri, work / "fetch" / "data", field="data.uri")
+    dataset = datamod.load_npz(data_local)
+
+    progress.step(f"preparing the model ({spec.model.format or 'format auto-detected'})")
+    source = model_io.prepare(spec.model, model_local, work, dataset.inputs, seed=SEED)
+    dataset = datamod.conform(dataset, source.inputs)
+    calibration, evaluation, overlap = datamod.split(dataset, spec.data.calibration_samples,
+                                                     spec.data.evaluation_samples, SEED)
+    model_facts = ModelFacts(uri=spec.model.uri, format=source.format, sha256=source.sha256,
+                             inputs=[i.name for i in source.inputs], metadata=source.metadata)
+    data_facts = DataFacts(uri=spec.data.uri, sha256=dataset.sha256, samples=dataset.size,
+                           evaluation_samples=evaluation.size, calibration_samples=calibration.size,
+                           calibration_overlaps_evaluation=overlap, labels=dataset.labels is not None)
+    candidates = ((spec.search.candidates or search.default_candidates(source.format, source.metadata,
+                                                                       spec.target.device))
+                  if spec.search else [])
+    steps = spec.steps() + [s for c in candidates for s in c.steps()]
+    train = (_training_rows(loaded, work, source.inputs, calibration, overlap, data_facts)
+             if any(techmod.get(n).stage_of(c) == "torch" for n, c in steps) else None)
+    baseline = Baseline.open(source.onnx_path, evaluation, spec.model, spec.target, progress)
+    ws = pipeline.Workspace(spec, source, model_local, calibration, evaluation, train, baseline, checkpoints,
+                            [source.sha256, dataset.sha256, data_facts.train_sha256], progress, work, SEED,
+                            model_facts=model_facts, data_facts=data_facts)
+    return ws, candidates
+
+
+def _training_rows(loaded: LoadedSpec, work: Path, inputs: list, calibration: datamod.Dataset, overlap: bool,
+                   facts: DataFacts) -> dict[str, np.ndarray] | None:
+    """Rows for techniques that train: data.trainUri when set, else the calibration rows (never the
+    evaluation rows, so a trained model is not scored on what it learned from). Records them in `facts`."""
+    spec = loaded.spec
+    rows = calibration
+    if not spec.data.train_uri and overlap:
+        facts.train_samples = 0  # training on evaluation rows would score the model on what it learned from
+        return None
+    if spec.data.train_uri:
+        local = storage.fetch(spec.data.train_uri, work / "fetch" / "train", field="data.trainUri")
+        rows = datamod.conform(datamod.load_npz(local, field="data.trainUri"), inputs, field="data.trainUri")
+    n = min(rows.size, spec.data.train_samples)
+    facts.train_uri = spec.data.train_uri or spec.data.uri + " (calibration rows)"
+    facts.train_sha256, facts.train_samples = rows.sha256, n
+    out = {k: v[:n] for k, v in rows.inputs.items()}
+    if rows.labels is not None:
+        out["labels"] = rows.labels[:n]
+    return out
+
+
+def _promote(loaded: LoadedSpec, rep: OptimizationReport, final: Path, approve: bool,
+             resource_uid: str | None) -> PromotionResult:
+    promo_spec = loaded.spec.promotion
+    if promo_spec is None:
+        return PromotionResult(promoted=False, reason="no promotion configured")
+    if rep.gates is None or not rep.gates.passed:
+        return PromotionResult(promoted=False, policy=promo_spec.policy, reason="gates failed")
+    if promo_spec.awaiting_approval(approve):
+        return PromotionResult(promoted=False, policy="manual", reason="awaiting approval (policy: manual)")
+    return registry.promote_report(rep, final, promo_spec, resource_uid)
+
+
+def _write_outputs(rep: OptimizationReport, output_dir: Path, output_uri: str | None, progress: Progress) -> None:
+    progress.step(f"writing the report to {output_uri or output_dir}")
+    plot_path = (_try_plot("plot", lambda: report_plot.plot(rep, output_dir / "report.png")) if rep.optimized
+                 else None)
+    search_plot = (_try_plot("search plot", lambda: search.plot(rep.search.trials, output_dir / "search.png"))
+                   if rep.search else None)
+    report.write_html(rep, plot_path, output_dir / "report.html", search_plot)
+    files = {"model": output_dir / "model.onnx" if (output_dir / "model.onnx").exists() and rep.optimized
+             else None,
+             "report_json": output_dir / "report.json", "report_html": output_dir / "report.html",
+             "plot": plot_path, "search_plot": search_plot}
+    base = output_uri.rstrip("/") if output_uri else None
+    rep.artifacts = Artifacts(**{k: (f"{base}/{f.name}" if base else str(f)) for k, f in files.items() if f})
+    report.write_json(rep, output_dir / "report.json")
+    if output_uri:
+        store = storage.open_store(output_uri, field="--output")
+        for name in ("model.onnx", "model.onnx.data", "report.png", "search.png", "report.html", "report.json"):
+            f = output_dir / name
+            if f.exists() and (name != "model.onnx" or rep.artifacts.model):
+                store.put_file(name, f)
+
+
+def _try_plot(what: str, draw: object) -> Path | None:
+    try:
+        return draw()  # type: ignore[operator]
+    except Exception as err:  # a plot is an extra: the report stands without it
+        print(f"kompress: {what} skipped: {err}", file=sys.stderr)
+        return None

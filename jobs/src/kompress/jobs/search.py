@@ -1,0 +1,194 @@
+"""Accuracy-aware search: try candidate recipes, keep the best one that passes every gate.
+
+- Candidates run in order of *expected* gain for the objective (most aggressive first), so a passing
+  aggressive recipe is found early; with early stop the search ends once a passing trial's measured gain is
+  at least the expected gain of every candidate left (none of them is expected to beat it).
+- Every trial is measured like the final model, only shorter: quality on the evaluation rows, latency
+  interleaved with the baseline, size, energy (and peak memory when a gate needs it); then the gates.
+- Trials are recorded (with their models) in the checkpoint folder as they finish, so a search interrupted
+  by a Job restart resumes from its completed trials instead of redoing them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kompress.jobs import gates, model_files, pipeline
+from kompress.jobs.candidates import default_candidates, expected_gain  # noqa: F401  (runner: search.default_candidates)
+from kompress.jobs.checkpoints import fingerprint
+from kompress.jobs.energy import Meter
+from kompress.jobs.errors import KompressError, RuntimeFailure
+from kompress.jobs.measure import Measured, MeasurePlan, measure_variant
+from kompress.jobs.report_model import GateVerdict, ResultBlock, SearchReport, StepReport, Trial, result_block
+from kompress.jobs.spec import Candidate, GatesSpec, SearchSpec
+
+
+@dataclass
+class SearchOutcome:
+    trials: list[Trial]
+    chosen: int | None
+    """Index of the chosen trial (None: no trial produced a model)."""
+    model: Path | None
+    steps: list[StepReport]
+    stopped: str
+
+    def report(self, objective: str, candidates: int) -> SearchReport:
+        return SearchReport(objective=objective, candidates=candidates, stopped=self.stopped, chosen=self.chosen,
+                            trials=self.trials)
+
+
+def _objective_gain(objective: str, measured: Measured) -> float:
+    cmp, base, trial = measured.comparison, measured.baseline, measured.candidate
+    if objective == "size":
+        return float(cmp.size_reduction)
+    if objective == "energy" and base.energy and trial.energy and trial.energy.joules_per_inference > 0:
+        return float(base.energy.joules_per_inference / trial.energy.joules_per_inference)
+    return float(cmp.speedup)
+
+
+def _measure(ws: pipeline.Workspace, model: Path, search: SearchSpec, gates_spec: GatesSpec,
+             meter: Meter) -> tuple[ResultBlock, float, GateVerdict]:
+    measured = measure_variant(ws.baseline, model, MeasurePlan.trial(ws.spec.target, search, gates_spec), meter)
+    block = result_block(measured.candidate, measured.comparison)
+    return block, _objective_gain(search.objective, measured), gates.evaluate(gates_spec, block, search.objective)
+
+
+def _load_trials(store: Any, progress: Any) -> dict[str, Trial]:
+    """Trials a killed run finished (recorded as they finish); a record this engine cannot read is redone."""
+    try:
+        return {t.key: t for t in (Trial.model_validate(raw) for raw in store.read_json("trials.json") or [])}
+    except ValueError as err:
+        progress.info(f"search: recorded trials are from another report schema, redoing them ({err})")
+        return {}
+
+
+def run(ws: pipeline.Workspace, search: SearchSpec, candidates: list[Candidate], gates_spec: GatesSpec,
+        meter: Meter) -> SearchOutcome:
+    spec = ws.spec
+    meta, device = ws.source.metadata, spec.target.device
+    ranked = sorted(((expected_gain(c, search.objective, meta, device), i, c) for i, c in enumerate(candidates)),
+                    key=lambda t: (-t[0], t[1]))
+    # What a trial computes depends on these; budgets (maxTrials, timeout, early stop) do not, so raising a
+    # budget and re-running reuses the finished trials.
+    store = ws.checkpoints.scope("search-" + fingerprint(ws.lineage, search.trial_iterations,
+                                                         gates_spec.model_dump(mode="json"),
+                                                         spec.target.model_dump(mode="json"),
+                                                         [c.model_dump(mode="json") for c in candidates]))
+    ws.keep_torch_source = True  # trials that train start from the same source model: load it once
+    done = _load_trials(store, ws.progress)
+    if done:
+        ws.progress.info(f"search: resuming, {len(done)} trial(s) already completed are not run again")
+    trials: list[Trial] = []
+    started = time.perf_counter() - sum(t.duration_seconds for t in done.values())
+    stopped = "all candidates tried"
+    for rank, (expected, _, cand) in enumerate(ranked):
+        stop = _stop_reason(trials, search, started, expected)
+        if stop:
+            stopped = stop
+            break
+        key = fingerprint(cand.model_dump(mode="json"))
+        if key not in done:
+            done[key] = _run_trial(ws, cand, key, rank, expected, search, gates_spec, meter, store, len(trials))
+            store.write_json("trials.json", [t.to_json() for t in done.values()])
+        trials.append(done[key])
+    return _choose(ws, store, trials, stopped)
+
+
+def _stop_reason(trials: list[Trial], search: SearchSpec, started: float, expected: float) -> str | None:
+    best = max((t.gain for t in trials if t.status == "passed" and t.gain is not None), default=None)
+    if len(trials) >= search.max_trials:
+        return f"maxTrials ({search.max_trials}) reached"
+    if time.perf_counter() - started > search.timeout_seconds:
+        return f"timeoutSeconds ({search.timeout_seconds}) reached"
+    if search.early_stop and best is not None and best >= expected:
+        return (f"early stop: a passing trial measured {best:.2f}x, no candidate left is expected to beat it "
+                f"(next expected {expected:.2f}x)")
+    return None
+
+
+def _run_trial(ws: pipeline.Workspace, cand: Candidate, key: str, rank: int, expected: float, search: SearchSpec,
+               gates_spec: GatesSpec, meter: Meter, store: Any, number: int) -> Trial:
+    ws.progress.step(f"trial {number + 1}: {cand.label()} (expected {expected:.2f}x {search.objective})")
+    t0 = time.perf_counter()
+    techniques = [s.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+                  for s in cand.techniques]
+    try:
+        result = pipeline.apply(ws, cand.steps(), f"trial-{key}", evaluate_steps=False, step_lines=False)
+        block, gain, verdict = _measure(ws, result.model, search, gates_spec, meter)
+    except KompressError as err:
+        ws.progress.info(f"trial {cand.label()}: error: {err}")
+        return Trial(key=key, index=rank, name=cand.label(), expected_gain=expected, techniques=techniques,
+                     status="error", passed=False, message=str(err),
+                     duration_seconds=round(time.perf_counter() - t0, 2))
+    for f in model_files.files_of(result.model):
+        store.put_file(f"trial-{key}/{f.name.replace(result.model.name, 'model.onnx')}", f)
+    ws.progress.info(f"trial {cand.label()}: {search.objective} gain {gain:.2f}x, "
+                     f"{'passes' if verdict.passed else 'fails: ' + '; '.join(verdict.failures)}")
+    return Trial(key=key, index=rank, name=cand.label(), expected_gain=expected, techniques=techniques,
+                 status="passed" if verdict.passed else "rejected", passed=verdict.passed, gain=gain,
+                 metrics=block, failures=verdict.failures, steps=result.steps,
+                 duration_seconds=round(time.perf_counter() - t0, 2))
+
+
+def _choose(ws: pipeline.Workspace, store: Any, trials: list[Trial], stopped: str) -> SearchOutcome:
+    """The passing trial with the best measured gain; if none passes, the one closest to passing (fewest
+    failed gates, then best quality), so the report shows what the best attempt missed."""
+    measured = [(i, t) for i, t in enumerate(trials) if t.status in ("passed", "rejected") and t.metrics]
+    if not measured:
+        return SearchOutcome(trials, None, None, [], stopped)
+    passing = [(i, t) for i, t in measured if t.status == "passed"]
+    if passing:
+        index, chosen = max(passing, key=lambda it: it[1].gain or 0.0)
+    else:
+        index, chosen = min(measured, key=lambda it: (len(it[1].failures),
+                                                      -(it[1].metrics.accuracy  # type: ignore[union-attr]
+                                                        or it[1].metrics.cosine_similarity or 0.0)))  # type: ignore[union-attr]
+    for t in trials:
+        t.chosen = t is chosen
+    model = ws.work / "search" / "chosen" / "model.onnx"
+    if not store.get_file(f"trial-{chosen.key}/model.onnx", model):
+        raise RuntimeFailure(f"the chosen trial's model ({chosen.name}) is missing from the checkpoints")
+    store.get_file(f"trial-{chosen.key}/model.onnx.data", model.with_name("model.onnx.data"))
+    return SearchOutcome(trials, index, model, chosen.steps, stopped)
+
+
+def plot(trials: list[Trial], path: Path) -> Path | None:
+    """Quality vs latency of every measured trial, the Pareto front drawn, the chosen one marked."""
+    points = [t for t in trials if t.metrics]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    use_acc = all(t.metrics.accuracy is not None for t in points)  # type: ignore[union-attr]
+    metric = "accuracy" if use_acc else "cosine_similarity"
+    xs = [t.metrics.latency_p50_seconds * 1e3 for t in points]  # type: ignore[union-attr,operator]
+    ys = [getattr(t.metrics, metric) for t in points]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t, x, y in zip(points, xs, ys, strict=True):
+        color = "#2ca02c" if t.status == "passed" else "#d62728"
+        ax.scatter([x], [y], s=120 if t.chosen else 40, color=color,
+                   edgecolors="black" if t.chosen else "none", zorder=3)
+        ax.annotate(t.name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front, best_y = [], -np.inf
+    for x, y in sorted(zip(xs, ys, strict=True)):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#888", zorder=1, label="Pareto front")
+    ax.set_xlabel("latency p50 (ms)")
+    ax.set_ylabel("accuracy" if use_acc else "cosine similarity")
+    ax.set_title("search trials (green: passes the gates; large: chosen)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+

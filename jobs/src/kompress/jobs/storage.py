@@ -1,0 +1,356 @@
+"""Where models, data, reports and registries live: local paths, package:// resources and s3:// objects.
+
+S3 is used through boto3 exactly as against AWS: credentials from the standard AWS chain, the endpoint
+from AWS_ENDPOINT_URL (MinIO, Ceph, R2, ...). Every storage problem becomes a one-line InvalidInputError
+naming the URI."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+import shutil
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kompress.jobs.errors import InvalidInputError, RuntimeFailure
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str, field: str | None = None) -> S3Uri:
+        rest = uri[len("s3://") :]
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise InvalidInputError(f"{uri!r} has no bucket (expected s3://bucket/key)", field=field)
+        return cls(bucket, key)
+
+    def join(self, *parts: str) -> S3Uri:
+        key = "/".join(p.strip("/") for p in (self.key, *parts) if p.strip("/"))
+        return S3Uri(self.bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def resolve_local(uri: str, field: str | None = None) -> Path:
+    """A local path for file://, package:// or plain paths (relative to the working directory)."""
+    if uri.startswith("file://"):
+        return Path(uri[len("file://") :])
+    if uri.startswith("package://"):
+        package, _, inner = uri[len("package://") :].partition("/")
+        spec = importlib.util.find_spec(package) if package else None
+        if spec is None or not spec.submodule_search_locations:
+            raise InvalidInputError(f"{uri!r}: Python package {package!r} is not installed", field=field)
+        return Path(next(iter(spec.submodule_search_locations))) / inner
+    if "://" in uri:
+        raise InvalidInputError(f"{uri!r}: unsupported scheme (use a path, file://, package:// or s3://)",
+                                field=field)
+    return Path(uri).expanduser()
+
+
+# Fail fast on an unreachable endpoint: a user waiting on a typo is worse than one retry less.
+def _config() -> Any:
+    from botocore.config import Config
+
+    return Config(connect_timeout=5, read_timeout=120, retries={"max_attempts": 3, "mode": "standard"},
+                  s3={"addressing_style": "path"})
+
+
+_override: contextvars.ContextVar[Any] = contextvars.ContextVar("kompress_s3_client", default=None)
+
+
+def s3_client() -> Any:
+    """The client for this context: one made by ``credentials()`` if active, else the standard AWS chain."""
+    return _override.get() or _default_client()
+
+
+@functools.lru_cache(maxsize=1)
+def _default_client() -> Any:
+    import boto3
+
+    return boto3.client("s3", config=_config())
+
+
+s3_client.cache_clear = _default_client.cache_clear  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def credentials(values: dict[str, str]) -> Iterator[None]:
+    """Use these AWS_* values (e.g. from a Kubernetes Secret) instead of the process's chain, in this context."""
+    import boto3
+
+    client = boto3.client(
+        "s3", config=_config(), aws_access_key_id=values.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=values.get("AWS_SECRET_ACCESS_KEY"), aws_session_token=values.get("AWS_SESSION_TOKEN"),
+        endpoint_url=values.get("AWS_ENDPOINT_URL") or values.get("AWS_ENDPOINT_URL_S3") or None,
+        region_name=values.get("AWS_DEFAULT_REGION") or values.get("AWS_REGION") or "us-east-1")
+    token = _override.set(client)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+@contextlib.contextmanager
+def s3_errors(uri: str, field: str | None = None) -> Iterator[None]:
+    """Turn botocore's exceptions into one-line errors that name the URI."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ParamValidationError,
+    )
+
+    try:
+        yield
+    except EndpointConnectionError as err:
+        endpoint = urllib.parse.urlsplit(str(err.kwargs.get("endpoint_url", "")))
+        raise InvalidInputError(f"{uri}: cannot reach the S3 endpoint {endpoint.scheme}://{endpoint.netloc} "
+                                "(check AWS_ENDPOINT_URL)", field=field) from None
+    except NoCredentialsError:
+        raise InvalidInputError(f"{uri}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                                "a profile, or a role)", field=field) from None
+    except ParamValidationError as err:
+        raise InvalidInputError(f"{uri}: {err}", field=field) from None
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise InvalidInputError(f"{uri} does not exist", field=field) from None
+        if code == "NoSuchBucket":
+            raise InvalidInputError(f"{uri}: bucket does not exist", field=field) from None
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise InvalidInputError(f"{uri}: access denied ({code})", field=field) from None
+        raise RuntimeFailure(f"{uri}: S3 error {code or status}: {err}") from None
+
+
+def fetch(uri: str, dest: Path, field: str | None = None) -> Path:
+    """Make ``uri`` available locally: a local path is returned as is; an S3 object or prefix is downloaded
+    under ``dest`` (a prefix becomes a folder)."""
+    if not is_s3(uri):
+        path = resolve_local(uri, field)
+        if not path.exists():
+            raise InvalidInputError(f"{uri} does not exist", field=field)
+        return path
+    loc = S3Uri.parse(uri, field)
+    client = s3_client()
+    with s3_errors(uri, field):
+        if loc.key and not loc.key.endswith("/"):
+            with contextlib.suppress(Exception):
+                client.head_object(Bucket=loc.bucket, Key=loc.key)
+                target = dest / Path(loc.key).name
+                _download(client, loc.bucket, loc.key, target)
+                return target
+        prefix = loc.key.rstrip("/") + "/" if loc.key else ""
+        keys = [obj["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=loc.bucket, Prefix=prefix) for obj in page.get("Contents", [])]
+        if not keys:
+            raise InvalidInputError(f"{uri} does not exist (no object and no objects under the prefix)",
+                                    field=field)
+        folder = dest / (Path(prefix.rstrip("/")).name or loc.bucket)
+        for key in keys:
+            if not key.endswith("/"):
+                _download(client, loc.bucket, key, folder / key[len(prefix) :])
+        return folder
+
+
+def _download(client: Any, bucket: str, key: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    client.download_file(bucket, key, str(partial))
+    partial.replace(target)
+
+
+class Store:
+    """A folder-like place (local folder or S3 prefix) that the registry and report upload write to."""
+
+    uri: str
+
+    def read(self, rel: str) -> bytes | None: ...
+    def write(self, rel: str, data: bytes) -> None: ...
+    def put_file(self, rel: str, path: Path) -> None:
+        """Copy a local file to ``rel`` (whole or not at all), without reading it into memory."""
+        ...
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Write ``rel`` only if it does not exist; True when this call created it."""
+        ...
+    def list(self, rel: str) -> list[str]:
+        """Names directly under ``rel`` (files and folders)."""
+        ...
+    def publish_dir(self, local: Path, rel: str) -> None:
+        """Copy a local folder to ``rel`` so that it appears whole (local: one rename)."""
+        ...
+    def delete_tree(self, rel: str) -> None: ...
+
+
+class LocalStore(Store):
+    """A local folder. What it publishes is world-readable (files 0644, folders 0755) whatever the umask, so
+    a model server running as another user can read the registry; temp files would otherwise be 0600/0700."""
+
+    FILE_MODE = 0o644
+    DIR_MODE = 0o755
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uri = str(root)
+
+    def _makedirs(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents as DIR_MODE; existing folders are left as they are."""
+        missing = []
+        while not folder.is_dir() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue  # another writer made it (or a file is in the way: the next step reports that)
+            os.chmod(d, self.DIR_MODE)
+
+    def read(self, rel: str) -> bytes | None:
+        p = self.root / rel
+        return p.read_bytes() if p.is_file() else None
+
+    def write(self, rel: str, data: bytes) -> None:
+        p = self.root / rel
+        self._makedirs(p.parent)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), self.FILE_MODE)
+                f.write(data)
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, rel: str, path: Path) -> None:
+        p = self.root / rel
+        self._makedirs(p.parent)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, self.FILE_MODE)
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        p = self.root / rel
+        self._makedirs(p.parent)
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.FILE_MODE)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), self.FILE_MODE)  # the mode given to open is narrowed by the umask
+            f.write(data)
+        return True
+
+    def list(self, rel: str) -> list[str]:
+        p = self.root / rel
+        return sorted(x.name for x in p.iterdir()) if p.is_dir() else []
+
+    def publish_dir(self, local: Path, rel: str) -> None:
+        target = self.root / rel
+        self._makedirs(target.parent)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".staging-{target.name}-"))
+        try:
+            os.chmod(staging, self.DIR_MODE)
+            for f in local.iterdir():
+                shutil.copy2(f, staging / f.name)
+                os.chmod(staging / f.name, self.FILE_MODE)
+            os.rename(staging, target)  # atomic; fails if the target exists and is not empty
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def delete_tree(self, rel: str) -> None:
+        shutil.rmtree(self.root / rel, ignore_errors=True)
+
+
+class S3Store(Store):
+    def __init__(self, uri: str, field: str | None = None) -> None:
+        self.loc = S3Uri.parse(uri, field)
+        self.uri = str(self.loc).rstrip("/")
+        self.field = field
+        self.client = s3_client()  # bound at creation: the credentials of the context that opened it
+
+    def _key(self, rel: str) -> str:
+        return self.loc.join(rel).key
+
+    def read(self, rel: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        with s3_errors(f"{self.uri}/{rel}", self.field):
+            try:
+                return self.client.get_object(Bucket=self.loc.bucket, Key=self._key(rel))["Body"].read()
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+
+    def write(self, rel: str, data: bytes) -> None:
+        with s3_errors(f"{self.uri}/{rel}", self.field):
+            self.client.put_object(Bucket=self.loc.bucket, Key=self._key(rel), Body=data)
+
+    def put_file(self, rel: str, path: Path) -> None:
+        with s3_errors(f"{self.uri}/{rel}", self.field):
+            self.client.upload_file(str(path), self.loc.bucket, self._key(rel))  # multipart for large files
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        with s3_errors(f"{self.uri}/{rel}", self.field):
+            try:
+                self.client.put_object(Bucket=self.loc.bucket, Key=self._key(rel), Body=data, IfNoneMatch="*")
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                raise
+        return True
+
+    def list(self, rel: str) -> list[str]:
+        prefix = self._key(rel).rstrip("/") + "/" if self._key(rel) else ""
+        names: set[str] = set()
+        with s3_errors(f"{self.uri}/{rel}", self.field):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.loc.bucket, Prefix=prefix, Delimiter="/"):
+                names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
+                names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+        return sorted(n for n in names if n)
+
+    def publish_dir(self, local: Path, rel: str) -> None:
+        # S3 has no rename: upload the model files first and the manifest (kompress.json) last, so a
+        # version with a manifest is always whole. Each object appears atomically.
+        for f in sorted(local.iterdir(), key=lambda f: f.name == "kompress.json"):
+            self.put_file(f"{rel}/{f.name}", f)
+
+    def delete_tree(self, rel: str) -> None:
+        prefix = self._key(rel).rstrip("/") + "/"
+        with s3_errors(f"{self.uri}/{rel}", self.field):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.loc.bucket,
+                                                                              Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    self.client.delete_object(Bucket=self.loc.bucket, Key=obj["Key"])
+
+
+def open_store(uri: str, field: str | None = None) -> Store:
+    return S3Store(uri, field) if is_s3(uri) else LocalStore(resolve_local(uri, field))

@@ -1,0 +1,245 @@
+"""The technique catalog: one entry per technique with what the spec, the CRD and the search need to know
+about it (name, config, summary, stage, expected gain, built-in search candidates) and where its
+implementation is (a module and a function, imported only when the technique is applied).
+
+Light on purpose: this module and `configs.py` import no ONNX, ONNX Runtime or PyTorch, and no implementation
+module, so reading a spec or generating the CRD loads none of them. Adding a technique takes its config class
+(`configs.py`), an implementation module with one function `(model, config, ctx) -> StepResult`, and one entry
+in `_CATALOG` below (plus its place in `_CANDIDATE_ORDER`).
+
+A technique works in one of two stages, which may depend on its config: "onnx" techniques take and return an
+ONNX file; "torch" techniques (the ones that train) take and return a `TorchModel`. The pipeline converts
+between the two, so torch steps come first in a pipeline (the spec checks the order).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from kompress.jobs.specbase import SpecModel
+from kompress.jobs.techniques.configs import (
+    DistillConfig,
+    Fp16Config,
+    GraphOptimizeConfig,
+    PruneConfig,
+    QATConfig,
+    QuantizeConfig,
+)
+
+if TYPE_CHECKING:
+    from kompress.jobs.context import StepContext
+    from kompress.jobs.techniques.base import StepResult
+
+Stage = Literal["onnx", "torch"]
+Step = dict[str, dict[str, Any]]
+"""One `techniques[]` item as the spec writes it: {technique name: config fields}."""
+Recipe = tuple[str, list[Step]]
+"""A built-in search candidate: its name and its steps."""
+ApplyFn = Callable[[Any, Any, "StepContext"], "StepResult"]
+GainFn = Callable[[Any, str, Mapping[str, str], str], float]
+"""(config, objective, model metadata, target device) -> expected gain factor of one step."""
+
+BERT_LIKE = frozenset({"albert", "bert", "camembert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta"})
+"""Hugging Face model types whose encoder layout ONNX Runtime's "bert" fusions understand: graphOptimize's
+`modelType: auto` fuses them, and the built-in candidates treat them as transformers."""
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What the built-in candidates depend on: the model's format and load-time metadata, the target device."""
+
+    format: str
+    metadata: Mapping[str, str]
+    device: str
+
+    @property
+    def transformer(self) -> bool:
+        return self.metadata.get("hf.model_type", "") in BERT_LIKE
+
+    @property
+    def hidden_layers(self) -> int:
+        return int(self.metadata.get("hf.num_hidden_layers", 0) or 0)
+
+
+def _no_candidates(model: ModelTraits) -> list[Recipe]:
+    return []
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    """The key of a `techniques[]` item."""
+    config: type[SpecModel]
+    summary: str
+    """One line; the CRD's description of the technique's key."""
+    module: str
+    """The implementation's module, imported on first use."""
+    function: str
+    """The implementation's apply function in `module`: (model, config, ctx) -> StepResult."""
+    expected_gain: GainFn
+    """Rough prior gain of one step for a search objective, used only to order the trials (measurements
+    decide)."""
+    candidates: Callable[[ModelTraits], list[Recipe]] = _no_candidates
+    """The built-in search candidates this technique contributes for a model."""
+    stage: Stage | Callable[[Any], Stage] = "onnx"
+    last_torch_step: bool = False
+    """True when no torch step may follow (e.g. QAT leaves a fake-quantized module that must be exported)."""
+
+    def stage_of(self, config: Any) -> Stage:
+        return self.stage(config) if callable(self.stage) else self.stage
+
+    def load(self) -> ApplyFn:
+        """The implementation (imports its module, and with it the heavy libraries it needs)."""
+        fn: ApplyFn = getattr(importlib.import_module(self.module), self.function)
+        return fn
+
+    def apply(self, model: Any, config: SpecModel, ctx: StepContext) -> StepResult:
+        if not isinstance(config, self.config):
+            raise TypeError(f"technique {self.name} takes a {self.config.__name__}, got {type(config).__name__}")
+        return self.load()(model, config, ctx)
+
+
+# ---- shared pieces of the built-in candidates ----
+
+_INT8_DYNAMIC: Step = {"quantize": {"method": "dynamic", "perChannel": True}}
+_INT8_STATIC: Step = {"quantize": {"method": "static", "perChannel": True}}
+
+
+def _fuse(model: ModelTraits) -> list[Step]:
+    """graphOptimize's transformer fusions, which every ONNX tail of a transformer candidate starts with (fused
+    Attention becomes QAttention when quantized: that is where CPU speed is won)."""
+    return [{"graphOptimize": {"geluApproximation": True}}] if model.transformer else []
+
+
+# ---- distill ----
+
+def _distill_gain(config: DistillConfig, objective: str, metadata: Mapping[str, str], device: str) -> float:
+    layers = int(metadata.get("hf.num_hidden_layers", 0) or 0)
+    kept = config.student.layers
+    return layers / kept if layers and kept else 1.5
+
+
+_SHARED_LAYERS = frozenset({"albert"})
+"""Model types whose depth reuses one shared layer (there is no layer list to keep fewer of)."""
+
+
+def _distill_candidates(model: ModelTraits) -> list[Recipe]:
+    """Hugging Face transformers: half of their layers, then fused INT8."""
+    layers = model.hidden_layers
+    if (model.format != "huggingface" or not model.transformer or layers < 4
+            or model.metadata.get("hf.model_type") in _SHARED_LAYERS):
+        return []
+    return [(f"distilled-{layers // 2}-layers+int8",
+             [{"distill": {"student": {"layers": layers // 2}}}, *_fuse(model), _INT8_DYNAMIC])]
+
+
+# ---- fp16 ----
+
+def _fp16_gain(config: Fp16Config, objective: str, metadata: Mapping[str, str], device: str) -> float:
+    return 2.0 if objective == "size" or device == "gpu" else 0.8
+
+
+def _fp16_candidates(model: ModelTraits) -> list[Recipe]:
+    """GPU targets only (FP16 is slower than FP32 on most CPUs)."""
+    return [("fp16", [*_fuse(model), {"fp16": {}}])] if model.device == "gpu" else []
+
+
+# ---- graphOptimize ----
+
+def _graph_optimize_gain(config: GraphOptimizeConfig, objective: str, metadata: Mapping[str, str],
+                         device: str) -> float:
+    return 1.0 if objective == "size" else 1.1
+
+
+# ---- prune ----
+
+def _prune_stage(config: PruneConfig) -> Stage:
+    """Structured pruning and fine-tuned magnitude pruning train in PyTorch; plain magnitude pruning edits
+    the ONNX graph."""
+    return "torch" if config.method == "structured" or config.finetune is not None else "onnx"
+
+
+def _prune_gain(config: PruneConfig, objective: str, metadata: Mapping[str, str], device: str) -> float:
+    if config.method != "structured":
+        return 1.0
+    # FFN neurons/channels carry most but not all of the compute
+    return 1.0 / max(0.05, 1.0 - 0.7 * config.sparsity)
+
+
+# No built-in candidates: the recipes search.py listed ("ffn-pruned-25%+int8", "ffn-pruned-50%+int8",
+# "channels-pruned-50%+int8-static") never ran, because '%' fails Candidate's name pattern and the candidate was
+# dropped without a word. Adding them (under valid names) adds pruning trials with recovery training to every
+# default search: a behaviour change, left for a deliberate decision.
+
+
+# ---- qat ----
+
+def _qat_gain(config: QATConfig, objective: str, metadata: Mapping[str, str], device: str) -> float:
+    return 4.0 if objective == "size" else 2.0
+
+
+def _qat_candidates(model: ModelTraits) -> list[Recipe]:
+    """CNN/MLP models given as ONNX or torch.export (Hugging Face transformers cannot be FX-traced)."""
+    return [("qat-int8", [{"qat": {}}])] if model.format in ("onnx", "torch-export") else []
+
+
+# ---- quantize ----
+
+def _quantize_gain(config: QuantizeConfig, objective: str, metadata: Mapping[str, str], device: str) -> float:
+    if config.method == "weightOnly":
+        return 6.0 if objective == "size" else 1.2
+    return 4.0 if objective == "size" else (2.0 if config.per_channel else 2.1)
+
+
+def _quantize_candidates(model: ModelTraits) -> list[Recipe]:
+    """INT8 variants for every model."""
+    fuse = _fuse(model)
+    return [("int8-dynamic", [*fuse, _INT8_DYNAMIC]),
+            ("int8-dynamic-per-tensor", [*fuse, {"quantize": {"method": "dynamic", "perChannel": False}}]),
+            ("int8-static", [_INT8_STATIC])]
+
+
+_PACKAGE = "kompress.jobs.techniques"
+_CATALOG: dict[str, Technique] = {t.name: t for t in (
+    Technique("distill", DistillConfig,
+              "Knowledge distillation into a smaller student (fewer layers of the teacher, or your own model).",
+              f"{_PACKAGE}.distill", "distill", _distill_gain, _distill_candidates, stage="torch"),
+    Technique("fp16", Fp16Config, "Convert weights and compute to float16.",
+              f"{_PACKAGE}.fp16", "fp16", _fp16_gain, _fp16_candidates),
+    Technique("graphOptimize", GraphOptimizeConfig, "ONNX Runtime graph optimization and transformer fusion.",
+              f"{_PACKAGE}.graph_optimize", "graph_optimize", _graph_optimize_gain),
+    Technique("prune", PruneConfig, "Magnitude (unstructured) or structured pruning (channels, FFN neurons, "
+              "attention heads), with optional recovery fine-tuning.",
+              f"{_PACKAGE}.prune", "prune", _prune_gain, stage=_prune_stage),
+    Technique("qat", QATConfig, "Quantization-aware training to an INT8 QDQ model (FX-traceable CNN/MLP models).",
+              f"{_PACKAGE}.qat", "qat", _qat_gain, _qat_candidates, stage="torch", last_torch_step=True),
+    Technique("quantize", QuantizeConfig, "INT8/INT4 quantization with ONNX Runtime.",
+              f"{_PACKAGE}.quantize", "quantize", _quantize_gain, _quantize_candidates),
+)}
+
+_CANDIDATE_ORDER = ("quantize", "fp16", "prune", "distill", "qat", "graphOptimize")
+"""The order built-in candidates are listed in (the search runs them by expected gain; this breaks ties)."""
+assert sorted(_CANDIDATE_ORDER) == sorted(_CATALOG), "every technique has a place in _CANDIDATE_ORDER"
+
+
+def get(name: str) -> Technique:
+    return _CATALOG[name]
+
+
+def names() -> list[str]:
+    return list(_CATALOG)
+
+
+def all_techniques() -> list[Technique]:
+    return list(_CATALOG.values())
+
+
+def recipes(fmt: str, metadata: Mapping[str, str], device: str) -> list[Recipe]:
+    """The built-in search candidates for a model, as each technique contributes them (steps as the spec
+    writes them; `kompress.jobs.candidates` validates them into `Candidate`s)."""
+    model = ModelTraits(fmt, dict(metadata), device)
+    return copy.deepcopy([r for name in _CANDIDATE_ORDER for r in _CATALOG[name].candidates(model)])

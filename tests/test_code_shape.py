@@ -1,0 +1,92 @@
+"""The shape of the code, checked rather than hoped for: no import cycle between kompress modules (the data
+path reads in one direction), and no function over MAX_LINES lines without a reason written beside it."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import grimp
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [ROOT / "jobs" / "src", ROOT / "operator" / "src"]
+MAX_LINES = 60
+REASON = "# long:"
+
+
+def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.find_modules_directly_imported_by(v):
+            if w not in graph.modules:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return out
+
+
+def test_no_import_cycles() -> None:
+    """Imports inside functions count (a lazy import that dodges a cycle is still a cycle); imports under
+    `if TYPE_CHECKING:` do not (they never run)."""
+    graph = grimp.build_graph("kompress.jobs", "kompress.operator", exclude_type_checking_imports=True,
+                              cache_dir=None)
+    assert len(graph.modules) > 40
+    assert _cycles(graph) == []
+
+
+def test_operator_depends_on_the_engine_core_only() -> None:
+    graph = grimp.build_graph("kompress.jobs", "kompress.operator", include_external_packages=True,
+                              exclude_type_checking_imports=True, cache_dir=None)
+    for banned in ("onnx", "onnxruntime", "torch", "transformers", "matplotlib"):
+        if banned not in graph.modules:
+            continue
+        chains = graph.find_shortest_chains(importer="kompress.operator", imported=banned)
+        assert not chains, f"the operator reaches {banned}: {sorted(chains)[:3]}"
+
+
+def _long_functions() -> list[str]:
+    found = []
+    for src in SOURCES:
+        for path in sorted(src.rglob("*.py")):
+            lines = path.read_text().splitlines()
+            for node in ast.walk(ast.parse("\n".join(lines))):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if length > MAX_LINES and REASON not in lines[first - 2]:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_functions_are_short_or_say_why() -> None:
+    """Over MAX_LINES lines, a function carries `# long: <reason>` on the line above it."""
+    assert _long_functions() == []
