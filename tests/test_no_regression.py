@@ -40,8 +40,8 @@ def test_a_fixed_pipeline_must_improve_something_and_is_warned_where_it_got_wors
     smaller_but_slower = block(speedup=0.5, speedup_spread=0.02, size_reduction=3.9, energy_reduction=0.45)
     assert gates.evaluate(GatesSpec(), smaller_but_slower).passed
     assert gates.regressions(smaller_but_slower) == ["slower than the original: x0.50 latency (noise ±0.02)",
-                                                     "uses more energy per inference than the original: "
-                                                     "x0.45 energy (noise ±0.02)"]
+                                                     "hungrier (more energy per inference) than the "
+                                                     "original: x0.45 energy (noise ±0.02)"]
     worse = block(speedup=0.5, size_reduction=0.89, energy_reduction=0.4)
     assert not gates.evaluate(GatesSpec(), worse).passed
     assert gates.regressions(worse)[0] == "worse than the original on every axis (latency, size, energy)"

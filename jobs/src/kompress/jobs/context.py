@@ -10,6 +10,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from kompress.jobs.checkpoints import Checkpoints
+    from kompress.jobs.data import InputPlan
     from kompress.jobs.progress import Progress
 
 
@@ -32,6 +33,9 @@ class StepContext:
     checkpoints: Checkpoints | None = None
     """Where this step keeps resumable state (None: nothing is kept)."""
     seed: int = 0
+    input_plan: InputPlan | None = None
+    """How calibration rows become the model's feeds (data.inputs: batch axes, constants); None: every input
+    is batch-first in `calibration`."""
 
     def out_path(self, name: str) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)

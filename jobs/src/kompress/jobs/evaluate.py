@@ -26,29 +26,47 @@ from kompress.jobs.spec import TargetSpec
 QUALITY_BATCH = 32
 ROUNDS = 5
 MAX_BLOCK_CALLS = 10
+MIN_BLOCK_SECONDS = 0.02
+MAX_FAST_BLOCK_CALLS = 1000
 
 
 def latency_feeds(data: Dataset, target: TargetSpec) -> dict[str, np.ndarray]:
-    """The first latency batch of the data (target.batchSize rows, or all of them when there are fewer)."""
-    return {k: v[: min(target.batch_size, data.size)] for k, v in data.inputs.items()}
+    """The first latency batch of the data (target.batchSize rows, or all of them when there are fewer), as
+    the model's feeds (data.inputs: batch axes moved, constants added)."""
+    return data.feeds(0, min(target.batch_size, data.size))
 
 
-def run_all(session: Any, inputs: dict[str, np.ndarray], output: str | None,
+def run_all(session: Any, data: Dataset | dict[str, np.ndarray], output: str | None,
             progress: Progress | None = None, label: str = "") -> np.ndarray:
-    batch = 1 if batch_axis_fixed(session) else QUALITY_BATCH
-    n = len(next(iter(inputs.values())))
+    """The model's output (`output`, default the first) on every row, in batches of QUALITY_BATCH (one row
+    when an input's batch axis is fixed at 1), concatenated along axis 0: outputs are taken as batch-first.
+    `data`: a Dataset (its plan builds the feeds), or batch-first rows by input name."""
+    if not isinstance(data, Dataset):
+        data = Dataset(data, None, "", Path("rows"))
+    batch = 1 if batch_axis_fixed(session, data.feed_plan.batch_axes()) else QUALITY_BATCH
+    n = data.size
     out_name = output or session.get_outputs()[0].name
     parts = []
     bar = progress.bar(total=n, desc=f"quality {label}", unit="sample") if progress else None
     for start in range(0, n, batch):
-        feeds = {k: v[start : start + batch] for k, v in inputs.items()}
+        feeds = data.feeds(start, start + batch)
         try:
-            parts.append(session.run([out_name], feeds)[0])
+            part = session.run([out_name], feeds)[0]
         except Exception as err:
-            raise InvalidInputError(f"running the model on the data failed: {str(err).splitlines()[0][:300]}",
+            unbatched = [f.name for f in data.feed_plan.feeds
+                         if f.constant is not None and f.batch_axis is None and f.constant.ndim]
+            hint = (f" (data.inputs: {', '.join(unbatched)} is fed as given whatever the batch size, having no "
+                    "batchAxis; give its batchAxis if it has one)" if unbatched else "")
+            raise InvalidInputError(f"running the model on the data failed: {str(err).splitlines()[0][:300]}{hint}",
                                     field="data.uri") from None
+        rows = min(batch, n - start)
+        if np.ndim(part) == 0 or len(part) != rows:
+            raise InvalidInputError(f"output {out_name!r} has shape {list(np.shape(part))} for a batch of {rows}; "
+                                    "quality reads outputs batch-first (axis 0 = samples): name a batch-first "
+                                    "output in model.output", field="model.output")
+        parts.append(part)
         if bar:
-            bar.update(len(next(iter(feeds.values()))))
+            bar.update(rows)
     if bar:
         bar.close()
     return np.concatenate(parts, axis=0).astype(np.float32)
@@ -67,9 +85,12 @@ def quality(baseline: np.ndarray, optimized: np.ndarray, data: Dataset, task: st
     mask = data.inputs.get("attention_mask")
     b = _sample_vectors(baseline, task, mask)
     o = _sample_vectors(optimized, task, mask)
-    cos = (b * o).sum(1) / np.maximum(np.linalg.norm(b, axis=1) * np.linalg.norm(o, axis=1), 1e-12)
+    # one number per sample (a probability, a score): the cosine of a single value is always +-1, so compare
+    # the column of all samples instead (its shape across the rows)
+    cb, co = (b.T, o.T) if b.shape[1] == 1 else (b, o)
+    cos = (cb * co).sum(1) / np.maximum(np.linalg.norm(cb, axis=1) * np.linalg.norm(co, axis=1), 1e-12)
     top1 = None
-    if (b.ndim == 2 and b.shape[1] > 1 and task in ("classification", "generic")) or data.labels is not None:
+    if (b.shape[1] > 1 and task in ("classification", "generic")) or data.labels is not None:
         top1 = float((b.argmax(1) == o.argmax(1)).mean())
     fidelity = Fidelity(cosine_similarity_mean=float(cos.mean()), cosine_similarity_min=float(cos.min()),
                         max_abs_error=float(np.abs(baseline - optimized).max()), top1_agreement=top1)
@@ -110,10 +131,15 @@ class _Timing:
     throughput_runs: int = 0
 
 
-def block_calls(iterations: int) -> int:
+def block_calls(iterations: int, call_seconds: float = 0.0) -> int:
     """Consecutive timed calls per variant in one latency block: about 8-10 rounds whatever the iterations, so
-    the per-round ratios give a spread, and at most 10 calls a block."""
-    return max(1, min(MAX_BLOCK_CALLS, iterations // 8))
+    the per-round ratios give a spread, and at most 10 calls a block - but at least MIN_BLOCK_SECONDS of
+    calls, so a fast model's block is not one scheduler tick (30 us digits-CNN calls gave a spread of +-0.35
+    on the speedup in blocks of 10 calls)."""
+    calls = max(1, min(MAX_BLOCK_CALLS, iterations // 8))
+    if call_seconds > 0:
+        calls = max(calls, min(MAX_FAST_BLOCK_CALLS, int(np.ceil(MIN_BLOCK_SECONDS / call_seconds))))
+    return calls
 
 
 def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, plan: TimingPlan, meter: Meter,
@@ -129,11 +155,9 @@ def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, p
     lat_batch = min(target.batch_size, data.size)
     lat_feeds = latency_feeds(data, target)
     timings = {name: _Timing([]) for name in sessions}
-    for sess in sessions.values():
-        for _ in range(plan.warmup):
-            sess.run(None, lat_feeds)
-    block = block_calls(plan.iterations)
-    rounds = -(-plan.iterations // block)
+    call_seconds = max(_warm_up(sess, lat_feeds, plan.warmup) for sess in sessions.values())
+    rounds = -(-plan.iterations // block_calls(plan.iterations))  # 8-10 rounds: the spread needs them
+    block = block_calls(plan.iterations, call_seconds)  # a fast model's blocks hold more calls
     bar = progress.bar(total=rounds + (ROUNDS if plan.throughput else 0), desc="latency and throughput",
                        unit="round") if progress else None
     energy_per_block = plan.energy and meter.block_seconds <= 0
@@ -146,7 +170,7 @@ def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, p
         _energy_in_blocks(sessions, lat_feeds, lat_batch, meter, timings)
     thr_batch = min(target.throughput_batch_size, data.size)
     if plan.throughput:
-        _throughput_rounds(sessions, {k: v[:thr_batch] for k, v in data.inputs.items()}, thr_batch, timings, bar)
+        _throughput_rounds(sessions, data.feeds(0, thr_batch), thr_batch, timings, bar)
     if bar:
         bar.close()
     method = (f"{rounds} rounds of {block} consecutive calls per variant (after one untimed call), variants "
@@ -155,6 +179,16 @@ def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, p
             else f"{ROUNDS} alternating blocks of {meter.block_seconds:g} s per variant" if plan.energy else "")
     return {name: _speed(t, lat_batch, method, thr_batch if plan.throughput else None,
                          meter if plan.energy else None, over) for name, t in timings.items()}
+
+
+def _warm_up(sess: Any, feeds: dict[str, np.ndarray], calls: int) -> float:
+    """Run the warm-up calls (at least one) and return the median call time, which sizes the blocks."""
+    times = []
+    for _ in range(max(1, calls)):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def _latency_block(sess: Any, feeds: dict[str, np.ndarray], calls: int, t: _Timing, meter: Meter | None,

@@ -94,7 +94,7 @@ def regressions(result: ResultBlock) -> list[str]:
     """Where the result is worse than the original beyond noise: said loudly in the console, the report and
     the status even when the gates pass."""
     worse = {n: (g, noise) for n, (g, noise) in _gains(result).items() if g is not None and g < 1.0 - noise}
-    what = {"latency": "slower", "size": "larger", "energy": "uses more energy per inference"}
+    what = {"latency": "slower", "size": "larger", "energy": "hungrier (more energy per inference)"}
     out = [f"{what[n]} than the original: x{g:.2f} {n}" + (f" (noise ±{noise:.2g})" if noise else "")
            for n, (g, noise) in worse.items()]
     if len(worse) == 3:

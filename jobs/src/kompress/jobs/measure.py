@@ -69,7 +69,7 @@ class Baseline:
     def open(cls, path: Path, evaluation: Dataset, model: ModelSpec, target: TargetSpec,
              progress: Progress | None = None) -> Baseline:
         session = open_session(path, target)
-        outputs = evaluate.run_all(session, evaluation.inputs, model.output, progress, "baseline")
+        outputs = evaluate.run_all(session, evaluation, model.output, progress, "baseline")
         return cls(path, session, outputs, evaluation, model, target)
 
     def fact(self, name: str, compute: Any) -> Any:
@@ -99,7 +99,7 @@ def measure_variant(base: Baseline, model: Path, plan: MeasurePlan, meter: Meter
     """Measure `model` against the baseline as `plan` says (meter: needed when the plan times energy)."""
     shown = progress if plan.show_progress else None
     session = open_session(model, base.target)
-    outputs = evaluate.run_all(session, base.evaluation.inputs, base.model.output, shown, "optimized")
+    outputs = evaluate.run_all(session, base.evaluation, base.model.output, shown, "optimized")
     base_q, cand_q = evaluate.quality(base.outputs, outputs, base.evaluation, base.model.task)
     speed = evaluate.measure_speed({"baseline": base.session, "candidate": session}, base.evaluation,
                                    base.target, plan.timing, meter, shown)  # type: ignore[arg-type]

@@ -54,10 +54,39 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
 
 
 def parameter_count(path: Path) -> int:
-    """Elements in the model's initializers (weights, biases, quantization scales)."""
+    """Elements in the model's initializers (weights, biases, quantization scales); for a model without
+    float initializers, in its float Constant nodes instead (some exporters, e.g. old Paddle ones, keep every
+    weight there; exporters that use initializers keep only shapes and scalars in Constant nodes)."""
     import math
 
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return sum(math.prod(t.dims) for t in model.graph.initializer)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+    tensors = list(model.graph.initializer)
+    if not any(t.data_type in floats for t in tensors):
+        tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+                    if a.name == "value" and a.t.data_type in floats]
+    return sum(math.prod(t.dims) for t in tensors)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Move the tensors of top-level Constant nodes into initializers (same names, same values), so
+    quantizers see them as weights: ONNX Runtime's quantizer only quantizes initializers offline, and a
+    weight in a Constant node is quantized again at every call (measured on the PP-OCR direction classifier:
+    106 DynamicQuantizeLinear for 53 ConvInteger, 0.54x). Returns how many were moved."""
+    keep, moved = [], 0
+    for node in model.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is None or len(node.output) != 1:
+            keep.append(node)
+            continue
+        tensor = type(value)()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        model.graph.initializer.append(tensor)
+        moved += 1
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return moved

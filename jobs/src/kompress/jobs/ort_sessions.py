@@ -5,6 +5,7 @@ alternatives, bench/)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,5 +73,12 @@ def open_session(path: Path, target: TargetSpec, *, profile_prefix: str | None =
                                 field="model.uri") from None
 
 
-def batch_axis_fixed(session: Any) -> bool:
-    return any(isinstance(i.shape[0], int) and i.shape[0] == 1 for i in session.get_inputs() if i.shape)
+def batch_axis_fixed(session: Any, batch_axes: Mapping[str, int | None] | None = None) -> bool:
+    """True when some input's batch axis is fixed at 1 (the model takes one sample per call). `batch_axes`:
+    each input's batch axis (data.inputs; None for an input without one, such as a scalar); default 0."""
+    axes = batch_axes or {}
+    for i in session.get_inputs():
+        axis = axes.get(i.name, 0)
+        if axis is not None and axis < len(i.shape) and isinstance(i.shape[axis], int) and i.shape[axis] == 1:
+            return True
+    return False

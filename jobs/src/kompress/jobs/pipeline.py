@@ -6,7 +6,7 @@ baseline and a quick latency comparison), so a report shows what every step boug
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ class Workspace:
     seed: int
     model_facts: ModelFacts | None = None
     data_facts: DataFacts | None = None
+    op_share: dict[str, float] = field(default_factory=dict)
+    """Share of the baseline's time per op type (a search's profile; empty otherwise)."""
     keep_torch_source: bool = False
     """Keep the trainable source model between pipelines (a search's trials) instead of reloading it."""
     _torch_source: TorchModel | None = None
@@ -55,6 +57,10 @@ class Workspace:
 
     def trainable_source(self) -> TorchModel:
         """The source model as trainable PyTorch modules: loaded once, cloned for each pipeline when kept."""
+        if not self.calibration.feed_plan.is_batch_first:
+            raise InvalidInputError("techniques that train in PyTorch read every input batch-first from the .npz; "
+                                    "this spec gives batch axes or constants in data.inputs, which they do not "
+                                    "support (use ONNX techniques)", field="data.inputs")
         if self._torch_source is not None:
             import torch
 
@@ -121,7 +127,8 @@ def _context(ws: Workspace, stage: str, name: str, step_dir: Path, scope: str) -
     spec = ws.spec
     return StepContext(workdir=step_dir, calibration=ws.calibration.inputs, labels=ws.calibration.labels,
                        metadata=dict(ws.source.metadata), device=spec.target.device, progress=ws.progress,
-                       task=spec.model.task, train=ws.train, seed=ws.seed, checkpoints=ws.checkpoints.scope(scope))
+                       task=spec.model.task, train=ws.train, seed=ws.seed, checkpoints=ws.checkpoints.scope(scope),
+                       input_plan=ws.calibration.plan)
 
 
 def _run_step(ws: Workspace, tech: Any, model: Path | TorchModel, config: SpecModel, ctx: StepContext) -> Any:

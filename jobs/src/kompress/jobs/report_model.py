@@ -220,6 +220,10 @@ class Trial(ReportPart):
     steps: list[StepReport] = []
     duration_seconds: float = 0.0
     chosen: bool = False
+    fallback_of: str | None = None
+    """The trial this one repairs (accuracy-aware fallback: the most sensitive nodes kept in float)."""
+    kept_in_float: dict[str, str] = {}
+    """Nodes the fallback left in float, and why (the activation each touches and its INT8 SQNR)."""
 
 
 class SearchReport(ReportPart):
@@ -230,6 +234,9 @@ class SearchReport(ReportPart):
     chosen: int | None = None
     """Index into `trials` of the chosen trial."""
     trials: list[Trial] = []
+    profile: dict[str, float] = {}
+    """Share of the baseline's time per op type (ONNX Runtime's profiler): what the candidates and their
+    expected gains were derived from."""
 
 
 # ----------------------------------------------------------------------------------------- provenance

@@ -18,11 +18,23 @@ from pathlib import Path
 import numpy as np
 
 from kompress.jobs import data as datamod
-from kompress.jobs import gates, model_files, model_io, pipeline, registry, report, report_plot, search, storage
+from kompress.jobs import (
+    evaluate,
+    gates,
+    model_files,
+    model_io,
+    op_profile,
+    pipeline,
+    registry,
+    report,
+    report_plot,
+    search,
+    storage,
+)
 from kompress.jobs import techniques as techmod
 from kompress.jobs.checkpoints import Checkpoints
 from kompress.jobs.energy import Meter, Stopwatch, open_meter
-from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure
+from kompress.jobs.errors import ExitCode, KompressError
 from kompress.jobs.measure import Baseline, MeasurePlan, measure_variant
 from kompress.jobs.progress import Progress
 from kompress.jobs.report_model import (
@@ -37,7 +49,7 @@ from kompress.jobs.report_model import (
     TensorSpec,
     result_block,
 )
-from kompress.jobs.spec import API_VERSION, Candidate, LoadedSpec
+from kompress.jobs.spec import API_VERSION, Candidate, LoadedSpec, OptimizationSpec
 
 SEED = 0
 FIXED_STEPS = 6  # fetch, prepare, evaluate, gates, promote, write the report
@@ -122,10 +134,15 @@ def _run(loaded: LoadedSpec, rep: OptimizationReport, work: Path, output_dir: Pa
         current, rep.steps = result.model, result.steps
     else:
         outcome = search.run(ws, spec.search, candidates, spec.gates, meter)
-        rep.search = outcome.report(spec.search.objective, len(candidates))
-        if outcome.model is None:
-            raise RuntimeFailure("search: no candidate produced a model: "
-                                 + "; ".join(f"{t.name}: {t.message}" for t in outcome.trials))
+        rep.search = outcome.report(spec.search.objective, len(candidates), ws.op_share)
+        if outcome.model is None:  # every candidate failed, or none applies: the original stays
+            rep.outcome = "rejected"
+            rep.message = ("no candidate produced a model to measure; nothing promoted ("
+                           + ("; ".join(f"{t.name}: {t.message}" for t in outcome.trials)
+                              or "no built-in candidate applies to where this model's time goes: "
+                              + ", ".join(f"{op} {s:.0%}" for op, s in list(ws.op_share.items())[:4])) + ")")
+            rep.promotion = PromotionResult(promoted=False, reason="no candidate")
+            return ExitCode.GATES_REJECTED
         current, rep.steps = outcome.model, outcome.steps
         progress.info(f"search chose {outcome.trials[outcome.chosen or 0].name} ({outcome.stopped})")
 
@@ -183,7 +200,7 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints,
 
     progress.step(f"preparing the model ({spec.model.format or 'format auto-detected'})")
     source = model_io.prepare(spec.model, model_local, work, dataset.inputs, seed=SEED)
-    dataset = datamod.conform(dataset, source.inputs)
+    dataset = datamod.conform(dataset, source.inputs, declared=spec.data.inputs)
     calibration, evaluation, overlap = datamod.split(dataset, spec.data.calibration_samples,
                                                      spec.data.evaluation_samples, SEED)
     model_facts = ModelFacts(uri=spec.model.uri, format=source.format, sha256=source.sha256,
@@ -191,17 +208,28 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints,
     data_facts = DataFacts(uri=spec.data.uri, sha256=dataset.sha256, samples=dataset.size,
                            evaluation_samples=evaluation.size, calibration_samples=calibration.size,
                            calibration_overlaps_evaluation=overlap, labels=dataset.labels is not None)
+    op_share = _op_profile(source.onnx_path, evaluation, spec, progress) if spec.search else {}
     candidates = ((spec.search.candidates or search.default_candidates(source.format, source.metadata,
-                                                                       spec.target.device))
+                                                                       spec.target.device, op_share))
                   if spec.search else [])
     steps = spec.steps() + [s for c in candidates for s in c.steps()]
     train = (_training_rows(loaded, work, source.inputs, calibration, overlap, data_facts)
-             if any(techmod.get(n).stage_of(c) == "torch" for n, c in steps) else None)
+             if any(techmod.get(n).stage_of(c) == "torch" for n, c in steps)
+             and dataset.feed_plan.is_batch_first else None)  # torch steps refuse data.inputs (pipeline)
     baseline = Baseline.open(source.onnx_path, evaluation, spec.model, spec.target, progress)
     ws = pipeline.Workspace(spec, source, model_local, calibration, evaluation, train, baseline, checkpoints,
                             [source.sha256, dataset.sha256, data_facts.train_sha256], progress, work, SEED,
-                            model_facts=model_facts, data_facts=data_facts)
+                            model_facts=model_facts, data_facts=data_facts, op_share=op_share)
     return ws, candidates
+
+
+def _op_profile(model: Path, evaluation: datamod.Dataset, spec: OptimizationSpec,
+                progress: Progress) -> dict[str, float]:
+    """Where the baseline's time goes per op type (what a search quantizes, and what it can expect to gain)."""
+    share = op_profile.profile(model, evaluate.latency_feeds(evaluation, spec.target), spec.target)
+    top = ", ".join(f"{op} {s:.0%}" for op, s in list(share.items())[:6])
+    progress.info(f"baseline profile: {top}")
+    return share
 
 
 def _training_rows(loaded: LoadedSpec, work: Path, inputs: list, calibration: datamod.Dataset, overlap: bool,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs import gates, model_files, pipeline
+from kompress.jobs import gates, model_files, pipeline, sensitivity
 from kompress.jobs.candidates import default_candidates, expected_gain  # noqa: F401  (runner: search.default_candidates)
 from kompress.jobs.checkpoints import fingerprint
 from kompress.jobs.energy import Meter
@@ -37,9 +37,9 @@ class SearchOutcome:
     steps: list[StepReport]
     stopped: str
 
-    def report(self, objective: str, candidates: int) -> SearchReport:
+    def report(self, objective: str, candidates: int, op_share: dict[str, float]) -> SearchReport:
         return SearchReport(objective=objective, candidates=candidates, stopped=self.stopped, chosen=self.chosen,
-                            trials=self.trials)
+                            trials=self.trials, profile=dict(list(op_share.items())[:12]))
 
 
 def _objective_gain(objective: str, measured: Measured) -> float:
@@ -71,8 +71,8 @@ def run(ws: pipeline.Workspace, search: SearchSpec, candidates: list[Candidate],
         meter: Meter) -> SearchOutcome:
     spec = ws.spec
     meta, device = ws.source.metadata, spec.target.device
-    ranked = sorted(((expected_gain(c, search.objective, meta, device), i, c) for i, c in enumerate(candidates)),
-                    key=lambda t: (-t[0], t[1]))
+    ranked = sorted(((expected_gain(c, search.objective, meta, device, ws.op_share), i, c)
+                     for i, c in enumerate(candidates)), key=lambda t: (-t[0], t[1]))
     # What a trial computes depends on these; budgets (maxTrials, timeout, early stop) do not, so raising a
     # budget and re-running reuses the finished trials.
     store = ws.checkpoints.scope("search-" + fingerprint(ws.lineage, search.trial_iterations,
@@ -96,12 +96,77 @@ def run(ws: pipeline.Workspace, search: SearchSpec, candidates: list[Candidate],
             done[key] = _run_trial(ws, cand, key, rank, expected, search, gates_spec, meter, store, len(trials))
             store.write_json("trials.json", [t.to_json() for t in done.values()])
         trials.append(done[key])
+        for repaired in _fallback(ws, cand, done[key], expected, search, gates_spec, meter, store, done):
+            trials.append(repaired)
     return _choose(ws, store, trials, stopped)
+
+
+QUALITY_GATES = ("maxAccuracyDrop", "minCosineSimilarity")
+FALLBACK_ROUNDS = (1, 2, 4, 8)
+"""How many of the worst activations (each with the nodes that touch it) each fallback round keeps in float."""
+
+
+LOSSLESS_STEPS = frozenset({"graphOptimize"})
+"""Steps that do not change what the model computes: a loss after them is the quantizer's."""
+
+
+def _needs_fallback(cand: Candidate, trial: Trial) -> bool:
+    """A static INT8 candidate that missed a quality gate while it still beat the original, and whose loss is
+    the quantizer's (only graph rewrites before it): repairable by keeping layers in float. Static only: the
+    sensitivity analysis simulates calibrated activation ranges, which dynamic INT8 does not use."""
+    *before, (name, config) = cand.steps()
+    failed = {f.split(":", 1)[0] for f in trial.failures}
+    return (trial.status == "rejected" and name == "quantize" and getattr(config, "method", "") == "static"
+            and all(n in LOSSLESS_STEPS for n, _ in before)
+            and bool(failed & set(QUALITY_GATES)) and "noRegression" not in failed)
+
+
+def _fallback(ws: pipeline.Workspace, cand: Candidate, trial: Trial, expected: float, search: SearchSpec,
+              gates_spec: GatesSpec, meter: Meter, store: Any, done: dict[str, Trial]) -> list[Trial]:
+    """Accuracy-aware fallback (Intel Neural Compressor's idea, on our measured gates): keep the nodes around
+    the activations that quantize worst in float, a few more each round, until the gates hold or the gain is
+    gone; every round is a trial of its own in the report."""
+    if not _needs_fallback(cand, trial):
+        return []
+    steps = cand.steps()
+    source = (ws.source.onnx_path if len(steps) == 1 else
+              pipeline.apply(ws, steps[:-1], f"trial-{trial.key}-input", evaluate_steps=False,
+                             step_lines=False).model)
+    quantize_config = steps[-1][1]
+    try:
+        ranked = sensitivity.rank(source, ws.calibration, list(quantize_config.op_types) or None)  # type: ignore[attr-defined]
+    except Exception as err:  # the analysis is a repair attempt: the trial stands as measured without it
+        ws.progress.info(f"trial {cand.label()}: fallback analysis failed: {type(err).__name__}: {err}")
+        return []
+    out: list[Trial] = []
+    for count in (n for n in FALLBACK_ROUNDS if n <= len(ranked)):
+        kept = {node: f"{s.tensor}: INT8 SQNR {s.sqnr_db:.1f} dB" for s in ranked[:count] for node in s.nodes}
+        repaired = _with_excluded(cand, kept)
+        key = fingerprint(repaired.model_dump(mode="json"))
+        if key not in done:
+            done[key] = _run_trial(ws, repaired, key, trial.index, expected, search, gates_spec, meter, store,
+                                   len(done))
+            done[key].fallback_of, done[key].kept_in_float = trial.name, kept
+            store.write_json("trials.json", [t.to_json() for t in done.values()])
+        out.append(done[key])
+        failed = {f.split(":", 1)[0] for f in done[key].failures}
+        if done[key].status != "rejected" or "noRegression" in failed:
+            break  # the gates hold, or keeping more in float cost the gain (or the trial broke)
+    return out
+
+
+def _with_excluded(cand: Candidate, kept: dict[str, str]) -> Candidate:
+    """The candidate with its final quantize step leaving `kept` nodes in float."""
+    doc = cand.model_dump(mode="json", by_alias=True, exclude_none=True)
+    quantize = doc["techniques"][-1]["quantize"]
+    quantize["excludeNodes"] = sorted(set(quantize.get("excludeNodes", [])) | set(kept))
+    doc["name"] = f"{cand.label()[:40]}+fp32x{len(kept)}"
+    return Candidate.model_validate(doc)
 
 
 def _stop_reason(trials: list[Trial], search: SearchSpec, started: float, expected: float) -> str | None:
     best = max((t.gain for t in trials if t.status == "passed" and t.gain is not None), default=None)
-    if len(trials) >= search.max_trials:
+    if len([t for t in trials if t.fallback_of is None]) >= search.max_trials:  # repairs are not candidates
         return f"maxTrials ({search.max_trials}) reached"
     if time.perf_counter() - started > search.timeout_seconds:
         return f"timeoutSeconds ({search.timeout_seconds}) reached"

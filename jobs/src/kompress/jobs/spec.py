@@ -41,9 +41,76 @@ class ModelSpec(SpecModel):
     """Name of the model output that quality is measured on (default: the first output)."""
 
 
+InputDtype = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
+
+
+class InputConstant(SpecModel):
+    """A model input that is the same for every sample: zeros of a shape, or one number (a scalar, or filling
+    `shape`)."""
+
+    # the same rule for the API server (the CRD generator copies x-kubernetes-validations from the schema)
+    model_config = SpecModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [{
+        "rule": "has(self.zeros) != has(self.value)",
+        "message": "set exactly one of constant.zeros or constant.value"}]}}
+
+    zeros: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=16)] | None = None
+    """Zeros of this shape, e.g. [2, 1, 128] (an empty list: a scalar zero)."""
+    value: float | None = None
+    """One number: the constant is this scalar, or an array of `shape` filled with it."""
+    shape: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=16)] | None = None
+    """With `value`: the constant's shape (default: a scalar)."""
+    dtype: InputDtype | None = None
+    """Element type (default: the model input's type)."""
+
+    @model_validator(mode="after")
+    def zeros_or_value(self) -> InputConstant:
+        if (self.zeros is None) == (self.value is None):
+            raise ValueError("set exactly one of zeros (an array of zeros of that shape) or value (a number)")
+        if self.zeros is not None and self.shape is not None:
+            raise ValueError("shape goes with value; zeros is already a shape")
+        return self
+
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.zeros if self.zeros is not None else self.shape or ())
+
+
+class InputEntry(SpecModel):
+    """How one model input is fed: where its batch axis is, and/or a constant that is not in the .npz."""
+
+    model_config = SpecModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [{
+        "rule": "has(self.batchAxis) || has(self.constant)", "message": "give batchAxis, constant or both"}]}}
+
+    batch_axis: Annotated[int, Field(ge=0, le=15)] | None = None
+    """The model's batch axis of this input (default 0). Arrays in the .npz are stored samples-first; a batch
+    of rows is moved to this axis. A constant with a batch axis is given for batch 1 and repeated along it to
+    the batch size; without one it is fed as is."""
+    constant: InputConstant | None = None
+    """The input is this constant, fed with every call (not read from the .npz)."""
+
+    @model_validator(mode="after")
+    def says_something(self) -> InputEntry:
+        if self.batch_axis is None and self.constant is None:
+            raise ValueError("give batchAxis, constant or both")
+        const = self.constant
+        if const is not None and self.batch_axis is not None:
+            dims = const.dims()
+            if self.batch_axis >= len(dims):
+                raise ValueError(f"batchAxis {self.batch_axis} is beyond the constant's rank {len(dims)} "
+                                 f"(shape {list(dims)}){'; a scalar has no batch axis' if not dims else ''}")
+            if dims[self.batch_axis] != 1:
+                raise ValueError(f"a constant with a batchAxis is given for batch 1: its axis {self.batch_axis} "
+                                 f"is {dims[self.batch_axis]} (shape {list(dims)})")
+        return self
+
+
 class DataSpec(SpecModel):
     uri: Annotated[str, Field(min_length=1)]
     """A .npz file with one array per model input (first axis = samples) and optional `labels`."""
+    inputs: dict[str, InputEntry] = {}
+    """Model inputs that are not batch-first or not in the .npz, by input name: `{batchAxis: 1}` for an input
+    whose batch axis is not the first, `{constant: {zeros: [2, 1, 128]}, batchAxis: 1}` or
+    `{constant: {value: 16000, dtype: int64}}` for an input that is the same for every sample. Inputs not
+    named here are read from the .npz, batch-first. Outputs are always taken as batch-first."""
     calibration_samples: Annotated[int, Field(ge=1, le=100_000)] = 256
     """Samples used to calibrate static quantization."""
     evaluation_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 512

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,25 +227,20 @@ class LocalStore(Store):
         return p.read_bytes() if p.is_file() else None
 
     def write(self, rel: str, data: bytes) -> None:
-        p = self.root / rel
-        self._makedirs(p.parent)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), self.FILE_MODE)
-                f.write(data)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self._replace(rel, lambda tmp: Path(tmp).write_bytes(data))
 
     def put_file(self, rel: str, path: Path) -> None:
+        self._replace(rel, lambda tmp: shutil.copyfile(path, tmp))
+
+    def _replace(self, rel: str, fill: Callable[[str], object]) -> None:
+        """Write through a temporary file beside the target, readable by other users, then rename: a reader
+        sees the old file or the new one, never half of one."""
         p = self.root / rel
         self._makedirs(p.parent)
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
         os.close(fd)
         try:
-            shutil.copyfile(path, tmp)
+            fill(tmp)
             os.chmod(tmp, self.FILE_MODE)
             os.replace(tmp, p)
         except BaseException:

@@ -89,8 +89,11 @@ def _from_onnx(onnx_path: Path, samples: dict[str, np.ndarray]) -> TorchModel:
 
     specs = model_io.input_specs(onnx_path)
     outputs = model_io.tensor_specs(onnx_path, "output")
+    model = onnx_utils.load(onnx_path)
+    # weights kept in Constant nodes (old Paddle exports) are trainable only as initializers
+    onnx_utils.constants_to_initializers(model)
     try:
-        module = onnx2torch.convert(str(onnx_path))
+        module = onnx2torch.convert(model)
     except Exception as err:
         raise InvalidInputError(
             f"{onnx_path.name} cannot be turned into trainable PyTorch modules (onnx2torch: "
@@ -101,5 +104,5 @@ def _from_onnx(onnx_path: Path, samples: dict[str, np.ndarray]) -> TorchModel:
     args = to_tensors({n: samples[n][:2] for n in names}, names)
     axes = {s.name: {0: "batch"} for s in specs}
     axes[outputs[0].name] = {0: "batch"}
-    meta = {p.key: p.value for p in onnx_utils.load(onnx_path).metadata_props}
+    meta = {p.key: p.value for p in model.metadata_props}
     return TorchModel(module.train(False), names, outputs[0].name, axes, args, "onnx", meta)

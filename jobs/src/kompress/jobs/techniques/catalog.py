@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from kompress.jobs.specbase import SpecModel
@@ -40,8 +40,8 @@ Step = dict[str, dict[str, Any]]
 Recipe = tuple[str, list[Step]]
 """A built-in search candidate: its name and its steps."""
 ApplyFn = Callable[[Any, Any, "StepContext"], "StepResult"]
-GainFn = Callable[[Any, str, Mapping[str, str], str], float]
-"""(config, objective, model metadata, target device) -> expected gain factor of one step."""
+GainFn = Callable[[Any, str, "ModelTraits"], float]
+"""(config, objective, the model's traits) -> expected gain factor of one step."""
 
 BERT_LIKE = frozenset({"albert", "bert", "camembert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta"})
 """Hugging Face model types whose encoder layout ONNX Runtime's "bert" fusions understand: graphOptimize's
@@ -50,11 +50,17 @@ BERT_LIKE = frozenset({"albert", "bert", "camembert", "distilbert", "electra", "
 
 @dataclass(frozen=True)
 class ModelTraits:
-    """What the built-in candidates depend on: the model's format and load-time metadata, the target device."""
+    """What the built-in candidates and their expected gains depend on: the model's format and load-time
+    metadata, the target device, and where the baseline's time goes (op type -> share of node time, from
+    ONNX Runtime's profiler; empty when not profiled)."""
 
     format: str
     metadata: Mapping[str, str]
     device: str
+    op_share: Mapping[str, float] = field(default_factory=dict)
+
+    def share(self, ops: frozenset[str]) -> float:
+        return sum(s for op, s in self.op_share.items() if op in ops)
 
     @property
     def transformer(self) -> bool:
@@ -117,8 +123,8 @@ def _fuse(model: ModelTraits) -> list[Step]:
 
 # ---- distill ----
 
-def _distill_gain(config: DistillConfig, objective: str, metadata: Mapping[str, str], device: str) -> float:
-    layers = int(metadata.get("hf.num_hidden_layers", 0) or 0)
+def _distill_gain(config: DistillConfig, objective: str, model: ModelTraits) -> float:
+    layers = model.hidden_layers
     kept = config.student.layers
     return layers / kept if layers and kept else 1.5
 
@@ -139,8 +145,8 @@ def _distill_candidates(model: ModelTraits) -> list[Recipe]:
 
 # ---- fp16 ----
 
-def _fp16_gain(config: Fp16Config, objective: str, metadata: Mapping[str, str], device: str) -> float:
-    return 2.0 if objective == "size" or device == "gpu" else 0.8
+def _fp16_gain(config: Fp16Config, objective: str, model: ModelTraits) -> float:
+    return 2.0 if objective == "size" or model.device == "gpu" else 0.8
 
 
 def _fp16_candidates(model: ModelTraits) -> list[Recipe]:
@@ -150,8 +156,7 @@ def _fp16_candidates(model: ModelTraits) -> list[Recipe]:
 
 # ---- graphOptimize ----
 
-def _graph_optimize_gain(config: GraphOptimizeConfig, objective: str, metadata: Mapping[str, str],
-                         device: str) -> float:
+def _graph_optimize_gain(config: GraphOptimizeConfig, objective: str, model: ModelTraits) -> float:
     return 1.0 if objective == "size" else 1.1
 
 
@@ -163,7 +168,7 @@ def _prune_stage(config: PruneConfig) -> Stage:
     return "torch" if config.method == "structured" or config.finetune is not None else "onnx"
 
 
-def _prune_gain(config: PruneConfig, objective: str, metadata: Mapping[str, str], device: str) -> float:
+def _prune_gain(config: PruneConfig, objective: str, model: ModelTraits) -> float:
     if config.method != "structured":
         return 1.0
     # FFN neurons/channels carry most but not all of the compute
@@ -178,29 +183,83 @@ def _prune_gain(config: PruneConfig, objective: str, metadata: Mapping[str, str]
 
 # ---- qat ----
 
-def _qat_gain(config: QATConfig, objective: str, metadata: Mapping[str, str], device: str) -> float:
-    return 4.0 if objective == "size" else 2.0
+def _qat_gain(config: QATConfig, objective: str, model: ModelTraits) -> float:
+    """Like static INT8 (QAT exports QDQ that runs on the same int8 kernels), from the profile when there is one."""
+    if objective == "size":
+        return 4.0
+    if not model.op_share:
+        return 2.0
+    return _amdahl([(model.share(CONV_OPS | MATMUL_OPS), INT8_KERNEL_GAIN)])
 
 
 def _qat_candidates(model: ModelTraits) -> list[Recipe]:
-    """CNN/MLP models given as ONNX or torch.export (Hugging Face transformers cannot be FX-traced)."""
-    return [("qat-int8", [{"qat": {}}])] if model.format in ("onnx", "torch-export") else []
+    """CNN/MLP models given as ONNX or torch.export (Hugging Face transformers cannot be FX-traced), when
+    the profile leaves int8 kernels something to do."""
+    if model.format not in ("onnx", "torch-export"):
+        return []
+    if model.op_share and model.share(CONV_OPS | MATMUL_OPS) < MIN_SHARE:
+        return []
+    return [("qat-int8", [{"qat": {}}])]
 
 
 # ---- quantize ----
 
-def _quantize_gain(config: QuantizeConfig, objective: str, metadata: Mapping[str, str], device: str) -> float:
+CONV_OPS = frozenset({"Conv", "FusedConv", "ConvTranspose"})
+MATMUL_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention", "MultiHeadAttention"})
+INT8_KERNEL_GAIN = 2.0
+"""Prior speedup of an op ONNX Runtime runs on int8 kernels (VNNI/AMX CPUs measured 2-2.5x on GEMMs)."""
+CONV_INTEGER_GAIN = 0.4
+"""Dynamic INT8 turns Conv into ConvInteger plus run-time activation quantization: measured 0.2-0.5x."""
+PER_TENSOR_EDGE = 1.05
+"""One scale per tensor is a little cheaper to apply than one per channel (the prior's 2.1 vs 2.0)."""
+MIN_SHARE = 0.1
+"""Below this share of the baseline's time in the ops a recipe changes, it is not worth a trial."""
+
+
+def _amdahl(parts: list[tuple[float, float]]) -> float:
+    """Whole-model gain when each (share of time, speedup of that share) changes and the rest stays."""
+    changed = sum(share for share, _ in parts)
+    return 1.0 / max(1e-6, (1.0 - changed) + sum(share / gain for share, gain in parts))
+
+
+def _quantize_gain(config: QuantizeConfig, objective: str, model: ModelTraits) -> float:
     if config.method == "weightOnly":
         return 6.0 if objective == "size" else 1.2
-    return 4.0 if objective == "size" else (2.0 if config.per_channel else 2.1)
+    if objective == "size":
+        return 4.0
+    if not model.op_share:  # not profiled: the old priors
+        return 2.0 if config.per_channel else 2.1
+    ops = set(config.op_types) if config.op_types else None
+    matmul = model.share(frozenset(o for o in MATMUL_OPS if ops is None or o in ops))
+    conv = model.share(frozenset(o for o in CONV_OPS if ops is None or o in ops))
+    conv_gain = INT8_KERNEL_GAIN if config.method == "static" else CONV_INTEGER_GAIN
+    per_tensor = 1.0 if config.per_channel else PER_TENSOR_EDGE
+    return _amdahl([(matmul, INT8_KERNEL_GAIN * per_tensor), (conv, conv_gain * per_tensor)])
 
 
 def _quantize_candidates(model: ModelTraits) -> list[Recipe]:
-    """INT8 variants for every model."""
+    """INT8 variants chosen from the baseline's profile when there is one: dynamic INT8 only on the GEMMs
+    (never Conv, whose ConvInteger form is slower on CPUs) and only when they hold a real share of the time;
+    static INT8 for conv-heavy models in both graph formats (they differ by model: QOperator loaded and ran
+    where QDQ was refused on PP-OCR). Without a profile: the three generic variants."""
     fuse = _fuse(model)
-    return [("int8-dynamic", [*fuse, _INT8_DYNAMIC]),
-            ("int8-dynamic-per-tensor", [*fuse, {"quantize": {"method": "dynamic", "perChannel": False}}]),
-            ("int8-static", [_INT8_STATIC])]
+    if not model.op_share or model.device != "cpu":
+        return [("int8-dynamic", [*fuse, _INT8_DYNAMIC]),
+                ("int8-dynamic-per-tensor", [*fuse, {"quantize": {"method": "dynamic", "perChannel": False}}]),
+                ("int8-static", [_INT8_STATIC])]
+    conv, matmul = model.share(CONV_OPS), model.share(MATMUL_OPS)
+    gemm_only = {"opTypes": ["MatMul", "Gemm", "Attention"]} if conv > 0 else {}
+    out: list[Recipe] = []
+    if matmul >= MIN_SHARE:
+        out += [("int8-dynamic", [*fuse, {"quantize": {"method": "dynamic", "perChannel": True, **gemm_only}}]),
+                ("int8-dynamic-per-tensor",
+                 [*fuse, {"quantize": {"method": "dynamic", "perChannel": False, **gemm_only}}])]
+    if conv + matmul >= MIN_SHARE:
+        out.append(("int8-static", [_INT8_STATIC]))
+    if conv >= MIN_SHARE:
+        out.append(("int8-static-qoperator", [{"quantize": {"method": "static", "perChannel": True,
+                                                            "format": "qoperator"}}]))
+    return out
 
 
 _PACKAGE = "kompress.jobs.techniques"
@@ -238,8 +297,7 @@ def all_techniques() -> list[Technique]:
     return list(_CATALOG.values())
 
 
-def recipes(fmt: str, metadata: Mapping[str, str], device: str) -> list[Recipe]:
+def recipes(model: ModelTraits) -> list[Recipe]:
     """The built-in search candidates for a model, as each technique contributes them (steps as the spec
     writes them; `kompress.jobs.candidates` validates them into `Candidate`s)."""
-    model = ModelTraits(fmt, dict(metadata), device)
     return copy.deepcopy([r for name in _CANDIDATE_ORDER for r in _CATALOG[name].candidates(model)])

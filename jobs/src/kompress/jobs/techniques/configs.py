@@ -199,6 +199,10 @@ class QuantizeConfig(SpecModel):
     """7-bit weights, for CPUs without VNNI where 8-bit multiplies can saturate."""
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     """Calibration method for static quantization."""
+    format: Literal["qdq", "qoperator"] = "qdq"
+    """Graph format of static quantization: qdq (QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses
+    into int8 kernels) or qoperator (QLinearConv, QLinearMatMul...). A graph ONNX Runtime refuses to load is
+    written again in the other format, and the report says so."""
     percentile: Annotated[float, Field(gt=90, le=100)] = 99.999
     """Percentile for percentile calibration."""
     block_size: Annotated[int, Field(ge=16, le=256)] = 32

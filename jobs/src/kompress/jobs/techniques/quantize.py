@@ -9,19 +9,44 @@ import numpy as np
 
 from kompress.jobs import onnx_utils
 from kompress.jobs.context import StepContext
+from kompress.jobs.data import InputPlan
+from kompress.jobs.errors import RuntimeFailure
 from kompress.jobs.techniques.base import StepResult
 from kompress.jobs.techniques.configs import QuantizeConfig
 
 
 class _CalibrationReader:
-    """Feeds calibration rows one at a time to ONNX Runtime's calibrators."""
+    """Feeds calibration rows one at a time to ONNX Runtime's calibrators, as the model's feeds (`plan`:
+    data.inputs' batch axes and constants; None: every input batch-first)."""
 
-    def __init__(self, inputs: dict[str, np.ndarray]) -> None:
+    def __init__(self, inputs: dict[str, np.ndarray], plan: InputPlan | None = None) -> None:
+        plan = plan or InputPlan.batch_first(inputs)
         self.count = len(next(iter(inputs.values())))
-        self._rows = iter([{k: v[i : i + 1] for k, v in inputs.items()} for i in range(self.count)])
+        self._rows = (plan.take(inputs, slice(i, i + 1)) for i in range(self.count))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._rows, None)
+
+
+def _weights_as_initializers(model_path: Path, ctx: StepContext, details: dict[str, object]) -> Path:
+    """The model with Constant-node weights moved into initializers (what the quantizers quantize offline)."""
+    model = onnx_utils.load(model_path)
+    moved = onnx_utils.constants_to_initializers(model)
+    if not moved:
+        return model_path
+    details["constantsMovedToInitializers"] = moved
+    return onnx_utils.save(model, ctx.out_path("input.onnx"))
+
+
+def _loads(path: Path) -> str | None:
+    """None when ONNX Runtime loads the graph, else its first error line."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:
+        return str(err).splitlines()[0][:300]
+    return None
 
 
 def quantize(model_path: Path, config: QuantizeConfig, ctx: StepContext) -> StepResult:
@@ -34,6 +59,7 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: StepContext) -> Step
     extra: dict[str, object] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     details: dict[str, object] = {"method": config.method, "weights": config.weights,
                                   "perChannel": config.per_channel}
+    model_path = _weights_as_initializers(model_path, ctx, details)
     if config.method == "dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
@@ -42,22 +68,7 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: StepContext) -> Step
                          op_types_to_quantize=config.op_types or None,
                          nodes_to_exclude=config.exclude_nodes or None, extra_options=extra)
     elif config.method == "static":
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-
-        reader = _CalibrationReader(ctx.calibration)
-        if ctx.progress:
-            ctx.progress.info(f"calibrating activations on {reader.count} samples ({config.calibration})")
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[config.calibration]
-        if config.calibration == "percentile":
-            extra["CalibPercentile"] = config.percentile
-        quantize_static(str(model_path), str(out), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=config.per_channel, reduce_range=config.reduce_range,
-                        activation_type=qtype[config.activations], weight_type=qtype[config.weights],
-                        calibrate_method=method, op_types_to_quantize=config.op_types or None,
-                        nodes_to_exclude=config.exclude_nodes or None, extra_options=extra)
-        details |= {"activations": config.activations, "calibration": config.calibration,
-                    "calibrationSamples": reader.count}
+        details |= _static(model_path, out, config, ctx, extra, qtype)
     else:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -68,3 +79,37 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: StepContext) -> Step
         onnx_utils.save(quantizer.model.model, out)
         details |= {"blockSize": config.block_size}
     return StepResult(model_path=out, details=details)
+
+
+def _static(model_path: Path, out: Path, config: QuantizeConfig, ctx: StepContext, extra: dict[str, object],
+            qtype: dict[str, object]) -> dict[str, object]:
+    """Static INT8 calibrated on the data, in the configured format; a graph ONNX Runtime refuses to load
+    (seen on PP-OCR: QDQ around a node the pre-fusion made) is written again in the other format, and an
+    unloadable graph is never returned."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[config.calibration]
+    if config.calibration == "percentile":
+        extra["CalibPercentile"] = config.percentile
+    formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+    tried: dict[str, str] = {}
+    for name in (config.format, *(f for f in formats if f != config.format)):
+        reader = _CalibrationReader(ctx.calibration, ctx.input_plan)
+        if ctx.progress:
+            ctx.progress.info(f"calibrating activations on {reader.count} samples ({config.calibration}, {name})")
+        quantize_static(str(model_path), str(out), reader, quant_format=formats[name],
+                        per_channel=config.per_channel, reduce_range=config.reduce_range,
+                        activation_type=qtype[config.activations], weight_type=qtype[config.weights],
+                        calibrate_method=method, op_types_to_quantize=config.op_types or None,
+                        nodes_to_exclude=config.exclude_nodes or None, extra_options=dict(extra))
+        error = _loads(out)
+        if error is None:
+            facts: dict[str, object] = {"activations": config.activations, "calibration": config.calibration,
+                                        "calibrationSamples": reader.count, "format": name}
+            return facts | ({"refusedFormats": tried} if tried else {})
+        tried[name] = error
+        if ctx.progress:
+            ctx.progress.info(f"quantize: ONNX Runtime refuses the {name} graph ({error}); trying another format")
+    raise RuntimeFailure("quantize: ONNX Runtime refuses every static INT8 graph written: "
+                         + "; ".join(f"{k}: {v}" for k, v in tried.items()))
