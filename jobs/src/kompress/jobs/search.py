@@ -139,8 +139,12 @@ def _fallback(ws: pipeline.Workspace, cand: Candidate, trial: Trial, expected: f
         ws.progress.info(f"trial {cand.label()}: fallback analysis failed: {type(err).__name__}: {err}")
         return []
     out: list[Trial] = []
+    previous: dict[str, str] = {}
     for count in (n for n in FALLBACK_ROUNDS if n <= len(ranked)):
         kept = {node: f"{s.tensor}: INT8 SQNR {s.sqnr_db:.1f} dB" for s in ranked[:count] for node in s.nodes}
+        if not kept or kept.keys() == previous.keys():
+            continue
+        previous = kept
         repaired = _with_excluded(cand, kept)
         key = fingerprint(repaired.model_dump(mode="json"))
         if key not in done:

@@ -43,7 +43,7 @@ def rank(model_path: Path, rows: Dataset | dict[str, np.ndarray],
     weights = {t.name for t in model.graph.initializer}
     touching: dict[str, list[str]] = {}
     for node in model.graph.node:
-        if node.op_type in kinds:
+        if node.op_type in kinds and node.name:  # excludeNodes names nodes: an unnamed one cannot be kept
             for name in [*node.input, *node.output]:
                 if name and name not in weights:
                     touching.setdefault(name, []).append(node.name)
