@@ -19,6 +19,7 @@ servers:
 	bash .ci/build-kube.sh
 	bash .ci/install-kube-tools.sh
 	bash .ci/install-prometheus.sh
+	bash .ci/install-zoo-tools.sh
 
 demo: install
 	HF_HUB_OFFLINE=1 kompress run
