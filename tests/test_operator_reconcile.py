@@ -192,6 +192,25 @@ async def test_gates_failing_reject_and_a_gates_edit_reuses_the_job(kmock: kmock
     assert condition(obj, "GatesPassed")["observedGeneration"] == 2
 
 
+async def test_nothing_measured_is_rejected_never_promoted(kmock: kmock.KubernetesEmulator,
+                                                            api: KubeClient) -> None:
+    """A search whose candidates all failed (or none applied) measured nothing: even with every gate off,
+    there is nothing to pass and no model to promote."""
+    body = resource()
+    body["spec"].pop("techniques", None)
+    body["spec"]["search"] = {"objective": "latency"}
+    body["spec"]["gates"] = {"noRegression": False}
+    rec, jname = await started(kmock, api, body)
+    message = "no candidate produced a model to measure; nothing promoted (qat-int8: onnx2torch cannot convert)"
+    engine_exits(kmock, jname, 3, json.dumps({"outcome": "rejected", "message": message,
+                                              "reportUri": "s3://registry/serving/.kompress-runs/x/report.json"}))
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Rejected", obj["status"]
+    assert obj["status"]["gates"]["failures"] == [message]
+    assert condition(obj, "Promoted")["status"] == "False" and not obj["status"].get("promotedTo")
+
+
 async def test_permanent_engine_failure_surfaces_its_message(kmock: kmock.KubernetesEmulator, api: KubeClient,
                                                              events: list[dict[str, Any]]) -> None:
     rec, jname = await started(kmock, api, resource())

@@ -244,6 +244,10 @@ def evaluated(obs: Observed, summary: RunSummary) -> Decision:
     assert obs.spec is not None
     objective = obs.spec.search.objective if obs.spec.search else None
     verdict = gates.evaluate(obs.spec.gates, summary.result or ResultBlock(), objective)
+    if summary.result is None:  # nothing was measured (a search where no candidate produced a model): the
+        # gates have nothing to pass, whatever they say, and there is no model to promote
+        reason = summary.message or "the run measured no result"
+        verdict = verdict.model_copy(update={"passed": False, "failures": [*verdict.failures, reason]})
     fields = _finished_fields(obs) | {
         "baseline": summary.baseline.to_json() if summary.baseline else {},
         "result": summary.result.to_json() if summary.result else {},
