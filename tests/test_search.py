@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kompress.jobs import candidates, search
+from kompress.jobs import candidates
 from kompress.jobs.errors import SpecError
 from kompress.jobs.spec import Candidate, parse_document
 
@@ -147,7 +147,6 @@ def test_default_candidates_and_their_order() -> None:
                                            "gpu")
     assert [c.label() for c in albert] == ["int8-dynamic", "int8-dynamic-per-tensor", "int8-static", "fp16"]
     assert [n for n, _ in albert[-1].steps()] == ["graphOptimize", "fp16"]
-    assert search.default_candidates is candidates.default_candidates  # runner calls it through search
 
 
 def test_candidates_and_gains_follow_the_baseline_profile() -> None:

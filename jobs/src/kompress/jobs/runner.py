@@ -32,6 +32,7 @@ from kompress.jobs import (
     storage,
 )
 from kompress.jobs import techniques as techmod
+from kompress.jobs.candidates import default_candidates
 from kompress.jobs.checkpoints import Checkpoints
 from kompress.jobs.energy import Meter, Stopwatch, open_meter
 from kompress.jobs.errors import ExitCode, KompressError
@@ -209,8 +210,8 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints,
                            evaluation_samples=evaluation.size, calibration_samples=calibration.size,
                            calibration_overlaps_evaluation=overlap, labels=dataset.labels is not None)
     op_share = _op_profile(source.onnx_path, evaluation, spec, progress) if spec.search else {}
-    candidates = ((spec.search.candidates or search.default_candidates(source.format, source.metadata,
-                                                                       spec.target.device, op_share))
+    candidates = ((spec.search.candidates or default_candidates(source.format, source.metadata,
+                                                                spec.target.device, op_share))
                   if spec.search else [])
     steps = spec.steps() + [s for c in candidates for s in c.steps()]
     train = (_training_rows(loaded, work, source.inputs, calibration, overlap, data_facts)

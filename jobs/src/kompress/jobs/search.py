@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs import gates, model_files, pipeline, sensitivity
-from kompress.jobs.candidates import default_candidates, expected_gain  # noqa: F401  (runner: search.default_candidates)
+from kompress.jobs.candidates import expected_gain
 from kompress.jobs.checkpoints import fingerprint
 from kompress.jobs.energy import Meter
 from kompress.jobs.errors import KompressError, RuntimeFailure

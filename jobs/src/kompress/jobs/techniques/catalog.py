@@ -207,9 +207,11 @@ def _qat_candidates(model: ModelTraits) -> list[Recipe]:
 CONV_OPS = frozenset({"Conv", "FusedConv", "ConvTranspose"})
 MATMUL_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention", "MultiHeadAttention"})
 INT8_KERNEL_GAIN = 2.0
-"""Prior speedup of an op ONNX Runtime runs on int8 kernels (VNNI/AMX CPUs measured 2-2.5x on GEMMs)."""
+"""Prior speedup of an op ONNX Runtime runs on int8 kernels (about 2x FP32 on VNNI/AMX CPUs; not measured
+per machine: the trials measure)."""
 CONV_INTEGER_GAIN = 0.4
-"""Dynamic INT8 turns Conv into ConvInteger plus run-time activation quantization: measured 0.2-0.5x."""
+"""Dynamic INT8 turns Conv into ConvInteger plus run-time activation quantization: 0.2-0.5x
+(measured by the design notes on this kind of CPU; a prior here, not re-measured per machine)."""
 PER_TENSOR_EDGE = 1.05
 """One scale per tensor is a little cheaper to apply than one per channel (the prior's 2.1 vs 2.0)."""
 MIN_SHARE = 0.1
