@@ -14,19 +14,32 @@ from kompress.jobs.spec import TargetSpec
 
 
 def available_threads() -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a pod's CPU limit does
+    """Cores this process may use: its CPU affinity, capped by the cgroup's CPU quota (a pod's CPU limit does
     not change the affinity, and a pool sized to the node's cores thrashes under the quota)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return cores if quota is None else min(cores, max(1, int(quota)))
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs the cgroup's CFS quota allows (None: no quota). cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us`
+    over `cpu.cfs_period_us`, in the `cpu` or `cpu,cpuacct` hierarchy): a node on cgroup v1 still runs pods."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(float(quota) / float(period))))
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else float(quota) / float(period)
     except (OSError, ValueError):
         pass
-    return cores
+    for hierarchy in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        try:
+            quota_us = int((root / hierarchy / "cpu.cfs_quota_us").read_text())
+            period_us = int((root / hierarchy / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    return None
 
 
 def providers_for(device: str) -> list[str]:

@@ -278,6 +278,14 @@ class Environment(ReportPart):
     machine: str
     seed: int
     libraries: dict[str, str]
+    cpu: str | None = None
+    """The CPU's model name (timings are only comparable on the same CPU)."""
+    threads: int | None = None
+    """Cores the run may use: affinity capped by the cgroup's CPU quota (a pod's CPU limit)."""
+    uid: int | None = None
+    """The user the engine ran as (65532 in the image)."""
+    root_read_only: bool | None = None
+    """The root filesystem was mounted read-only (as the Job's securityContext asks)."""
 
 
 class RunEnergy(ReportPart):

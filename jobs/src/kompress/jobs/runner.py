@@ -5,9 +5,11 @@ in one direction: spec -> catalog -> pipeline/search -> measure_variant -> repor
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import importlib.metadata
+import os
 import platform
 import sys
 import tempfile
@@ -37,6 +39,7 @@ from kompress.jobs.checkpoints import Checkpoints
 from kompress.jobs.energy import Meter, Stopwatch, open_meter
 from kompress.jobs.errors import ExitCode, KompressError
 from kompress.jobs.measure import Baseline, MeasurePlan, measure_variant
+from kompress.jobs.ort_sessions import available_threads
 from kompress.jobs.progress import Progress
 from kompress.jobs.report_model import (
     Artifacts,
@@ -89,8 +92,19 @@ def new_report(loaded: LoadedSpec) -> OptimizationReport:
     return OptimizationReport(
         api_version=API_VERSION, name=loaded.name, started_at=_now(),
         spec=loaded.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-        environment=Environment(platform=platform.platform(), machine=platform.machine(), seed=SEED,
-                                libraries=_versions()))
+        environment=_environment())
+
+
+def _environment() -> Environment:
+    """Where the run happened: the CPU and the cores it got, and how it was confined (user, read-only root)."""
+    cpu = None
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), None)
+    root_read_only = bool(os.statvfs("/").f_flag & os.ST_RDONLY) if hasattr(os, "statvfs") else None
+    return Environment(platform=platform.platform(), machine=platform.machine(), seed=SEED, libraries=_versions(),
+                       cpu=cpu, threads=available_threads(), uid=os.getuid() if hasattr(os, "getuid") else None,
+                       root_read_only=root_read_only)
 
 
 def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, approve: bool = False,

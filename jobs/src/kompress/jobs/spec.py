@@ -290,6 +290,9 @@ class ResourcesSpec(SpecModel):
     """Service account of the Job's pod."""
     image: str | None = None
     """Engine image override."""
+    timeout_seconds: Annotated[int, Field(ge=10, le=7 * 86400)] = 86400
+    """Longest the whole run may take, retries included (the Job's activeDeadlineSeconds); then it fails with
+    reason DeadlineExceeded."""
 
     @field_validator("cpu", "memory")
     @classmethod

@@ -27,6 +27,10 @@ MEASURED: Row = FINISHED | {"Evaluated": (True, "Measured", "baseline and result
 GATES_PASSED: Row = MEASURED | {"GatesPassed": (True, "AllGatesPassed", "{gates} gate(s) passed"),
                                 "Stalled": (False, "Progressing", "")}
 
+# why a Job's pod waits (pod_trouble): the scheduler's and kubelet's own reasons
+WAITING_REASONS = ("Unschedulable", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+                   "ImageInspectError", "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
 TABLE: dict[str, Row] = {
     # the spec is refused before any Job exists
     "InvalidSpec": stuck("InvalidSpec", "Accepted", "Ready", "Stalled"),
@@ -35,7 +39,12 @@ TABLE: dict[str, Row] = {
     "JobCreated": ACCEPTED | PROGRESSING | {"JobRunning": (False, "JobPending", "Job {job} created")},
     "PodPending": ACCEPTED | PROGRESSING | {"JobRunning": (False, "PodPending", "Job {job}: waiting for a pod")},
     "PodRunning": ACCEPTED | PROGRESSING | {"JobRunning": (True, "PodRunning", "Job {job}: running")},
+    # the node cannot start the Job's pod, or killed an attempt (pod_trouble.REASONS): the Job may still retry
+    **{reason: ACCEPTED | stuck(reason, "JobRunning", "Ready", "Stalled") for reason in WAITING_REASONS},
+    # an attempt was killed at its memory limit: while the Job retries, and when it has failed for it
+    "OOMKilled": ACCEPTED | stuck("OOMKilled", "JobRunning", "Evaluated", "Ready", "Stalled"),
     # the Job failed: nothing was measured
+    "DeadlineExceeded": FINISHED | stuck("DeadlineExceeded", "Evaluated", "Ready", "Stalled"),
     "InvalidInput": FINISHED | stuck("InvalidInput", "Evaluated", "Ready", "Stalled"),
     "RetriesExhausted": FINISHED | stuck("RetriesExhausted", "Evaluated", "Ready", "Stalled"),
     "SummaryInvalid": FINISHED | stuck("SummaryInvalid", "Evaluated", "Ready", "Stalled"),

@@ -18,7 +18,7 @@ from kompress.jobs import gates
 from kompress.jobs.errors import ExitCode
 from kompress.jobs.report_model import PromotionResult, ResultBlock, RunSummary
 from kompress.jobs.spec import OptimizationSpec, PromotionSpec
-from kompress.operator import conditions
+from kompress.operator import conditions, pod_trouble
 from kompress.operator.jobspec import build_job, job_name, run_key
 from kompress.operator.settings import Settings
 
@@ -198,6 +198,10 @@ def decide(obs: Observed) -> Decision:
     if term.contract_broken:
         return failed(obs, term, "SummaryInvalid")
     if "Complete" not in done and term.summary.outcome not in ("succeeded", "rejected"):
+        assert obs.spec is not None
+        killed = pod_trouble.when_failed(obs.job, obs.pods, obs.spec)
+        if killed is not None:  # the node ended it (deadline, memory limit), not the engine
+            return failed(obs, Termination(message=killed.message), killed.reason)
         permanent = term.exit_code == ExitCode.INVALID_INPUT
         return failed(obs, term, "InvalidInput" if permanent else "RetriesExhausted")
     return evaluated(obs, term.summary)
@@ -221,12 +225,23 @@ def pending(obs: Observed) -> Decision:
 
 
 def running(obs: Observed) -> Decision:
-    """The Job exists and has not concluded: a pod waits or runs."""
+    """The Job exists and has not concluded: a pod waits or runs (or the node says why it cannot)."""
+    assert obs.spec is not None
+    trouble = pod_trouble.while_running(obs.pods, obs.spec)
+    if trouble is not None:
+        return stalled(obs, trouble)
     up = any((p.get("status") or {}).get("phase") == "Running" for p in obs.pods)
     note = (Event("Normal", "JobRunning", f"Job {obs.job_name} is running"),) \
         if up and obs.status.get("phase") != "Running" else ()
     return Decision("Running" if up else "Pending", "PodRunning" if up else "PodPending",
                     fields=_run_fields(obs, obs.job), effects=note)
+
+
+def stalled(obs: Observed, trouble: pod_trouble.Trouble) -> Decision:
+    """The Job's pod cannot start (or an attempt was killed): say why, once, while the Job controller retries."""
+    up = any((p.get("status") or {}).get("phase") == "Running" for p in obs.pods)
+    warn = () if obs.status.get("message") == trouble.message else (Event("Warning", trouble.reason, trouble.message),)
+    return Decision("Running" if up else "Pending", trouble.reason, trouble.message, _run_fields(obs, obs.job), warn)
 
 
 def failed(obs: Observed, term: Termination, reason: str) -> Decision:

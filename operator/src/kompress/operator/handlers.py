@@ -90,6 +90,16 @@ async def on_resource_event(type: str | None, memo: kopf.Memo, namespace: str, n
                                                 namespace, name, err)
 
 
+@kopf.on.event("", "v1", "pods", labels={LABEL_NAME: kopf.PRESENT})
+async def on_pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A Job's pod changed: the node may say why it cannot run (image, Secret, scheduling, memory); the Job
+    itself does not change then. The Job copies the resource's name into its pods' labels."""
+    meta = body.get("metadata", {})
+    name = (meta.get("labels") or {}).get(LABEL_NAME)
+    if name and "reconciler" in memo:
+        await memo.reconciler.reconcile(meta["namespace"], name)
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_NAME: kopf.PRESENT})
 async def on_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A Job changed: reconcile its owner (events go to the owner, whichever handler reconciles)."""

@@ -59,6 +59,7 @@ def build_job(obj: dict[str, Any], spec: OptimizationSpec, settings: Settings) -
         "metadata": {"name": jname, "namespace": namespace, "labels": labels},
         "spec": {
             "backoffLimit": settings.max_attempts - 1,
+            "activeDeadlineSeconds": spec.resources.timeout_seconds,
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob", "onExitCodes": {"containerName": "engine", "operator": "In",
                                                       "values": never_retried}},
