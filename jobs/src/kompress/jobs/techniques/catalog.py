@@ -206,6 +206,8 @@ def _qat_candidates(model: ModelTraits) -> list[Recipe]:
 
 CONV_OPS = frozenset({"Conv", "FusedConv", "ConvTranspose"})
 MATMUL_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention", "MultiHeadAttention"})
+QUANTIZABLE_HEAVY = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+"""The compute-heavy op types ONNX Runtime's static quantizer turns into int8 kernels."""
 INT8_KERNEL_GAIN = 2.0
 """Prior speedup of an op ONNX Runtime runs on int8 kernels (about 2x FP32 on VNNI/AMX CPUs; not measured
 per machine: the trials measure)."""
@@ -256,6 +258,14 @@ def _quantize_candidates(model: ModelTraits) -> list[Recipe]:
         out += [("int8-dynamic", [*fuse, {"quantize": {"method": "dynamic", "perChannel": True, **gemm_only}}]),
                 ("int8-dynamic-per-tensor",
                  [*fuse, {"quantize": {"method": "dynamic", "perChannel": False, **gemm_only}}])]
+    if conv >= MIN_SHARE:
+        # only the convolutions and GEMMs: ONNX Runtime fuses a float Conv with the Add/Mul/activation after
+        # it, while quantizing those gives each its own QLinearAdd/QLinearMul kernel (measured on the PP-OCR
+        # detector, bench/op_profile.py: the quantized elementwise ops cost more than the int8 convs saved)
+        heavy = sorted({op.removeprefix("Fused") for op in model.op_share
+                        if op in CONV_OPS | MATMUL_OPS} & QUANTIZABLE_HEAVY)
+        out.append(("int8-static-conv", [{"quantize": {"method": "static", "perChannel": True, "format": "qoperator",
+                                                       "opTypes": heavy}}]))
     if conv + matmul >= MIN_SHARE:
         out.append(("int8-static", [_INT8_STATIC]))
     if conv >= MIN_SHARE:
