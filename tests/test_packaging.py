@@ -49,3 +49,26 @@ def test_operator_imports_no_ml_library() -> None:
             f"print(','.join(m for m in {ML_LIBRARIES!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"the operator imported {out.stdout.strip()}"
+
+
+def test_engine_extra_is_onnx_plus_torch() -> None:
+    """`engine` (what `make install` and the full image take) is both halves; `onnx` (the slim image) has no
+    PyTorch library."""
+    extras = _project(ROOT / "jobs" / "pyproject.toml")["optional-dependencies"]
+    assert extras["engine"] == ["kompress-jobs[onnx,torch]"]
+    names = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in extras["onnx"]}
+    assert {"onnx", "onnxruntime", "matplotlib"} <= names
+    assert not names & {"torch", "transformers", "torch-pruning", "onnx2torch", "torchvision"}
+
+
+def test_torch_technique_without_torch_fails_in_one_line(tmp_path: Path) -> None:
+    """Where only the `onnx` extra is installed (the slim image), a spec that trains says which extra/image it
+    needs, with exit code 2 and no traceback (sys.modules[name] = None hides an installed module)."""
+    code = ("import sys; from kompress.jobs.errors import TORCH_MODULES\n"
+            "for m in TORCH_MODULES: sys.modules[m] = None\n"
+            "from kompress.jobs.cli import main\n"
+            f"sys.exit(main(['run', '-q', 'examples/digits-qat.yaml', '-o', {str(tmp_path / 'out')!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "technique 'qat' needs the full engine image (extra `torch`" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -49,3 +49,21 @@ class RuntimeFailure(KompressError):
     """Something failed while running (out of memory, a library bug); a retry may help."""
 
     exit_code = ExitCode.RUNTIME_FAILURE
+
+
+TORCH_MODULES = ("torch", "transformers", "torch_pruning", "onnx2torch", "torchvision")
+"""The `torch` extra's modules (kompress-jobs[torch]): the slim image and `pip install kompress-jobs[onnx]`
+have none of them."""
+
+
+def require_torch(what: str, *, field: str | None = None) -> None:
+    """Fail with a one-line InvalidInputError (exit 2, no traceback) when ``what`` needs PyTorch and this
+    install has only the ONNX half of the engine. Only looks for the modules; imports nothing."""
+    import importlib.util
+
+    missing = [m for m in TORCH_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InvalidInputError(
+            f"{what} needs the full engine image (extra `torch`: kompress-jobs[torch] or [engine]); this "
+            f"install has only the ONNX techniques (the slim image, extra `onnx`: no {', '.join(missing)})",
+            field=field)

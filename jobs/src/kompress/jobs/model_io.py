@@ -16,7 +16,7 @@ import numpy as np
 
 from kompress.jobs import model_files, onnx_utils
 from kompress.jobs.data import InputSpec
-from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.errors import InvalidInputError, require_torch
 from kompress.jobs.spec import ModelSpec
 
 OPSET = 17
@@ -101,6 +101,7 @@ def prepare(spec: ModelSpec, local: Path, workdir: Path, samples: dict[str, np.n
     if fmt == "onnx":
         path = local if local.is_file() else sorted(local.glob("*.onnx"))[0]
     else:
+        require_torch(f"a {fmt} model (exported to ONNX with PyTorch)", field="model.uri")
         import torch
 
         torch.manual_seed(seed)  # exports trace the model; keep anything random in it reproducible

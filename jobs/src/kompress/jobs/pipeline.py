@@ -17,7 +17,7 @@ from kompress.jobs import techniques as techmod
 from kompress.jobs.checkpoints import Checkpoints, fingerprint
 from kompress.jobs.context import StepContext
 from kompress.jobs.data import Dataset
-from kompress.jobs.errors import InvalidInputError, KompressError, RuntimeFailure
+from kompress.jobs.errors import InvalidInputError, KompressError, RuntimeFailure, require_torch
 from kompress.jobs.measure import Baseline, MeasurePlan, measure_variant
 from kompress.jobs.model_io import SourceModel
 from kompress.jobs.progress import Progress
@@ -100,6 +100,7 @@ def apply(ws: Workspace, steps: list[tuple[str, SpecModel]], label: str, *, eval
         step_dir = ws.work / label / f"step{i}-{name}"
         if stage == "torch" and isinstance(current, Path):
             # torch steps come first (the spec checks), so `current` is still the source model here
+            require_torch(f"technique '{name}'")  # the slim image: a search records this trial as an error
             current = ws.trainable_source()
         elif stage == "onnx" and isinstance(current, TorchModel):
             current = exported or current.export(step_dir / "input" / "model.onnx")

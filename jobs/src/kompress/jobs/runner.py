@@ -37,7 +37,7 @@ from kompress.jobs import techniques as techmod
 from kompress.jobs.candidates import default_candidates
 from kompress.jobs.checkpoints import Checkpoints
 from kompress.jobs.energy import Meter, Stopwatch, open_meter
-from kompress.jobs.errors import ExitCode, KompressError
+from kompress.jobs.errors import ExitCode, KompressError, require_torch
 from kompress.jobs.measure import Baseline, MeasurePlan, measure_variant
 from kompress.jobs.ort_sessions import available_threads
 from kompress.jobs.progress import Progress
@@ -142,6 +142,7 @@ def _run(loaded: LoadedSpec, rep: OptimizationReport, work: Path, output_dir: Pa
     spec = loaded.spec
     checkpoints = Checkpoints(storage.open_store(output_uri, field="--output") if output_uri
                               else storage.LocalStore(output_dir))
+    _check_torch(spec)
     ws, candidates = open_workspace(loaded, work, checkpoints, progress)
     rep.model, rep.data = ws.model_facts, ws.data_facts
     if spec.search is None:
@@ -185,6 +186,17 @@ def _run(loaded: LoadedSpec, rep: OptimizationReport, work: Path, output_dir: Pa
     promo = rep.promotion
     rep.message = f"promoted to {promo.uri}" if promo.uri else f"gates passed; not promoted ({promo.reason})"
     return ExitCode.SUCCESS
+
+
+def _check_torch(spec: OptimizationSpec) -> None:
+    """Before anything is fetched: a spec that needs PyTorch fails at once, in one line, where the engine has
+    only its ONNX half (the slim image). A search's torch candidates fail as trials instead (pipeline.apply)."""
+    if spec.model.format in ("huggingface", "torch-export"):
+        require_torch(f"a {spec.model.format} model (exported to ONNX with PyTorch)", field="model.format")
+    for i, (name, config) in enumerate(spec.steps()):
+        if techmod.get(name).stage_of(config) == "torch":
+            how = " (structured, or with finetune)" if name == "prune" else ""
+            require_torch(f"technique '{name}'{how}", field=f"techniques[{i}]")
 
 
 def _rejection(rep: OptimizationReport, failures: list[str]) -> str:

@@ -3,11 +3,12 @@ calibrated on the data (MinMax, Entropy, Percentile), and weight-only INT4 (MatM
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-from kompress.jobs import onnx_utils
+from kompress.jobs import model_files, onnx_utils
 from kompress.jobs.context import StepContext
 from kompress.jobs.data import InputPlan
 from kompress.jobs.errors import RuntimeFailure
@@ -38,6 +39,15 @@ def _weights_as_initializers(model_path: Path, ctx: StepContext, details: dict[s
     return onnx_utils.save(model, ctx.out_path("input.onnx"))
 
 
+def _writable_copy(model_path: Path, ctx: StepContext) -> Path:
+    """ONNX Runtime's quantizers write a shape-inferred copy beside their input (`<name>-inferred.onnx`): a
+    model in a read-only place (package://, a read-only volume or root filesystem) goes to the step's folder
+    first."""
+    if os.access(model_path.parent, os.W_OK):
+        return model_path
+    return model_files.copy_model(model_path, ctx.out_path("source") / model_path.name)
+
+
 def _loads(path: Path) -> str | None:
     """None when ONNX Runtime loads the graph, else its first error line."""
     import onnxruntime as ort
@@ -59,7 +69,7 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: StepContext) -> Step
     extra: dict[str, object] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     details: dict[str, object] = {"method": config.method, "weights": config.weights,
                                   "perChannel": config.per_channel}
-    model_path = _weights_as_initializers(model_path, ctx, details)
+    model_path = _writable_copy(_weights_as_initializers(model_path, ctx, details), ctx)
     if config.method == "dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
