@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Build a real kube-apiserver and kube-controller-manager from the published
-# k8s.io/kubernetes Go module (wrapper module in tools/kube-build/), and make an
-# etcd available, for the end-to-end test tier (tests/kube/cluster.py).
+# Build a real kube-apiserver, kube-controller-manager, kube-scheduler,
+# kube-proxy and kubelet from the published k8s.io/kubernetes Go module
+# (wrapper module in tools/kube-build/), and make an etcd available, for the
+# end-to-end test tiers (tests/kube/cluster.py, tests/kube/node.py).
 # Idempotent: a warm run only checks the existing binaries (a few seconds).
 #
 # Output, in ${KOMPRESS_CACHE:-$HOME/.cache/kompress}/bin/:
-#   kube-apiserver, kube-controller-manager, etcd (symlink to a system etcd, or
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
+#   kubelet, etcd (symlink to a system etcd, or
 #   a build of the wrapper in tools/kube-build/etcd/ when none works).
 # The bin directory is printed on the last line of stdout.
 set -euo pipefail
@@ -48,15 +50,17 @@ binary_is_pinned() {
 }
 
 # ---------------------------------------------------------------- kube binaries
-KUBE_CMDS=(kube-apiserver kube-controller-manager)
-need_build=0
+KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet)
+# Only the stale ones are built, so adding a command does not relink the rest.
+stale=()
 for cmd in "${KUBE_CMDS[@]}"; do
-    binary_is_pinned "$BIN_DIR/$cmd" || need_build=1
+    binary_is_pinned "$BIN_DIR/$cmd" || stale+=("$cmd")
 done
 
-if [[ $need_build == 0 ]]; then
-    log "kube-apiserver and kube-controller-manager already at $KUBE_VERSION, skipping build"
+if [[ ${#stale[@]} == 0 ]]; then
+    log "${KUBE_CMDS[*]} already at $KUBE_VERSION, skipping build"
 else
+    KUBE_CMDS=("${stale[@]}")
     mkdir -p "$BIN_DIR" "$GOMODCACHE" "$GOCACHE"
     # Same -X set as upstream hack/lib/version.sh, with a fixed build date so
     # the build is reproducible.

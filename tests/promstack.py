@@ -62,15 +62,15 @@ class Service:
         return _OPENER.open(self.url + path, timeout=10).read().decode()
 
 
-def start_pushgateway(workdir: Path) -> Service:
+def start_pushgateway(workdir: Path, host: str = "127.0.0.1") -> Service:
     port = _free_port()
     log = workdir / "pushgateway.log"
     # Debian's build defaults --persistence.file to /var/lib/prometheus/pushgateway.data, which would carry
     # series from one test run into the next: each gateway persists into its own folder.
-    proc = subprocess.Popen([_binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}",
+    proc = subprocess.Popen([_binary("prometheus-pushgateway"), f"--web.listen-address={host}:{port}",
                              f"--persistence.file={workdir / 'pushgateway.data'}"],
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     _wait(url + "/-/ready", proc, log)
     return Service(url, proc)
 

@@ -66,13 +66,14 @@ class S3Server:
         }
 
 
-def start_s3_server(workdir: Path) -> S3Server:
-    """Start MinIO (or moto when MinIO is absent) on loopback; return once it serves requests."""
+def start_s3_server(workdir: Path, host: str = "127.0.0.1") -> S3Server:
+    """Start MinIO (or moto when MinIO is absent) on loopback (or `host`: the node tier's private address that
+    pods reach); return once it serves requests."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     minio_bin = default_minio_bin()
     if minio_bin.is_file() and os.access(minio_bin, os.X_OK):
-        return _start_with_retries(lambda attempt: _start_minio(minio_bin, workdir, attempt))
+        return _start_with_retries(lambda attempt: _start_minio(minio_bin, workdir, attempt, host))
     why = "does not exist" if not minio_bin.exists() else "is not an executable file"
     print(
         f"WARNING: kompress tests: MinIO NOT FOUND: {minio_bin} {why} "
@@ -99,7 +100,7 @@ def _start_with_retries(start: Callable[[int], S3Server]) -> S3Server:
     raise RuntimeError(str(last)) from last
 
 
-def _start_minio(binary: Path, workdir: Path, attempt: int) -> S3Server:
+def _start_minio(binary: Path, workdir: Path, attempt: int, host: str = "127.0.0.1") -> S3Server:
     port, console_port = _free_ports(2)
     data_dir = workdir / "minio-data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -119,12 +120,12 @@ def _start_minio(binary: Path, workdir: Path, attempt: int) -> S3Server:
         "server",
         "--quiet",
         "--address",
-        f"127.0.0.1:{port}",
+        f"{host}:{port}",
         "--console-address",
         f"127.0.0.1:{console_port}",
         str(data_dir),
     ]
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     log_path = workdir / f"minio-{attempt}.log"
     proc = _spawn(cmd, env, log_path)
     server = S3Server(endpoint, access_key, secret_key, "minio", log_path, proc)

@@ -417,3 +417,16 @@ def test_gpu_job_carries_scheduling_overrides() -> None:
     cpu_job = build_job(resource(), OptimizationSpec.model_validate(resource()["spec"]), Settings())
     assert "nvidia.com/gpu" not in cpu_job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert cpu_job["metadata"]["name"] != job["metadata"]["name"]  # a different run, a different Job
+
+
+def test_in_cluster_login_uses_the_service_address_not_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """client-go's in-cluster config: the address the kubelet puts in every pod (no cluster DNS needed)."""
+    from kompress.operator.handlers import in_cluster_server
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert in_cluster_server() is None
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    assert in_cluster_server() == "https://10.0.0.1:443"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    assert in_cluster_server() == "https://[fd00::1]:443"

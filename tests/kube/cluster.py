@@ -48,6 +48,15 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 # First address of the service range: the in-cluster "kubernetes" Service.
 KUBERNETES_SERVICE_IP = "10.0.0.1"
 CONTROLLERS = "job,garbagecollector,namespace"
+# What a cluster with a real node needs on top (tests/kube/node.py): workloads, ServiceAccounts and their
+# tokens, the kube-root-ca.crt ConfigMap every projected token volume mounts, Service endpoints, pod GC.
+NODE_CONTROLLERS = (
+    "job,garbagecollector,namespace,deployment,replicaset,statefulset,daemonset,cronjob,"
+    "serviceaccount,serviceaccount-token,root-ca-cert-publisher,endpoint,endpointslice,"
+    "endpointslicemirroring,ttl-after-finished,podgc,disruption,resourcequota,"
+    # Lifts the node.kubernetes.io/not-ready taint the kubelet registers with.
+    "nodelifecycle"
+)
 
 _live: list[Cluster] = []
 
@@ -436,12 +445,22 @@ def start_cluster(
     timeout: float = 120.0,
     extra_apiserver_args: Sequence[str] = (),
     extra_controller_manager_args: Sequence[str] = (),
+    bind_address: str = "127.0.0.1",
+    controllers: str = CONTROLLERS,
+    service_account_admission: bool = False,
 ) -> Cluster:
     """Start etcd, kube-apiserver and kube-controller-manager under ``workdir``.
 
     ``workdir`` gets ``etcd/`` (wiped first), ``pki/``, ``logs/``, the token
     file and the kubeconfigs; ``cluster.kubeconfig`` is the admin's (group
     system:masters). Ports are free ones on 127.0.0.1.
+
+    For a cluster with a real node (``node.py``): ``bind_address`` is where
+    the apiserver listens and what it advertises; any address but loopback
+    also turns on the endpoint reconciler, so the ``kubernetes`` Service gets
+    an endpoint pods can reach. ``service_account_admission`` lets pods get
+    their ServiceAccount token volume; ``controllers`` is the
+    controller-manager's list (``NODE_CONTROLLERS`` for a node).
 
     Returns once the apiserver's ``/readyz`` and the controller-manager's
     ``/healthz`` answer ok. On failure everything started so far is stopped and
@@ -462,13 +481,14 @@ def start_cluster(
     etcd_data.mkdir(mode=0o700)
 
     etcd_port, peer_port, api_port, kcm_port = free_ports(4)
+    loopback = ipaddress.ip_address(bind_address).is_loopback
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     peer_url = f"http://127.0.0.1:{peer_port}"
-    server = f"https://127.0.0.1:{api_port}"
+    server = f"https://{bind_address}:{api_port}"
 
     pki = _generate_pki(
         workdir / "pki",
-        alt_ips=["127.0.0.1", KUBERNETES_SERVICE_IP],
+        alt_ips=sorted({"127.0.0.1", bind_address, KUBERNETES_SERVICE_IP}),
         alt_dns=[
             "localhost",
             "kubernetes",
@@ -532,17 +552,19 @@ def start_cluster(
             [
                 str(apiserver_bin),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={bind_address}",
+                f"--advertise-address={bind_address}",
                 # The "kubernetes" Endpoints may not hold a loopback address;
                 # without this the reconciler logs an error every 10s.
-                "--endpoint-reconciler-type=none",
+                f"--endpoint-reconciler-type={'none' if loopback else 'lease'}",
+                # logs/exec go to the kubelet by its InternalIP: the node's hostname resolves nowhere here
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 f"--secure-port={api_port}",
                 f"--cert-dir={workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki.serving_cert}",
                 f"--tls-private-key-file={pki.serving_key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                "--disable-admission-plugins=ServiceAccount",
+                *([] if service_account_admission else ["--disable-admission-plugins=ServiceAccount"]),
                 f"--service-account-issuer={server}",
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
@@ -565,7 +587,11 @@ def start_cluster(
                 f"--kubeconfig={kcm_kubeconfig}",
                 f"--authentication-kubeconfig={kcm_kubeconfig}",
                 f"--authorization-kubeconfig={kcm_kubeconfig}",
-                f"--controllers={CONTROLLERS}",
+                f"--controllers={controllers}",
+                # For the serviceaccount-token and root-ca-cert-publisher
+                # controllers (unused by the default list).
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--root-ca-file={pki.ca_cert}",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={kcm_port}",

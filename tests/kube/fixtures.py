@@ -10,6 +10,11 @@ In a test module (``tests/`` is on ``sys.path``, see ``conftest.py``)::
 session. Missing binaries fail the tests loudly instead of skipping them: run
 ``.ci/build-kube.sh`` first.
 
+``node_cluster`` starts one real single-node cluster (``node.py``: containerd,
+kubelet, kube-proxy, kube-scheduler; needs root and ``.ci/install-node.sh``)
+per session. It imports the base image (pause + busybox) and every archive
+named in ``$KOMPRESS_NODE_IMAGES`` (colon-separated OCI/docker archive paths).
+
 PYTEST_DONT_REWRITE: no asserts here, so a module that imports ``kubectl``
 before ``pytest_plugins`` loads this file draws no "already imported" warning.
 """
@@ -31,8 +36,11 @@ if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
 from kube.cluster import Cluster, ClusterError, default_bin_dir, start_cluster  # noqa: E402
+from kube.node import NodeCluster, start_node_cluster  # noqa: E402
 
 REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+NODE_BINARIES = (*REQUIRED_BINARIES, "kube-scheduler", "kube-proxy", "kubelet")
+NODE_IMAGES_ENV = "KOMPRESS_NODE_IMAGES"
 
 
 def _cache_dir() -> Path:
@@ -59,10 +67,10 @@ def kubectl(
     return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def missing_binaries() -> list[Path]:
+def missing_binaries(names: tuple[str, ...] = REQUIRED_BINARIES) -> list[Path]:
     bins = default_bin_dir()
     missing = []
-    for name in REQUIRED_BINARIES:
+    for name in names:
         path = bins / name
         if not (path.is_file() and os.access(path, os.X_OK)) and not (name == "etcd" and shutil.which("etcd")):
             missing.append(path)
@@ -86,6 +94,41 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     except ClusterError as err:
         pytest.fail(f"Kubernetes test tier: the loopback cluster did not start: {err}", pytrace=False)
     print(f"kube_cluster: up in {time.monotonic() - started:.1f}s at {cluster.server} (workdir {workdir})")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def kompress_image_archive() -> Path:
+    """The slim kompress image built from the repository's Dockerfile by ``.ci/build-image.sh``."""
+    return _cache_dir() / "images" / "kompress-slim.tar"
+
+
+def node_images() -> list[Path]:
+    """The extra image archives for ``node_cluster``: ``$KOMPRESS_NODE_IMAGES``, colon-separated, else the
+    kompress image from ``.ci/build-image.sh`` when it was built (tests/test_node.py fails without it)."""
+    if os.environ.get(NODE_IMAGES_ENV):
+        return [Path(p) for p in os.environ[NODE_IMAGES_ENV].split(":") if p]
+    return [kompress_image_archive()] if kompress_image_archive().exists() else []
+
+
+@pytest.fixture(scope="session")
+def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
+    """One real single-node cluster (pods run in containers) for the whole session."""
+    missing = missing_binaries(NODE_BINARIES)
+    if missing:
+        pytest.fail(
+            "node test tier: missing " + ", ".join(map(str, missing)) + ": run .ci/build-kube.sh",
+            pytrace=False,
+        )
+    workdir = tmp_path_factory.mktemp("node")
+    started = time.monotonic()
+    try:
+        cluster = start_node_cluster(workdir, images=node_images())
+    except ClusterError as err:
+        pytest.fail(f"node test tier: the node cluster did not start: {err}", pytrace=False)
+    print(f"node_cluster: Node Ready in {time.monotonic() - started:.1f}s at {cluster.server} (workdir {workdir})")
     try:
         yield cluster
     finally:

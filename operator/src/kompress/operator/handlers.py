@@ -5,7 +5,9 @@ Run: kopf run --standalone --all-namespaces -m kompress.operator.handlers --live
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -43,7 +45,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
 async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's credentials, shared with the reconciler's client. Runs after startup, and again whenever kopf
     re-authenticates: the one Reconciler (which per-object memos share) then switches to the fresh client."""
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    if info is not None and in_cluster_server():
+        # kopf names the API server https://kubernetes.default.svc, which needs cluster DNS; client-go's
+        # in-cluster config uses the address the kubelet puts in every pod's environment (found on a real node
+        # without CoreDNS: the operator pod was up and could not reach the API)
+        info = dataclasses.replace(info, server=in_cluster_server())
+    info = info or kopf.login_with_kubeconfig(**kwargs)
     if info is not None:
         api = KubeClient.from_kopf(info)
         if "reconciler" in memo:
@@ -51,6 +59,14 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
         else:
             memo.reconciler = Reconciler(api, memo.config)
     return info
+
+
+def in_cluster_server() -> str | None:
+    """https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, as client-go's InClusterConfig builds it."""
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 async def _reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:

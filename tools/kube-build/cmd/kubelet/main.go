@@ -1,0 +1,21 @@
+// Command kubelet is the upstream kubelet: the same main as
+// k8s.io/kubernetes/cmd/kubelet, built from the published k8s.io/kubernetes
+// module for kompress's node test tier (tests/kube/node.py). Build it with
+// .ci/build-kube.sh, which sets the version ldflags.
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"          // for JSON log format registration
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // load all the client metric registration
+	_ "k8s.io/component-base/metrics/prometheus/version"  // for version metric registration
+	"k8s.io/kubernetes/cmd/kubelet/app"
+)
+
+func main() {
+	command := app.NewKubeletCommand()
+	code := cli.Run(command)
+	os.Exit(code)
+}
