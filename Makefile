@@ -1,6 +1,8 @@
 # The two commands a new user needs (see README):
 #   make demo   install, then optimize all-MiniLM-L6-v2 to INT8 on the embedded default (no cluster, no cloud)
-#   make test   install, build the real test servers (MinIO, kube-apiserver, etcd, Prometheus, Pushgateway), run every test tier
+#   make test   install, build the real test servers (MinIO, kube-apiserver, etcd, Prometheus, Pushgateway), a real
+#               node (kubelet, kube-scheduler, kube-proxy, containerd, runc) and the image from the Dockerfile,
+#               run every test tier
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 export KOMPRESS_CACHE ?= $(HOME)/.cache/kompress
@@ -20,6 +22,8 @@ servers:
 	bash .ci/install-kube-tools.sh
 	bash .ci/install-prometheus.sh
 	bash .ci/install-zoo-tools.sh
+	bash .ci/install-node.sh
+	bash .ci/build-image.sh
 
 demo: install
 	HF_HUB_OFFLINE=1 kompress run

@@ -114,6 +114,12 @@ def world(node_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         honor_labels={"pushgateway"})
     yield world
     print(pods_wide(world))
+    # the session's other tiers run on after this one: leave no pod retrying (image pulls, OOM backoff)
+    names = [ns["metadata"]["name"] for ns in node_cluster.request("GET", "/api/v1/namespaces")["items"]]
+    kubectl(node_cluster, "delete", "namespace", "--wait=false",
+            *[n for n in names if n == "minilm" or n.startswith("trouble-")])
+    subprocess.run([helm_binary(), "uninstall", "kompress", "--kubeconfig", str(node_cluster.kubeconfig), "-n",
+                    RELEASE_NS, "--wait", "--timeout", "60s"], capture_output=True, timeout=90, check=False)
     world["prometheus"].stop()
     pushgateway.stop()
     s3_server.stop()
