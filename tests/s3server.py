@@ -49,12 +49,22 @@ class S3Server:
     kind: str
     log_path: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+    _restart: tuple[list[str], dict[str, str], str] | None = field(default=None, repr=False, compare=False)
+    """(command, environment, readiness URL): how to start the same server again (same port, data, keys)."""
 
     def stop(self) -> None:
         """Kill the server (and anything it spawned); safe to call more than once."""
         proc, self._proc = self._proc, None
         if proc is not None:
             _kill(proc)
+
+    def start_again(self) -> None:
+        """After ``stop()``: the same server on the same port with the same data (an outage, not a new one)."""
+        assert self._restart is not None and self._proc is None, "start_again() needs a stopped MinIO"
+        cmd, env, ready_url = self._restart
+        assert self.log_path is not None
+        self._proc = _spawn(cmd, env, self.log_path.with_suffix(".restarted.log"))
+        _wait_ready(self, self._proc, ready_url, any_status=False)
 
     def env(self) -> dict[str, str]:
         """Variables that point boto3 (which reads AWS_ENDPOINT_URL natively) at this server."""
@@ -128,8 +138,9 @@ def _start_minio(binary: Path, workdir: Path, attempt: int, host: str = "127.0.0
     endpoint = f"http://{host}:{port}"
     log_path = workdir / f"minio-{attempt}.log"
     proc = _spawn(cmd, env, log_path)
-    server = S3Server(endpoint, access_key, secret_key, "minio", log_path, proc)
-    _wait_ready(server, proc, f"{endpoint}/minio/health/ready", any_status=False)
+    ready_url = f"{endpoint}/minio/health/ready"
+    server = S3Server(endpoint, access_key, secret_key, "minio", log_path, proc, (cmd, env, ready_url))
+    _wait_ready(server, proc, ready_url, any_status=False)
     return server
 
 

@@ -104,7 +104,10 @@ def test_unreachable_endpoint(tmp_path: Path) -> None:
     doc["spec"]["data"]["uri"] = "s3://data/digits-eval.npz"
     env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
            "AWS_DEFAULT_REGION": "us-east-1"}
-    assert_rejected(run_doc(tmp_path, doc, env), tmp_path, "data.uri", "cannot reach the S3 endpoint")
+    # an outage, not bad input: exit 4 (the Job controller retries the pod), the field and the cause named
+    proc = run_doc(tmp_path, doc, env)
+    assert proc.returncode == ExitCode.RUNTIME_FAILURE and "Traceback" not in proc.stderr, proc.stderr
+    assert "data.uri" in proc.stderr and "cannot reach the S3 endpoint" in proc.stderr and "transient" in proc.stderr
 
 
 @pytest.mark.s3

@@ -318,3 +318,31 @@ def test_what_the_node_does_to_pods_reaches_the_resource(world: dict[str, Any]) 
         assert warnings, (name, [e["reason"] for e in events(world, ns)])
         assert "Contents" not in world["s3"].list_objects_v2(Bucket="registry", Prefix=f"serving/digits-{name}/")
     print("surfaced after (s, from the first apply): " + ", ".join(f"{k} {v:.0f}" for k, v in seen.items()))
+
+
+def test_an_s3_outage_is_retried_not_fatal(world: dict[str, Any]) -> None:
+    """MinIO goes down as the Job starts and comes back 15 s later: the engine's S3 calls retry, then exit 4
+    (transient) so the Job controller starts another pod; the run completes and is promoted once. An outage
+    reported as invalid input (exit 2) would fail the Job at once through its podFailurePolicy."""
+    ns = namespace(world, "outage")
+    doc = digits("outage", cpu="1")
+    doc["spec"]["target"]["iterations"] = 20
+    server = world["s3_server"]
+    apply(world, ns, doc)
+    wait_for(lambda: jobs(world, ns), 60, "the Job", world)
+    server.stop()
+    try:
+        time.sleep(15)
+    finally:
+        server.start_again()
+
+    def finished() -> Any:
+        obj = get(world, ns, "outage")
+        return obj if (obj.get("status") or {}).get("phase") in FINAL else None
+
+    obj = wait_for(finished, 300, "the run after the outage", world)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    versions = {o["Key"].split("/")[2] for o in world["s3"].list_objects_v2(
+        Bucket="registry", Prefix="serving/digits-outage/")["Contents"] if o["Key"].count("/") >= 3}
+    assert versions == {"1"}, versions  # promoted once
+    print(f"outage: {obj['status'].get('attempts')} attempt(s)")

@@ -1,6 +1,12 @@
 """The operator end to end on a real kube-apiserver + etcd + kube-controller-manager (Job controller, garbage
 collector), with the real engine run by a stand-in kubelet against a real MinIO, and the operator itself
-as a separate `kopf run` process — the README's cluster quick start, asserted on the API objects."""
+as a separate `kopf run` process — the README's cluster quick start, asserted on the API objects.
+
+The real node (tests/test_node.py) runs the chart and the engine from the built slim image; this stand-in tier
+keeps what that cannot cover quickly: Jobs that need torch (a Hugging Face model folder, a search with
+training resumed after a pod kill: the full image is ~6 GB, too big to build in CI), a fleet of 50 Jobs at once,
+the metrics of both paths checked against report.json, and the dashboards. The operator restarted mid-Job moved
+to the node tier (the Deployment's pod deleted there)."""
 
 from __future__ import annotations
 
@@ -265,21 +271,6 @@ def test_gates_that_cannot_pass_are_rejected(world: dict[str, Any]) -> None:
     assert "minSpeedup" in obj["status"]["gates"]["failures"][0]
     assert "Contents" not in world["s3"].list_objects_v2(Bucket="e2e-registry", Prefix="serving/digits-strict/")
     assert "GatesFailed" in events(world, ns)
-
-
-def test_operator_killed_mid_job_completes_without_a_second_job(world: dict[str, Any]) -> None:
-    ns = namespace(world, "restart")
-    doc = digits("survivor")
-    doc["spec"]["promotion"]["modelName"] = "digits-survivor"
-    assert apply(world, ns, doc).returncode == 0
-    wait_for(lambda: jobs(world, ns), 30, "the Job", world)
-    world["operator"].kill()
-    time.sleep(2)
-    world["operator"].start()
-    obj = wait_for(phase_in(world, ns, "survivor", FINAL), 180, "completion after restart", world)
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
-    assert len(jobs(world, ns)) == 1
-    assert obj["status"]["promotedTo"] == "s3://e2e-registry/serving/digits-survivor/1"
 
 
 def test_failing_job_retries_then_fails_with_the_message(world: dict[str, Any]) -> None:

@@ -64,6 +64,17 @@ def stored(kmock: kmock.KubernetesEmulator, res: str, name: str) -> dict[str, An
     return dict(kmock.objects[res, NS, name])
 
 
+def plain(value: Any) -> Any:
+    """kmock's stored values as plain JSON-able data (it keeps mappings of its own)."""
+    from collections.abc import Mapping
+
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
 
@@ -430,3 +441,29 @@ def test_in_cluster_login_uses_the_service_address_not_dns(monkeypatch: pytest.M
     assert in_cluster_server() == "https://10.0.0.1:443"
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
     assert in_cluster_server() == "https://[fd00::1]:443"
+
+
+async def test_an_edit_that_changes_the_run_deletes_the_superseded_job(kmock: kmock.KubernetesEmulator,
+                                                                        api: KubeClient,
+                                                                        events: list[dict[str, Any]]) -> None:
+    """resources are part of the run: the edited spec gets a new Job, and the old one is deleted (Foreground)
+    with a Superseded Event; the status follows the new Job only."""
+    # kmock 0.8's emulator cannot serialize a deleted object's versions: answer DELETE as the API server does
+    kmock[kmock.method.DELETE, kmock.resource("batch/v1/jobs")] << {"kind": "Status", "status": "Success"}
+    rec, old = await started(kmock, api, resource())
+    put_pod(kmock, old, "Running")
+    await rec.reconcile(NS, NAME)
+    body = resource(resources={"cpu": "1", "memory": "2Gi"})
+    body["metadata"]["generation"] = 2
+    body["status"] = plain(stored(kmock, MOPT, NAME)["status"])
+    kmock.objects[MOPT, NS, NAME] = body
+    await rec.reconcile(NS, NAME)
+    new = the_job_name(body)
+    assert new != old
+    deletes = kmock[kmock.method.DELETE, kmock.resource("batch/v1/jobs")]
+    assert len(deletes) == 1 and deletes[0].data["propagationPolicy"] == "Foreground"
+    assert stored(kmock, "batch/v1/jobs", new)
+    st = stored(kmock, MOPT, NAME)["status"]
+    assert st["jobName"] == new and st["phase"] == "Pending" and st["observedGeneration"] == 2
+    assert [e["reason"] for e in events] == ["JobCreated", "JobRunning", "Superseded", "JobCreated"]
+    assert old in events[2]["message"] and new in events[2]["message"]

@@ -36,16 +36,42 @@ def test_missing_object_and_bucket(s3: Any, tmp_path: Path) -> None:
         storage.fetch("s3://no-such-bucket-here/x.onnx", tmp_path)
 
 
-def test_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_wrong_credentials_say_access_denied_not_missing(s3: Any, s3_server: Any, tmp_path: Path) -> None:
+    """A HEAD refused for the credentials is not "does not exist": the real cause, exit 2, the field named."""
+    s3.create_bucket(Bucket="denied-test")
+    s3.put_object(Bucket="denied-test", Key="model.onnx", Body=b"x")
+    wrong = {**s3_server.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    with storage.credentials(wrong), pytest.raises(InvalidInputError, match=r"access denied \(S3 ") as info:
+        storage.fetch("s3://denied-test/model.onnx", tmp_path, field="model.uri")
+    assert info.value.field == "model.uri" and "does not exist" not in str(info.value)
+
+
+@pytest.mark.parametrize(("code", "status", "transient", "text"), [
+    ("NoSuchKey", 404, False, "does not exist (S3 NoSuchKey)"),
+    ("NoSuchBucket", 404, False, "bucket does not exist"),
+    ("AccessDenied", 403, False, "access denied (S3 AccessDenied)"),
+    ("InvalidAccessKeyId", 403, False, "access denied"),
+    ("SlowDown", 503, True, "transient"),
+    ("InternalError", 500, True, "transient"),
+    ("", 502, True, "S3 answered 502"),
+    ("InvalidArgument", 400, False, "S3 refused the request (InvalidArgument)"),
+])
+def test_s3_errors_are_permanent_or_transient(code: str, status: int, transient: bool, text: str) -> None:
+    err = storage.classify_client_error("s3://b/k", code, status, "detail", "data.uri")
+    assert isinstance(err, storage.TransientStorageError) == transient and text in str(err)
+    assert err.exit_code == (4 if transient else 2) and err.field == "data.uri"
+
+
+def test_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     storage.s3_client.cache_clear()
     started = time.monotonic()
-    with pytest.raises(InvalidInputError, match="cannot reach the S3 endpoint"):
+    with pytest.raises(storage.TransientStorageError, match=r"cannot reach the S3 endpoint.*transient"):
         storage.fetch("s3://bucket/model.onnx", tmp_path)
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 60  # botocore's retries with backoff, then exit 4: the Job retries
     storage.s3_client.cache_clear()
 
 

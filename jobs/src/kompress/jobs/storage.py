@@ -63,11 +63,16 @@ def resolve_local(uri: str, field: str | None = None) -> Path:
     return Path(uri).expanduser()
 
 
-# Fail fast on an unreachable endpoint: a user waiting on a typo is worse than one retry less.
+S3_ATTEMPTS = 5
+"""Attempts per S3 call (botocore's standard retry mode: exponential backoff with jitter on throttling, 5xx,
+timeouts and refused connections). What still fails after them is reported as transient (exit 4): the Job
+controller starts another pod later, which is how a longer outage is bridged."""
+
+
 def _config() -> Any:
     from botocore.config import Config
 
-    return Config(connect_timeout=5, read_timeout=120, retries={"max_attempts": 3, "mode": "standard"},
+    return Config(connect_timeout=5, read_timeout=120, retries={"total_max_attempts": S3_ATTEMPTS, "mode": "standard"},
                   s3={"addressing_style": "path"})
 
 
@@ -106,22 +111,61 @@ def credentials(values: dict[str, str]) -> Iterator[None]:
         _override.reset(token)
 
 
+# S3 error codes no retry can fix, with what to tell the user
+PERMANENT_CODES = {
+    "NoSuchKey": "does not exist", "404": "does not exist", "NotFound": "does not exist",
+    "NoSuchBucket": "bucket does not exist",
+    "AccessDenied": "access denied", "403": "access denied", "InvalidAccessKeyId": "access denied",
+    "SignatureDoesNotMatch": "access denied", "AllAccessDisabled": "access denied",
+    "InvalidBucketName": "invalid bucket name", "KeyTooLongError": "key too long",
+}
+# S3 error codes a later attempt may get past (besides any 5xx): throttling and timeouts
+TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
+                   "TooManyRequestsException", "ServiceUnavailable", "InternalError", "XMinioServerNotInitialized"}
+
+
+class TransientStorageError(RuntimeFailure):
+    """S3 could not be reached or answered with a server error after every retry: a later attempt may work
+    (exit 4: the Job controller retries the pod)."""
+
+
+def classify_client_error(uri: str, code: str, status: int | None, detail: str,
+                          field: str | None) -> InvalidInputError | RuntimeFailure:
+    """The error a failed S3 call becomes: permanent ones name the field and the S3 code (exit 2), transient
+    ones say a retry may help (exit 4)."""
+    if code in PERMANENT_CODES:
+        return InvalidInputError(f"{uri}: {PERMANENT_CODES[code]} (S3 {code})", field=field)
+    if code in TRANSIENT_CODES or (status is not None and status >= 500):
+        return TransientStorageError(f"{uri}: S3 answered {code or status} after {S3_ATTEMPTS} attempts "
+                                     f"(transient; a retry may succeed): {detail}", field=field)
+    return InvalidInputError(f"{uri}: S3 refused the request ({code or status}): {detail}", field=field)
+
+
 @contextlib.contextmanager
 def s3_errors(uri: str, field: str | None = None) -> Iterator[None]:
-    """Turn botocore's exceptions into one-line errors that name the URI."""
+    """Turn botocore's exceptions into one-line errors that name the URI and the field: permanent ones (no
+    such bucket or key, access denied, a malformed request) exit 2, transient ones (unreachable endpoint,
+    timeouts, throttling, 5xx, after botocore's retries) exit 4 so the Job controller retries the pod."""
     from botocore.exceptions import (
         ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
         EndpointConnectionError,
         NoCredentialsError,
         ParamValidationError,
+        ReadTimeoutError,
     )
 
     try:
         yield
-    except EndpointConnectionError as err:
+    except (EndpointConnectionError, ConnectTimeoutError) as err:
         endpoint = urllib.parse.urlsplit(str(err.kwargs.get("endpoint_url", "")))
-        raise InvalidInputError(f"{uri}: cannot reach the S3 endpoint {endpoint.scheme}://{endpoint.netloc} "
-                                "(check AWS_ENDPOINT_URL)", field=field) from None
+        raise TransientStorageError(f"{uri}: cannot reach the S3 endpoint {endpoint.scheme}://{endpoint.netloc} "
+                                    f"after {S3_ATTEMPTS} attempts (transient; check AWS_ENDPOINT_URL if it "
+                                    "persists)", field=field) from None
+    except (ReadTimeoutError, ConnectionClosedError) as err:
+        raise TransientStorageError(f"{uri}: the S3 connection failed after {S3_ATTEMPTS} attempts (transient): "
+                                    f"{err}", field=field) from None
     except NoCredentialsError:
         raise InvalidInputError(f"{uri}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                                 "a profile, or a role)", field=field) from None
@@ -130,13 +174,16 @@ def s3_errors(uri: str, field: str | None = None) -> Iterator[None]:
     except ClientError as err:
         code = str(err.response.get("Error", {}).get("Code", ""))
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise InvalidInputError(f"{uri} does not exist", field=field) from None
-        if code == "NoSuchBucket":
-            raise InvalidInputError(f"{uri}: bucket does not exist", field=field) from None
-        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise InvalidInputError(f"{uri}: access denied ({code})", field=field) from None
-        raise RuntimeFailure(f"{uri}: S3 error {code or status}: {err}") from None
+        detail = str(err.response.get("Error", {}).get("Message", "")) or str(err)
+        raise classify_client_error(uri, code, status, detail, field) from None
+
+
+def _missing(err: Exception) -> bool:
+    """A HEAD that says the key is not there (the URI may name a prefix instead)."""
+    from botocore.exceptions import ClientError
+
+    return isinstance(err, ClientError) and str(err.response.get("Error", {}).get("Code", "")) in (
+        "404", "NoSuchKey", "NotFound")
 
 
 def fetch(uri: str, dest: Path, field: str | None = None) -> Path:
@@ -151,8 +198,12 @@ def fetch(uri: str, dest: Path, field: str | None = None) -> Path:
     client = s3_client()
     with s3_errors(uri, field):
         if loc.key and not loc.key.endswith("/"):
-            with contextlib.suppress(Exception):
+            try:
                 client.head_object(Bucket=loc.bucket, Key=loc.key)
+            except Exception as err:
+                if not _missing(err):  # access denied, an outage...: the real cause, not "does not exist"
+                    raise
+            else:
                 target = dest / Path(loc.key).name
                 _download(client, loc.bucket, loc.key, target)
                 return target

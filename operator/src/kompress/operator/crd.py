@@ -207,10 +207,15 @@ def spec_schema() -> dict[str, Any]:
     )
     for field in IMMUTABLE_FIELDS:
         schema["properties"][field].setdefault("x-kubernetes-validations", []).append(_immutable(field))
-    schema.setdefault("x-kubernetes-validations", []).append({
+    schema.setdefault("x-kubernetes-validations", []).extend([{
         "rule": "has(self.techniques) != has(self.search)",
         "message": "give exactly one of techniques (a fixed pipeline) or search (candidate recipes)",
-    })
+    }, {
+        # a rule on spec.techniques or spec.search alone never sees the switch: it runs only when the field is
+        # there before and after
+        "rule": "has(self.techniques) == has(oldSelf.techniques)",
+        "message": "spec cannot switch between techniques and search; create a new ModelOptimization",
+    }])
     return schema
 
 

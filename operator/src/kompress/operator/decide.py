@@ -64,7 +64,17 @@ class Promote:
     secret_name: str | None
 
 
-Effect = CreateJob | Promote | Event | Count
+@dataclass(frozen=True)
+class DeleteJob:
+    """Delete a Job (and, Foreground, its pods): one an edit of the spec superseded."""
+
+    namespace: str
+    name: str
+    then: tuple[Event, ...] = ()
+    """Recorded only when this call deleted it."""
+
+
+Effect = CreateJob | Promote | DeleteJob | Event | Count
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,8 @@ class Observed:
     """(reason, message) when the operator refuses the spec."""
     job: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
+    superseded: list[dict[str, Any]] = field(default_factory=list)
+    """The resource's other Jobs (earlier runs of an edited spec) that still run."""
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -187,6 +199,17 @@ def termination(pods: list[dict[str, Any]]) -> Termination:
 
 
 def decide(obs: Observed) -> Decision:
+    decision = _decide(obs)
+    if not obs.superseded:
+        return decision
+    follows = f"the status follows Job {obs.job_name}" if obs.job_name else "the spec is invalid"
+    stop = [DeleteJob(job["metadata"]["namespace"], job["metadata"]["name"], then=(Event(
+        "Normal", "Superseded", f"deleted Job {job['metadata']['name']}: the spec changed; {follows}"),))
+        for job in obs.superseded]
+    return dataclasses.replace(decision, effects=(*stop, *decision.effects))
+
+
+def _decide(obs: Observed) -> Decision:
     if obs.problem is not None:
         return invalid(obs)
     if obs.job is None:

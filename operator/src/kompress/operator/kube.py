@@ -58,5 +58,10 @@ class KubeClient:
     async def create(self, path: str, body: dict[str, Any]) -> Any:
         return await self.request("POST", path, json=body)
 
+    async def delete(self, path: str, propagation: str = "Foreground") -> Any:
+        """Delete; Foreground: the object goes once its dependents (a Job's pods) are gone."""
+        return await self.request("DELETE", path, json={"kind": "DeleteOptions", "apiVersion": "v1",
+                                                        "propagationPolicy": propagation})
+
     async def merge_patch(self, path: str, body: dict[str, Any]) -> Any:
         return await self.request("PATCH", path, json=body, content_type="application/merge-patch+json")

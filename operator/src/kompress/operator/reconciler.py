@@ -27,6 +27,7 @@ from kompress.operator.decide import (
     Count,
     CreateJob,
     Decision,
+    DeleteJob,
     Event,
     Observed,
     Promote,
@@ -36,7 +37,7 @@ from kompress.operator.decide import (
     promoted,
     wanted_status,
 )
-from kompress.operator.jobspec import GROUP, PLURAL, VERSION
+from kompress.operator.jobspec import GROUP, LABEL_NAME, PLURAL, VERSION
 from kompress.operator.kube import ApiError, KubeClient
 from kompress.operator.settings import Settings
 
@@ -83,6 +84,8 @@ class Reconciler:
     async def _observe(self, body: dict[str, Any]) -> Observed:
         spec, problem = accept(body.get("spec") or {})
         obs = Observed(body, self.settings, conditions.now(), spec, problem)
+        superseded = await self._superseded(body, obs.job_name)
+        obs = dataclasses.replace(obs, superseded=superseded)
         if spec is None:
             return obs
         namespace = body["metadata"]["namespace"]
@@ -99,6 +102,9 @@ class Reconciler:
         for effect in decision.effects:
             if isinstance(effect, CreateJob):
                 if await self._create_job(effect.manifest):
+                    notes.extend(effect.then)
+            elif isinstance(effect, DeleteJob):
+                if await self._delete_job(effect):
                     notes.extend(effect.then)
             elif isinstance(effect, Promote):
                 return await self._carry_out(obs, promoted(obs, decision, await self._promote(effect)))
@@ -134,6 +140,16 @@ class Reconciler:
             return False
         return True
 
+    async def _delete_job(self, effect: DeleteJob) -> bool:
+        """Delete a superseded Job; False when it was gone already (its Event then was posted before)."""
+        try:
+            await self.api.delete(f"/apis/batch/v1/namespaces/{effect.namespace}/jobs/{effect.name}")
+        except ApiError as err:
+            if err.status != 404:
+                raise
+            return False
+        return True
+
     async def _promote(self, effect: Promote) -> PromotionResult | str:
         """Promote with the user's storage credentials (in a thread: it downloads and uploads); a failure that
         a later retry may fix comes back as its message."""
@@ -155,6 +171,17 @@ class Reconciler:
             if err.status == 404:
                 return None
             raise
+
+    async def _superseded(self, body: dict[str, Any], current: str) -> list[dict[str, Any]]:
+        """This resource's Jobs other than `current` that have not finished nor are being deleted."""
+        meta = body["metadata"]
+        jobs = await self.api.get(f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs",
+                                  params={"labelSelector": f"{LABEL_NAME}={meta['name']}"})
+        return [j for j in jobs.get("items", [])
+                if j["metadata"]["name"] != current and not j["metadata"].get("deletionTimestamp")
+                and any(o.get("uid") == meta["uid"] for o in j["metadata"].get("ownerReferences", []))
+                and not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                            for c in (j.get("status") or {}).get("conditions", []))]
 
     async def _pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         pods = await self.api.get(f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": f"job-name={job}"})
