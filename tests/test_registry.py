@@ -25,7 +25,7 @@ def model_file(tmp_path: Path) -> Path:
 
 
 def promote(uri: str, model_file: Path, key: str) -> registry.Promotion:
-    return registry.promote(uri, "digits", model_file, {"name": "t"}, key, INPUTS, OUTPUTS)
+    return registry.promote(uri, "digits", [str(model_file)], {"name": "t"}, key, INPUTS, OUTPUTS)
 
 
 def check_layout(read: Any, version: int, key: str) -> None:
@@ -93,6 +93,105 @@ def test_s3_promotion_is_idempotent_and_versioned(s3: Any, model_file: Path) -> 
     assert store.create_exclusive("digits/.claims/3", b"x") is True
     assert store.create_exclusive("digits/.claims/3", b"y") is False
     assert promote(uri, model_file, "key-c").version == 4
+
+
+PROMOTE_IN_A_CHILD = r"""
+import json, sys
+import botocore.client
+from kompress.jobs.spec import PromotionSpec
+from kompress.operator.reconciler import promote_run
+
+calls = []  # every S3 operation this process makes, with its key
+make_call = botocore.client.BaseClient._make_api_call
+def recording(self, operation, params):
+    calls.append([operation, params.get("Key", "")])
+    return make_call(self, operation, params)
+botocore.client.BaseClient._make_api_call = recording
+
+report_uri, model_uri, secret = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+promotion = PromotionSpec(registry="s3://copy-registry/serving", modelName=sys.argv[4], policy="auto")
+result = promote_run(report_uri, model_uri, promotion, "uid-1", secret)
+# VmHWM, not ru_maxrss: the latter keeps the parent's high-water mark across fork and exec
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"uri": result.uri, "peakKiB": peak, "calls": calls}))
+"""
+
+
+def _upload_run(s3: Any, prefix: str, data_bytes: int, tmp_path: Path) -> tuple[str, str]:
+    """A finished run in S3 as a Job leaves it: report.json naming the model's two files (the graph and
+    `data_bytes` of external data), and the files themselves."""
+    from kompress.jobs.report_model import OptimizationReport
+
+    base = f"s3://copy-runs/{prefix}"
+    big = tmp_path / f"{prefix}.data"
+    with big.open("wb") as f:  # sparse-free random-ish bytes, written in chunks
+        chunk = bytes(range(256)) * 4096
+        for _ in range(data_bytes // len(chunk)):
+            f.write(chunk)
+    s3.put_object(Bucket="copy-runs", Key=f"{prefix}/model.onnx", Body=b"graph" * 1000)
+    s3.upload_file(str(big), "copy-runs", f"{prefix}/model.onnx.data")
+    big.unlink()
+    rep = OptimizationReport.model_validate(_minimal_report(base))
+    s3.put_object(Bucket="copy-runs", Key=f"{prefix}/report.json", Body=rep.model_dump_json(by_alias=True).encode())
+    return f"{base}/report.json", f"{base}/model.onnx"
+
+
+def _minimal_report(base: str) -> dict[str, Any]:
+    """The fields promotion reads: model, data, optimized, signature, artifacts."""
+    return {
+        "apiVersion": "kompress.dev/v1alpha1", "name": "copy", "startedAt": "2026-01-01T00:00:00Z",
+        "spec": {"model": {"uri": "s3://models/m.onnx"}}, "outcome": "succeeded",
+        "environment": {"platform": "test", "machine": "x86_64", "seed": 0, "libraries": {}},
+        "model": {"uri": "s3://models/m.onnx", "format": "onnx", "sha256": "a" * 64, "inputs": ["x"]},
+        "data": {"uri": "s3://data/d.npz", "sha256": "b" * 64, "samples": 2, "calibrationSamples": 1,
+                 "evaluationSamples": 1, "calibrationOverlapsEvaluation": False, "labels": False},
+        "optimized": {"sizeBytes": 1, "sha256": "c" * 64},
+        "signature": {"inputs": [{"name": "x", "dtype": "tensor(float)", "shape": ["batch", 4]}],
+                      "outputs": [{"name": "y", "dtype": "tensor(float)", "shape": ["batch", 2]}]},
+        "artifacts": {"model": f"{base}/model.onnx", "modelFiles": [f"{base}/model.onnx",
+                                                                    f"{base}/model.onnx.data"]},
+    }
+
+
+@pytest.mark.s3
+def test_operator_promotion_copies_server_side_and_holds_no_model_bytes(s3: Any, s3_server: Any,
+                                                                         tmp_path: Path) -> None:
+    """Promotion as the operator runs it (reconciler.promote_run, in a child process like the operator's):
+    a 160 MB model with external data is copied by the S3 server into the registry, both files, with the
+    operator's peak memory the same as for a 40 MB one and nothing big written to its /tmp."""
+    import subprocess
+    import sys
+
+    for bucket in ("copy-runs", "copy-registry"):
+        s3.create_bucket(Bucket=bucket)
+    secret = json.dumps(s3_server.env())
+    peaks = {}
+    # both above the multipart threshold (the copy runs in parts, on boto3's thread pool, either way)
+    for name, size in (("small", 40 << 20), ("big", 160 << 20)):
+        report_uri, model_uri = _upload_run(s3, name, size, tmp_path)
+        scratch = tmp_path / f"tmp-{name}"
+        scratch.mkdir()
+        proc = subprocess.run([sys.executable, "-c", PROMOTE_IN_A_CHILD, report_uri, model_uri, secret, name],
+                              capture_output=True, text=True, timeout=300, check=False,
+                              env={**{k: v for k, v in __import__("os").environ.items() if not k.startswith("AWS_")},
+                                   "TMPDIR": str(scratch)})
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["uri"] == f"s3://copy-registry/serving/{name}/1"
+        peaks[name] = out["peakKiB"]
+        # the model's bytes are never read nor written by the operator: the S3 server copies them
+        model_calls = [(op, key) for op, key in out["calls"] if "model.onnx" in key]
+        assert not [c for c in model_calls if c[0] in ("GetObject", "PutObject", "UploadPart")], model_calls
+        assert sorted(op for op, _ in model_calls if op == "CopyObject") == ["CopyObject", "CopyObject"]
+        assert not [p for p in scratch.rglob("*") if p.is_file() and p.stat().st_size > (1 << 20)]
+        head = s3.head_object(Bucket="copy-registry", Key=f"serving/{name}/1/model.onnx.data")
+        assert head["ContentLength"] == (size // (256 * 4096)) * 256 * 4096
+        assert s3.head_object(Bucket="copy-registry", Key=f"serving/{name}/1/model.onnx")["ContentLength"] == 5000
+        manifest = json.loads(s3.get_object(Bucket="copy-registry", Key=f"serving/{name}/1/kompress.json")["Body"]
+                              .read())
+        assert manifest["version"] == 1
+    # 120 MB more of model through the operator would add at least that much; a server-side copy adds nothing
+    assert peaks["big"] - peaks["small"] < 16 * 1024, peaks
 
 
 def _model_config_class() -> Any:

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kompress.jobs import model_files
 from kompress.jobs.data import InputSpec
 from kompress.jobs.errors import InvalidInputError
 from kompress.jobs.report_model import OptimizationReport, PromotionResult, TensorSpec
 from kompress.jobs.spec import PromotionSpec
-from kompress.jobs.storage import Store, open_store
+from kompress.jobs.storage import Store, is_s3, open_store
 
 MANIFEST = "kompress.json"
 CLAIMS = ".claims"
@@ -145,8 +144,13 @@ def find_existing(store: Store, model: str, key: str) -> int | None:
     return None
 
 
-def promote(registry_uri: str, model: str, model_file: Path, manifest: dict[str, Any], key: str,
+def promote(registry_uri: str, model: str, model_sources: Sequence[str], manifest: dict[str, Any], key: str,
             inputs: list[TensorSpec] | list[InputSpec], outputs: list[TensorSpec] | list[InputSpec]) -> Promotion:
+    """Publish `model_sources` (the graph, then its external data: local paths or s3:// URIs) as the next
+    version, manifest last. Files already in S3 are copied by the S3 server (CopyObject, multipart copy for
+    big ones) when the registry is in S3 too: the caller never holds model bytes."""
+    if not model_sources:
+        raise InvalidInputError("no model files to promote", field="modelUri")
     store = open_store(registry_uri, field="promotion.registry")
     base = store.uri.rstrip("/")
     existing = find_existing(store, model, key)
@@ -154,13 +158,14 @@ def promote(registry_uri: str, model: str, model_file: Path, manifest: dict[str,
         return Promotion(f"{base}/{model}/{existing}", existing, created=False)
     version = _claim(store, model, key)
     manifest = {**manifest, "promotionKey": key, "version": version, "modelName": model}
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp)
-        model_files.copy_model(model_file, staged / "model.onnx")
-        (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if store.read(f"{model}/{version}/{MANIFEST}") is None:
-            store.delete_tree(f"{model}/{version}")  # leftovers of an interrupted attempt at this claim
-            store.publish_dir(staged, f"{model}/{version}")
+    # the serving names: model.onnx and, for models over 2 GB, the external data it refers to
+    files: dict[str, str | Path] = {name: (src if is_s3(src) else Path(src))
+                                    for name, src in zip(("model.onnx", "model.onnx.data"), model_sources,
+                                                         strict=False)}
+    if store.read(f"{model}/{version}/{MANIFEST}") is None:
+        store.delete_tree(f"{model}/{version}")  # leftovers of an interrupted attempt at this claim
+        store.publish(files, json.dumps(manifest, indent=2, sort_keys=True).encode(), MANIFEST,
+                      f"{model}/{version}")
     config = triton_config(model, inputs, outputs).encode()
     if store.read(f"{model}/config.pbtxt") != config:
         store.write(f"{model}/config.pbtxt", config)
@@ -192,7 +197,7 @@ def list_versions(registry_uri: str, model: str) -> list[dict[str, Any]]:
     return out
 
 
-def promote_report(report: OptimizationReport, model_file: Path, promotion: PromotionSpec,
+def promote_report(report: OptimizationReport, model_sources: Sequence[str], promotion: PromotionSpec,
                    resource_uid: str | None) -> PromotionResult:
     """Promote a run's optimized model with the manifest built from its report (engine and operator alike);
     the serving config comes from the tensors the run recorded (report.signature), so promoting never opens
@@ -222,7 +227,7 @@ def promote_report(report: OptimizationReport, model_file: Path, promotion: Prom
         "gates": report.gates.to_json() if report.gates else None, "spec": spec,
         "steps": [s.to_json() for s in report.steps], "reportSchemaVersion": report.schema_version,
     }
-    result = promote(promotion.registry, promotion.model_name, model_file, manifest, key,
+    result = promote(promotion.registry, promotion.model_name, model_sources, manifest, key,
                      report.signature.inputs, report.signature.outputs)
     return PromotionResult(promoted=True, policy=promotion.policy, uri=result.uri, version=result.version,
                            created=result.created,

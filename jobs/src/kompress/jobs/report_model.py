@@ -311,6 +311,9 @@ class PromotionResult(ReportPart):
 
 class Artifacts(ReportPart):
     model: str | None = None
+    model_files: list[str] = []
+    """Every file of the optimized model (the graph, then its external data), as written: promotion copies
+    exactly these, server-side when they are in S3, and never opens them."""
     report_json: str | None = None
     report_html: str | None = None
     plot: str | None = None

@@ -289,7 +289,7 @@ def _promote(loaded: LoadedSpec, rep: OptimizationReport, final: Path, approve: 
         return PromotionResult(promoted=False, policy=promo_spec.policy, reason="gates failed")
     if promo_spec.awaiting_approval(approve):
         return PromotionResult(promoted=False, policy="manual", reason="awaiting approval (policy: manual)")
-    return registry.promote_report(rep, final, promo_spec, resource_uid)
+    return registry.promote_report(rep, [str(f) for f in model_files.files_of(final)], promo_spec, resource_uid)
 
 
 def _write_outputs(rep: OptimizationReport, output_dir: Path, output_uri: str | None, progress: Progress) -> None:
@@ -305,6 +305,9 @@ def _write_outputs(rep: OptimizationReport, output_dir: Path, output_uri: str | 
              "plot": plot_path, "search_plot": search_plot}
     base = output_uri.rstrip("/") if output_uri else None
     rep.artifacts = Artifacts(**{k: (f"{base}/{f.name}" if base else str(f)) for k, f in files.items() if f})
+    if files["model"] is not None:
+        rep.artifacts.model_files = [f"{base}/{f.name}" if base else str(f)
+                                     for f in model_files.files_of(files["model"])]
     report.write_json(rep, output_dir / "report.json")
     if output_uri:
         store = storage.open_store(output_uri, field="--output")

@@ -243,8 +243,10 @@ class Store:
     def list(self, rel: str) -> list[str]:
         """Names directly under ``rel`` (files and folders)."""
         ...
-    def publish_dir(self, local: Path, rel: str) -> None:
-        """Copy a local folder to ``rel`` so that it appears whole (local: one rename)."""
+    def publish(self, files: dict[str, Path | str], manifest: bytes, manifest_name: str, rel: str) -> None:
+        """Publish ``files`` (name -> local path or s3:// URI) and the manifest under ``rel`` so that a version
+        with a manifest is whole: local, one rename of a staged folder; S3, the manifest last. S3 sources are
+        copied server-side into an S3 store (never through this process)."""
         ...
     def delete_tree(self, rel: str) -> None: ...
 
@@ -314,15 +316,22 @@ class LocalStore(Store):
         p = self.root / rel
         return sorted(x.name for x in p.iterdir()) if p.is_dir() else []
 
-    def publish_dir(self, local: Path, rel: str) -> None:
+    def publish(self, files: dict[str, Path | str], manifest: bytes, manifest_name: str, rel: str) -> None:
         target = self.root / rel
         self._makedirs(target.parent)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".staging-{target.name}-"))
         try:
             os.chmod(staging, self.DIR_MODE)
-            for f in local.iterdir():
-                shutil.copy2(f, staging / f.name)
-                os.chmod(staging / f.name, self.FILE_MODE)
+            for name, src in files.items():
+                if isinstance(src, str):  # an S3 object into a local registry: download it
+                    fetched = fetch(src, staging / f".{name}.fetch", field="modelUri")
+                    fetched.replace(staging / name)
+                    shutil.rmtree(staging / f".{name}.fetch", ignore_errors=True)
+                else:
+                    shutil.copy2(src, staging / name)
+            (staging / manifest_name).write_bytes(manifest)
+            for f in staging.iterdir():
+                os.chmod(f, self.FILE_MODE)
             os.rename(staging, target)  # atomic; fails if the target exists and is not empty
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -383,11 +392,26 @@ class S3Store(Store):
                 names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
         return sorted(n for n in names if n)
 
-    def publish_dir(self, local: Path, rel: str) -> None:
-        # S3 has no rename: upload the model files first and the manifest (kompress.json) last, so a
-        # version with a manifest is always whole. Each object appears atomically.
-        for f in sorted(local.iterdir(), key=lambda f: f.name == "kompress.json"):
-            self.put_file(f"{rel}/{f.name}", f)
+    def publish(self, files: dict[str, Path | str], manifest: bytes, manifest_name: str, rel: str) -> None:
+        # S3 has no rename: the model files first and the manifest last, so a version with a manifest is always
+        # whole. Each object appears atomically.
+        for name, src in files.items():
+            if isinstance(src, str):
+                self.copy_object(src, f"{rel}/{name}")
+            else:
+                self.put_file(f"{rel}/{name}", src)
+        self.write(f"{rel}/{manifest_name}", manifest)
+
+    def copy_object(self, source_uri: str, rel: str) -> None:
+        """A server-side copy (CopyObject; UploadPartCopy parts above the multipart threshold, as S3 requires
+        beyond 5 GB): the bytes never pass through this process."""
+        from boto3.s3.transfer import TransferConfig
+
+        src = S3Uri.parse(source_uri, "modelUri")
+        # one CopyObject up to 1 GB; beyond, 512 MB parts (S3 allows one CopyObject up to 5 GB, 10000 parts)
+        config = TransferConfig(multipart_threshold=1 << 30, multipart_chunksize=1 << 29, max_concurrency=4)
+        with s3_errors(source_uri, "modelUri"):
+            self.client.copy({"Bucket": src.bucket, "Key": src.key}, self.loc.bucket, self._key(rel), Config=config)
 
     def delete_tree(self, rel: str) -> None:
         prefix = self._key(rel).rstrip("/") + "/"

@@ -200,16 +200,16 @@ class Reconciler:
 
 def promote_run(report_uri: str | None, model_uri: str | None, promotion: PromotionSpec, uid: str,
                 secret: dict[str, str] | None) -> PromotionResult:
-    """Read the run's report from S3 and promote its model (blocking). The serving config comes from the
-    report's signature, so the model is never opened here."""
+    """Read the run's report from S3 and promote its model (blocking). Only the report passes through the
+    operator: the model's files are copied by the S3 server into the registry (the chart gives the operator a
+    64Mi /tmp; a model is often bigger), and the serving config comes from the report's signature."""
     if not (report_uri and model_uri and storage.is_s3(report_uri)):
         raise KompressError("the run left no report and model in S3 (set KOMPRESS_RUNS_URI or an s3:// registry)")
     with (storage.credentials(secret) if secret is not None else contextlib.nullcontext(),
           tempfile.TemporaryDirectory() as tmp):
         run_report = report.read_json(storage.fetch(report_uri, Path(tmp) / "report", field="reportUri").read_bytes())
-        # downloaded only to be copied into the registry (a server-side S3 copy can replace this)
-        model = storage.fetch(model_uri, Path(tmp) / "model", field="modelUri")
-        return registry.promote_report(run_report, model, promotion, uid)
+        files = run_report.artifacts.model_files if run_report.artifacts else []
+        return registry.promote_report(run_report, files or [model_uri], promotion, uid)
 
 
 def _seconds_between(start: str, end: str | None) -> float:
