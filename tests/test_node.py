@@ -99,7 +99,8 @@ def world(node_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     s3.upload_file(str(DATASETS / "digits-cnn.onnx"), "models", "digits/model.onnx")
     s3.upload_file(str(DATASETS / "digits-eval.npz"), "datasets", "digits/eval.npz")
     values = {"image": {"repository": "ghcr.io/kompress/kompress", "tag": image_tag(), "pullPolicy": "Never"},
-              "pushgatewayUrl": pushgateway.url, "maxAttempts": 2}
+              "pushgatewayUrl": pushgateway.url, "maxAttempts": 2,
+              "policy": {"allowedImagePrefixes": ["ghcr.io/kompress/"]}}
     (workdir / "values.yaml").write_text(yaml.safe_dump(values))
     install = subprocess.run([helm_binary(), "install", "kompress", str(ROOT / "charts" / "kompress"),
                               "--kubeconfig", str(node_cluster.kubeconfig), "-n", RELEASE_NS, "--create-namespace",
@@ -163,7 +164,8 @@ def namespace(world: dict[str, Any], name: str, secret: bool = True) -> str:
     kubectl(cluster, "create", "namespace", name)
     if secret:
         env = world["s3_server"].env()
-        body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials", "namespace": name},
+        body = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "s3-credentials", "namespace": name, "labels": {"kompress.dev/storage-credentials": "true"}},
                 "data": {k: base64.b64encode(v.encode()).decode() for k, v in env.items()}}
         cluster.request("POST", f"/api/v1/namespaces/{name}/secrets", body)
     return name
@@ -286,7 +288,9 @@ NODE_TROUBLE: dict[str, tuple[dict[str, Any], set[str], str]] = {
                  {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull"}, "spec.resources.image"),
     "gpu": ({"gpu": 1}, {"Unschedulable"}, "nvidia.com/gpu"),
     "no-node": ({"nodeSelector": {"kompress.dev/pool": "nowhere"}}, {"Unschedulable"}, "node"),
-    "no-secret": ({}, {"CreateContainerConfigError"}, "spec.storageSecretRef"),
+    # the operator's policy reads the Secret before it creates a Job: a missing one is reported, not injected
+    "no-secret": ({}, {"SecretNotFound"}, "spec.storageSecretRef"),
+    "denied": ({"image": "evil.example/miner:1"}, {"PolicyDenied"}, "spec.resources.image"),
     "deadline": ({"timeoutSeconds": 10}, {"DeadlineExceeded"}, "spec.resources.timeoutSeconds=10"),
 }
 

@@ -161,7 +161,8 @@ def namespace(world: dict[str, Any], name: str) -> str:
     cluster = world["cluster"]
     kubectl(cluster, "create", "namespace", name)
     env = world["s3_server"].env()
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials", "namespace": name},
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "s3-credentials", "namespace": name, "labels": {"kompress.dev/storage-credentials": "true"}},
               "data": {k: base64.b64encode(v.encode()).decode() for k, v in env.items()}}
     cluster.request("POST", f"/api/v1/namespaces/{name}/secrets", secret)
     return name

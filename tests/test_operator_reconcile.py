@@ -382,8 +382,8 @@ async def test_approval_promotes_with_the_referenced_secret(kmock: kmock.Kuberne
     doc["metadata"] = {"name": NAME, "namespace": NS, "uid": UID, "generation": 1}
     kmock.resources["v1/secrets"] = {"namespaced": True}
     kmock.objects["v1/secrets", NS, "s3-creds"] = {"apiVersion": "v1", "kind": "Secret", "metadata": {
-        "name": "s3-creds", "namespace": NS}, "data": {k: base64.b64encode(v.encode()).decode()
-                                                      for k, v in s3_server.env().items()}}
+        "name": "s3-creds", "namespace": NS, "labels": {"kompress.dev/storage-credentials": "true"}},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in s3_server.env().items()}}
     rec, jname = await started(kmock, api, doc)
     engine_exits(kmock, jname, 0, term.read_text())
     await rec.reconcile(NS, NAME)
@@ -467,3 +467,49 @@ async def test_an_edit_that_changes_the_run_deletes_the_superseded_job(kmock: km
     assert st["jobName"] == new and st["phase"] == "Pending" and st["observedGeneration"] == 2
     assert [e["reason"] for e in events] == ["JobCreated", "JobRunning", "Superseded", "JobCreated"]
     assert old in events[2]["message"] and new in events[2]["message"]
+
+
+@pytest.mark.parametrize(("resources", "secret_labels", "field"), [
+    ({"image": "evil.example/miner:1"}, {"kompress.dev/storage-credentials": "true"}, "spec.resources.image"),
+    ({"image": "ghcr.io/kompress-evil/x:1"}, {"kompress.dev/storage-credentials": "true"}, "spec.resources.image"),
+    ({"serviceAccountName": "cluster-admin-sa"}, {"kompress.dev/storage-credentials": "true"},
+     "spec.resources.serviceAccountName"),
+    ({}, {"team": "a"}, "spec.storageSecretRef"),
+])
+async def test_the_tenant_policy_denies_before_any_job(kmock: kmock.KubernetesEmulator, api: KubeClient,
+                                                       events: list[dict[str, Any]], resources: dict[str, Any],
+                                                       secret_labels: dict[str, str], field: str) -> None:
+    kmock.resources["v1/secrets"] = {"namespaced": True}
+    kmock.objects["v1/secrets", NS, "s3"] = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "s3", "namespace": NS, "labels": secret_labels}, "data": {}}
+    kmock.objects[MOPT, NS, NAME] = resource(resources={"cpu": "1", "memory": "1Gi", **resources},
+                                             storageSecretRef={"name": "s3"})
+    rec = Reconciler(api, Settings(engine_image="ghcr.io/kompress/kompress:1", allowed_image_prefixes=(
+        "ghcr.io/kompress/",), allowed_service_accounts=("optimizer",)))
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Failed" and condition(obj, "Stalled")["reason"] == "PolicyDenied"
+    assert obj["status"]["message"].startswith(field + ":"), obj["status"]["message"]
+    assert not kmock[kmock.method.POST, kmock.resource("batch/v1/jobs")]
+    assert [e["reason"] for e in events] == ["PolicyDenied"]
+
+
+async def test_the_policy_allows_what_it_lists_and_waits_for_a_missing_secret(kmock: kmock.KubernetesEmulator,
+                                                                              api: KubeClient) -> None:
+    kmock.resources["v1/secrets"] = {"namespaced": True}
+    settings = Settings(engine_image="ghcr.io/kompress/kompress:1", allowed_image_prefixes=("ghcr.io/kompress/",),
+                        allowed_service_accounts=("optimizer",))
+    kmock.objects[MOPT, NS, NAME] = resource(resources={
+        "cpu": "1", "memory": "1Gi", "image": "ghcr.io/kompress/kompress:1-cuda", "serviceAccountName": "optimizer"},
+        storageSecretRef={"name": "later"})
+    rec = Reconciler(api, settings)
+    await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Pending" and condition(obj, "Stalled")["reason"] == "SecretNotFound"
+    assert "spec.storageSecretRef" in obj["status"]["message"]
+    assert not kmock[kmock.method.POST, kmock.resource("batch/v1/jobs")]
+    kmock.objects["v1/secrets", NS, "later"] = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "later", "namespace": NS, "labels": {"kompress.dev/storage-credentials": "true"}}, "data": {}}
+    await rec.reconcile(NS, NAME)
+    assert len(kmock[kmock.method.POST, kmock.resource("batch/v1/jobs")]) == 1
+    assert stored(kmock, MOPT, NAME)["status"]["phase"] == "Pending"

@@ -35,6 +35,10 @@ TABLE: dict[str, Row] = {
     # the spec is refused before any Job exists
     "InvalidSpec": stuck("InvalidSpec", "Accepted", "Ready", "Stalled"),
     "RegistryNotShared": stuck("RegistryNotShared", "Accepted", "Ready", "Stalled"),
+    # the tenant policy forbids what the spec asks for (policy.py)
+    "PolicyDenied": stuck("PolicyDenied", "Accepted", "Ready", "Stalled"),
+    # the Secret the policy must check does not exist yet: no Job until it does
+    "SecretNotFound": ACCEPTED | stuck("SecretNotFound", "JobRunning", "Ready", "Stalled"),
     # the Job is on its way
     "JobCreated": ACCEPTED | PROGRESSING | {"JobRunning": (False, "JobPending", "Job {job} created")},
     "PodPending": ACCEPTED | PROGRESSING | {"JobRunning": (False, "PodPending", "Job {job}: waiting for a pod")},

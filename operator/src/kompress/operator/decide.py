@@ -18,7 +18,7 @@ from kompress.jobs import gates
 from kompress.jobs.errors import ExitCode
 from kompress.jobs.report_model import PromotionResult, ResultBlock, RunSummary
 from kompress.jobs.spec import OptimizationSpec, PromotionSpec
-from kompress.operator import conditions, pod_trouble
+from kompress.operator import conditions, pod_trouble, policy
 from kompress.operator.jobspec import build_job, job_name, run_key
 from kompress.operator.settings import Settings
 
@@ -109,6 +109,10 @@ class Observed:
     pods: list[dict[str, Any]] = field(default_factory=list)
     superseded: list[dict[str, Any]] = field(default_factory=list)
     """The resource's other Jobs (earlier runs of an edited spec) that still run."""
+    secret_labels: dict[str, str] | None = None
+    """Labels of the Secret spec.storageSecretRef names, read before its Job is created (None: not read)."""
+    secret_missing: bool = False
+    """spec.storageSecretRef names a Secret that does not exist (read before its Job is created)."""
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -238,8 +242,20 @@ def invalid(obs: Observed) -> Decision:
 
 
 def pending(obs: Observed) -> Decision:
-    """No Job for this run yet: create it."""
+    """No Job for this run yet: create it, once the tenant policy allows what the spec asks for."""
     assert obs.spec is not None
+    denied = policy.violations(obs.spec, obs.settings, obs.secret_labels)
+    if denied:
+        message = "; ".join(map(str, denied))
+        warn = () if obs.status.get("message") == message else (Event("Warning", "PolicyDenied", message),)
+        return Decision("Failed", "PolicyDenied", message, effects=warn)
+    if obs.secret_missing and obs.settings.storage_secret_label:
+        # the policy can only vouch for a Secret it can read: wait for it (the timer looks again)
+        ref = obs.spec.storage_secret_ref.name if obs.spec.storage_secret_ref else "?"
+        message = (f"spec.storageSecretRef: Secret {ref!r} does not exist in namespace {obs.meta['namespace']}; "
+                   f"create it (labelled {obs.settings.storage_secret_label}=true)")
+        warn = () if obs.status.get("message") == message else (Event("Warning", "SecretNotFound", message),)
+        return Decision("Pending", "SecretNotFound", message, effects=warn)
     name = obs.job_name
     created = (Event("Normal", "JobCreated", f"created Job {name}"), Count("kompress_jobs_started_total"))
     manifest = build_job(obs.body, obs.spec, obs.settings)

@@ -90,7 +90,12 @@ class Reconciler:
             return obs
         namespace = body["metadata"]["namespace"]
         job = await self._get_job(namespace, obs.job_name)
-        pods = await self._pods(namespace, obs.job_name) if job is not None else []
+        if job is None:  # the Job is yet to be created: the policy checks the Secret it would be given
+            labels = await self._secret_labels(namespace, spec.storage_secret_ref.name) \
+                if spec.storage_secret_ref else None
+            return dataclasses.replace(obs, secret_labels=labels, secret_missing=bool(spec.storage_secret_ref)
+                                       and labels is None)
+        pods = await self._pods(namespace, obs.job_name)
         return dataclasses.replace(obs, job=job, pods=pods)
 
     # ---- side effects: all of them happen here ---------------------------------------------------------------
@@ -186,6 +191,16 @@ class Reconciler:
     async def _pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         pods = await self.api.get(f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": f"job-name={job}"})
         return sorted(pods.get("items", []), key=lambda p: p["metadata"].get("creationTimestamp", ""))
+
+    async def _secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's labels (None: it does not exist). Its values are not looked at here."""
+        try:
+            secret = await self.api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(secret["metadata"].get("labels") or {})
 
     async def _secret_values(self, namespace: str, name: str | None) -> dict[str, str] | None:
         """The referenced storage Secret's values: the operator promotes with the user's credentials."""
