@@ -202,11 +202,11 @@ def test_rbac_least_privilege(rendered: list[dict[str, Any]]) -> None:
             for resource in rule["resources"]:
                 assert "*" not in (group, resource) and "*" not in rule["verbs"], rule
                 grants.setdefault((group, resource), set()).update(rule["verbs"])
-    assert grants.pop(("kompress.dev", "modeloptimizations")) == {"get", "list", "watch", "patch", "update"}
-    assert grants.pop(("kompress.dev", "modeloptimizations/status")) == {"get", "patch", "update"}
+    assert grants.pop(("kompress.dev", "modeloptimizations")) == {"get", "list", "watch", "patch"}
+    assert grants.pop(("kompress.dev", "modeloptimizations/status")) == {"patch"}
     assert grants.pop(("kompress.dev", "modeloptimizations/finalizers")) == {"update"}
     assert grants.pop(("batch", "jobs")) == {"create", "get", "list", "watch", "delete"}
-    assert grants.pop(("", "pods")) == {"get", "list", "watch"}
+    assert grants.pop(("", "pods")) == {"list", "watch"}
     assert grants.pop(("", "events")) == {"create", "patch"}
     assert grants.pop(("events.k8s.io", "events")) == {"create", "patch"}
     assert grants.pop(("", "secrets")) == {"get"}  # never list/watch: only the Secret a spec names

@@ -244,8 +244,8 @@ def _quantize_gain(config: QuantizeConfig, objective: str, model: ModelTraits) -
 def _quantize_candidates(model: ModelTraits) -> list[Recipe]:
     """INT8 variants chosen from the baseline's profile when there is one: dynamic INT8 only on the GEMMs
     (never Conv, whose ConvInteger form is slower on CPUs) and only when they hold a real share of the time;
-    static INT8 for conv-heavy models in both graph formats (they differ by model: QOperator loaded and ran
-    where QDQ was refused on PP-OCR). Without a profile: the three generic variants."""
+    for conv-heavy models static INT8 of the convolutions and GEMMs alone (QOperator) beside static INT8 of
+    every op (QDQ). Without a profile: the three generic variants."""
     fuse = _fuse(model)
     if not model.op_share or model.device != "cpu":
         return [("int8-dynamic", [*fuse, _INT8_DYNAMIC]),
@@ -259,18 +259,16 @@ def _quantize_candidates(model: ModelTraits) -> list[Recipe]:
                 ("int8-dynamic-per-tensor",
                  [*fuse, {"quantize": {"method": "dynamic", "perChannel": False, **gemm_only}}])]
     if conv >= MIN_SHARE:
-        # only the convolutions and GEMMs: ONNX Runtime fuses a float Conv with the Add/Mul/activation after
-        # it, while quantizing those gives each its own QLinearAdd/QLinearMul kernel (measured on the PP-OCR
-        # detector, bench/op_profile.py: the quantized elementwise ops cost more than the int8 convs saved)
+        # only the convolutions and GEMMs, in QOperator form: ONNX Runtime fuses a float Conv with the
+        # Add/Mul/activation after it, while quantizing those gives each its own QLinearAdd/QLinearMul kernel
+        # (measured on the PP-OCR models, bench/op_profile.py: the quantized elementwise ops cost more than the
+        # int8 convs saved; the all-ops QOperator variant was the slowest of the three on every one of them)
         heavy = sorted({op.removeprefix("Fused") for op in model.op_share
                         if op in CONV_OPS | MATMUL_OPS} & QUANTIZABLE_HEAVY)
         out.append(("int8-static-conv", [{"quantize": {"method": "static", "perChannel": True, "format": "qoperator",
                                                        "opTypes": heavy}}]))
     if conv + matmul >= MIN_SHARE:
         out.append(("int8-static", [_INT8_STATIC]))
-    if conv >= MIN_SHARE:
-        out.append(("int8-static-qoperator", [{"quantize": {"method": "static", "perChannel": True,
-                                                            "format": "qoperator"}}]))
     return out
 
 
