@@ -311,7 +311,9 @@ def test_search_with_training_resumes_its_trials_after_the_pod_is_killed(world: 
     del doc["spec"]["techniques"]
     doc["spec"]["data"]["trainUri"] = "s3://e2e-datasets/digits/train.npz"
     doc["spec"]["promotion"]["modelName"] = "digits-tuned"
-    doc["spec"]["gates"] = {"maxAccuracyDrop": 0.02}
+    # what this test is about is resuming the trials; the 0.05 ms digits CNN timed while the stand-in kubelet
+    # runs other Jobs beside it is too noisy to prove a speedup here (tests/test_no_regression.py covers that)
+    doc["spec"]["gates"] = {"maxAccuracyDrop": 0.02, "noRegression": False}
     doc["spec"]["search"] = {"objective": "latency", "earlyStop": False, "trialIterations": 200, "candidates": [
         {"name": "pruned", "techniques": [
             {"prune": {"method": "structured", "target": "channels", "sparsity": 0.5, "finetune": {"epochs": 2}}},

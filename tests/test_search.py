@@ -151,10 +151,10 @@ def test_default_candidates_and_their_order() -> None:
 
 def test_candidates_and_gains_follow_the_baseline_profile() -> None:
     """Where the baseline's time goes decides what is quantized and what a recipe may gain (Amdahl)."""
-    conv_heavy = {"Conv": 0.45, "Add": 0.3, "Clip": 0.2, "Gemm": 0.05}  # a MobileNet-like classifier
+    conv_heavy = {"Conv": 0.47, "Add": 0.3, "Clip": 0.2, "Gemm": 0.03}  # a MobileNet-like classifier
     cnn = candidates.default_candidates("onnx", {}, "cpu", conv_heavy)
     labels = [c.label() for c in cnn]
-    assert "int8-dynamic" not in labels  # GEMMs hold 5% of the time: nothing for dynamic INT8 to win
+    assert "int8-dynamic" not in labels  # GEMMs hold 3% of the time: nothing for dynamic INT8 to win
     assert labels[:2] == ["int8-static-conv", "int8-static"]
     # the conv-only variant leaves the elementwise ops in float, where ONNX Runtime fuses them into the conv
     assert cnn[0].steps()[-1][1].op_types == ["Conv", "Gemm"]

@@ -248,7 +248,10 @@ def pending(obs: Observed) -> Decision:
     if denied:
         message = "; ".join(map(str, denied))
         warn = () if obs.status.get("message") == message else (Event("Warning", "PolicyDenied", message),)
-        return Decision("Failed", "PolicyDenied", message, effects=warn)
+        # a spec field only an edit can change: Failed; a Secret's label can be fixed beside the spec: the
+        # timer looks again while the phase is Pending
+        spec_only = any(v.field != "spec.storageSecretRef" for v in denied)
+        return Decision("Failed" if spec_only else "Pending", "PolicyDenied", message, effects=warn)
     if obs.secret_missing and obs.settings.storage_secret_label:
         # the policy can only vouch for a Secret it can read: wait for it (the timer looks again)
         ref = obs.spec.storage_secret_ref.name if obs.spec.storage_secret_ref else "?"
