@@ -291,3 +291,22 @@ def test_local_promotion_is_readable_by_other_users(tmp_path: Path, model_file: 
     assert mode(reg / "digits" / "1" / "model.onnx") == 0o644
     assert mode(reg / "digits" / "1" / "kompress.json") == 0o644
     assert mode(reg / "digits" / ".claims" / "1") == 0o644
+
+
+@pytest.mark.s3
+def test_operator_refuses_model_files_outside_s3(s3: Any, s3_server: Any) -> None:
+    """A Job's report is input: a local path there would have the operator copy its own disk into the registry."""
+    from kompress.jobs.errors import KompressError
+    from kompress.jobs.report_model import OptimizationReport
+    from kompress.jobs.spec import PromotionSpec
+    from kompress.operator.reconciler import promote_run
+
+    s3.create_bucket(Bucket="hostile-runs")
+    doc = _minimal_report("s3://hostile-runs/r")
+    doc["artifacts"]["modelFiles"] = ["/etc/hostname"]
+    s3.put_object(Bucket="hostile-runs", Key="r/report.json",
+                  Body=OptimizationReport.model_validate(doc).model_dump_json(by_alias=True).encode())
+    promotion = PromotionSpec(registry="s3://hostile-runs/serving", modelName="m", policy="auto")
+    with pytest.raises(KompressError, match="outside S3"):
+        promote_run("s3://hostile-runs/r/report.json", "/etc/hostname", promotion, "uid", s3_server.env())
+    assert "Contents" not in s3.list_objects_v2(Bucket="hostile-runs", Prefix="serving/")

@@ -83,3 +83,53 @@ def test_local_and_package_uris(tmp_path: Path) -> None:
         storage.resolve_local("gs://bucket/model.onnx")
     with pytest.raises(InvalidInputError, match="does not exist"):
         storage.fetch(str(tmp_path / "absent.onnx"), tmp_path)
+
+
+class _CraftedKeys:
+    """An S3 client whose listing returns keys a hostile bucket could hold (MinIO refuses to store most)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys, self.downloaded = keys, []
+
+    def head_object(self, **_: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "404"}}, "HeadObject")
+
+    def get_paginator(self, _: str) -> Any:
+        keys = self.keys
+
+        class Pages:
+            def paginate(self, **_: Any) -> list[dict[str, Any]]:
+                return [{"Contents": [{"Key": k} for k in keys]}]
+
+        return Pages()
+
+    def download_file(self, bucket: str, key: str, target: str) -> None:
+        self.downloaded.append(target)
+        Path(target).write_bytes(b"x")
+
+
+@pytest.mark.parametrize("key", ["models/m/../../../escape.txt", "models/m//etc/passwd", "models/m/a/../../b",
+                                 "models/m/..", "models/m/a\\..\\b"])
+def test_keys_that_would_escape_the_download_folder_are_refused(tmp_path: Path, key: str) -> None:
+    client = _CraftedKeys(["models/m/model.onnx", key])
+    token = storage._override.set(client)
+    try:
+        with pytest.raises(InvalidInputError, match="refusing object key") as info:
+            storage.fetch("s3://bucket/models/m", tmp_path / "dest", field="model.uri")
+    finally:
+        storage._override.reset(token)
+    assert info.value.field == "model.uri"
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(tmp_path / "dest")]
+    assert not outside and not (tmp_path / "escape.txt").exists()
+
+
+def test_ordinary_nested_keys_still_download(tmp_path: Path) -> None:
+    client = _CraftedKeys(["models/m/model.onnx", "models/m/sub/vocab.txt"])
+    token = storage._override.set(client)
+    try:
+        folder = storage.fetch("s3://bucket/models/m", tmp_path, field="model.uri")
+    finally:
+        storage._override.reset(token)
+    assert (folder / "sub" / "vocab.txt").read_bytes() == b"x" and (folder / "model.onnx").exists()

@@ -216,8 +216,21 @@ def fetch(uri: str, dest: Path, field: str | None = None) -> Path:
         folder = dest / (Path(prefix.rstrip("/")).name or loc.bucket)
         for key in keys:
             if not key.endswith("/"):
-                _download(client, loc.bucket, key, folder / key[len(prefix) :])
+                _download(client, loc.bucket, key, _inside(folder, key[len(prefix) :], uri, field))
         return folder
+
+
+def _inside(folder: Path, rel: str, uri: str, field: str | None) -> Path:
+    """`folder / rel` for an object key under a prefix, refusing keys that would land outside `folder`
+    (`..` segments, an absolute path, a backslash or NUL): S3 keys are any string, the workspace is a disk."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("..", ".") for p in parts) or "\\" in rel or "\0" in rel:
+        raise InvalidInputError(f"{uri}: refusing object key {rel!r} under the prefix (it would be written "
+                                "outside the download folder)", field=field)
+    target = folder / rel
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise InvalidInputError(f"{uri}: refusing object key {rel!r} (outside the download folder)", field=field)
+    return target
 
 
 def _download(client: Any, bucket: str, key: str, target: Path) -> None:

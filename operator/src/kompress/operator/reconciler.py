@@ -223,8 +223,12 @@ def promote_run(report_uri: str | None, model_uri: str | None, promotion: Promot
     with (storage.credentials(secret) if secret is not None else contextlib.nullcontext(),
           tempfile.TemporaryDirectory() as tmp):
         run_report = report.read_json(storage.fetch(report_uri, Path(tmp) / "report", field="reportUri").read_bytes())
-        files = run_report.artifacts.model_files if run_report.artifacts else []
-        return registry.promote_report(run_report, files or [model_uri], promotion, uid)
+        files = (run_report.artifacts.model_files if run_report.artifacts else []) or [model_uri]
+        # what a Job reports is input: a local path would have the operator copy its own files into the registry
+        local = [f for f in files if not storage.is_s3(f)]
+        if local:
+            raise KompressError(f"the run reported model files outside S3 ({', '.join(local)}); refusing to promote")
+        return registry.promote_report(run_report, files, promotion, uid)
 
 
 def _seconds_between(start: str, end: str | None) -> float:
