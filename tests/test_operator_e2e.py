@@ -246,8 +246,7 @@ def test_minilm_int8_is_optimized_and_promoted(world: dict[str, Any]) -> None:
     obj = wait_for(progressed, 600, "MiniLM to finish", world)
     st = obj["status"]
     assert st["phase"] == "Succeeded", st
-    assert {"Pending", "Running"} <= seen | {"Pending"}  # Pending may pass between polls
-    assert "Running" in seen
+    assert "Running" in seen  # (Pending may pass between polls)
     assert st["jobName"] == job["metadata"]["name"] and st["observedGeneration"] == 1
     assert st["result"]["sizeReduction"] >= 3.5 and st["result"]["cosineSimilarity"] >= 0.99
     assert st["promotedTo"] == "s3://e2e-registry/serving/minilm/1"
@@ -298,7 +297,10 @@ def test_failing_job_retries_then_fails_with_the_message(world: dict[str, Any]) 
     assert len(killed) == 2, killed  # one retry
     st = obj["status"]
     assert st["phase"] == "Failed" and condition(obj, "Stalled")["reason"] == "RetriesExhausted"
-    assert st["message"]  # the pod's termination message (FallbackToLogsOnError: the engine's last lines)
+    # the last pod's termination message (FallbackToLogsOnError: its log tail), whose last line the status shows
+    last_pod = max(killed, key=lambda n: kubelet.log_path(ns, n).stat().st_mtime)
+    tail = [line for line in kubelet.logs(ns, last_pod).splitlines() if line.strip()]
+    assert tail and st["message"].strip() == tail[-1].strip(), (st["message"], tail[-3:])
     assert "RetriesExhausted" in events(world, ns)
 
 
@@ -420,9 +422,8 @@ def test_fifty_resources_all_reach_a_final_phase(world: dict[str, Any]) -> None:
     assert len(jobs(world, ns)) == 50
     rss = world["operator"].peak_rss_kib()
     print(f"50 resources: all final in {elapsed:.1f}s; operator peak RSS {rss / 1024:.0f} MiB")
-    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "results" / "operator-fleet.json").write_text(json.dumps(
-        {"resources": 50, "allFinalSeconds": elapsed, "operatorPeakRssMiB": rss / 1024}))
+    # memory is a bound a test can hold on any machine (time is not: bench/ measures it)
+    assert rss < 200 * 1024, f"operator peak RSS {rss / 1024:.0f} MiB with 50 resources (bound: 200 MiB)"
 
 
 def test_results_reach_prometheus_through_both_paths(world: dict[str, Any]) -> None:

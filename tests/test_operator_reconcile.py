@@ -515,3 +515,17 @@ async def test_the_policy_allows_what_it_lists_and_waits_for_a_missing_secret(km
     await rec.reconcile(NS, NAME)
     assert len(kmock[kmock.method.POST, kmock.resource("batch/v1/jobs")]) == 1
     assert stored(kmock, MOPT, NAME)["status"]["phase"] == "Pending"
+
+
+async def test_a_summary_cut_off_mid_write_fails_once_without_a_crash_loop(kmock: kmock.KubernetesEmulator,
+                                                                           api: KubeClient,
+                                                                           events: list[dict[str, Any]]) -> None:
+    rec, jname = await started(kmock, api, resource())
+    engine_exits(kmock, jname, 0, summary()[:57])
+    for _ in range(3):  # reconciled again and again (events, the timer): the same status, one Event
+        await rec.reconcile(NS, NAME)
+    obj = stored(kmock, MOPT, NAME)
+    assert obj["status"]["phase"] == "Failed" and condition(obj, "Stalled")["reason"] == "SummaryInvalid"
+    assert "not complete JSON" in obj["status"]["message"]
+    assert [e["reason"] for e in events] == ["JobCreated", "SummaryInvalid"]
+    assert not kmock[kmock.method.POST, kmock.resource("batch/v1/jobs")][1:]

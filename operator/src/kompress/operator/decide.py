@@ -180,6 +180,10 @@ def read_termination(text: str, exit_code: int | None) -> Termination:
     try:
         summary = RunSummary.model_validate_json(text)
     except ValidationError as err:
+        if err.errors()[0]["type"] == "json_invalid" and exit_code == 0:  # a success writes its summary: this
+            # one was cut off (the engine killed mid-write, a full disk); never read a result into it
+            return Termination(message="the Job's summary is not complete JSON (cut off?): "
+                                       f"{text.strip()[:200]!r}", exit_code=exit_code, contract_broken=True)
         if err.errors()[0]["type"] == "json_invalid":  # not JSON: the log tail; its last line says most
             lines = text.strip().splitlines()
             return Termination(message=lines[-1] if lines else f"engine exited with code {exit_code}",
