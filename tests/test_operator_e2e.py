@@ -300,7 +300,9 @@ def test_failing_job_retries_then_fails_with_the_message(world: dict[str, Any]) 
     # the last pod's termination message (FallbackToLogsOnError: its log tail), whose last line the status shows
     last_pod = max(killed, key=lambda n: kubelet.log_path(ns, n).stat().st_mtime)
     tail = [line for line in kubelet.logs(ns, last_pod).splitlines() if line.strip()]
-    assert tail and st["message"].strip() == tail[-1].strip(), (st["message"], tail[-3:])
+    # (a pod killed before the engine printed anything leaves an empty log: then the exit code, 128 + SIGKILL)
+    expected = tail[-1].strip() if tail else "engine exited with code 137"
+    assert st["message"].strip() == expected, (st["message"], tail[-3:])
     assert "RetriesExhausted" in events(world, ns)
 
 
@@ -386,6 +388,61 @@ def test_delete_removes_the_job_and_keeps_promoted_versions(world: dict[str, Any
         pg = world["pushgateway"].get("/metrics")
         return 'optimization="temporary"' not in op and 'optimization="temporary"' not in pg
     wait_for(gone, 60, "the deleted resource's series to disappear", world)
+
+
+def test_a_resource_deleted_while_its_job_runs_leaves_nothing_behind(world: dict[str, Any]) -> None:
+    """Deleted mid-run: garbage collection takes the Job and its pod (the stand-in kills the process), nothing
+    is promoted, and S3 holds nothing of it outside the run's own output prefix."""
+    ns = namespace(world, "midrun")
+    doc = digits("doomed")
+    doc["spec"]["promotion"]["modelName"] = "digits-doomed"
+    doc["spec"]["target"]["iterations"] = 100_000  # still measuring when it is deleted
+    assert apply(world, ns, doc).returncode == 0
+    kubelet = world["kubelet"]
+
+    def running_pod() -> Any:
+        pods = world["cluster"].request("GET", f"/api/v1/namespaces/{ns}/pods")["items"]
+        return [p for p in pods if kubelet.pid(ns, p["metadata"]["name"])]
+
+    pod = wait_for(running_pod, 120, "the engine process", world)[0]["metadata"]["name"]
+    pid = kubelet.pid(ns, pod)
+    assert kubectl(world["cluster"], "delete", "mopt", "doomed", "-n", ns, "--wait=true").returncode == 0
+    wait_for(lambda: not jobs(world, ns), 60, "garbage collection of the Job", world)
+    wait_for(lambda: not world["cluster"].request("GET", f"/api/v1/namespaces/{ns}/pods")["items"], 60,
+             "garbage collection of the pod", world)
+    wait_for(lambda: not _alive(pid), 30, "the engine process to end", world)
+    everything = [o["Key"] for o in world["s3"].list_objects_v2(Bucket="e2e-registry").get("Contents", [])]
+    assert not [k for k in everything if "doomed" in k and f"/.kompress-runs/{ns}/doomed/" not in f"/{k}"], everything
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_resources_promoting_one_model_name_get_two_whole_versions(world: dict[str, Any]) -> None:
+    """Two runs of different specs promote the same modelName at once through the operator, on S3: versions
+    1 and 2, each complete (model and manifest), neither overwritten."""
+    ns = namespace(world, "rivals")
+    for name, iterations in (("rival-a", 10), ("rival-b", 11)):  # different specs: different promotion keys
+        doc = digits(name)
+        doc["spec"]["promotion"]["modelName"] = "digits-shared"
+        doc["spec"]["target"]["iterations"] = iterations
+        assert apply(world, ns, doc).returncode == 0
+    done = [wait_for(phase_in(world, ns, n, FINAL), 240, f"{n} to finish", world) for n in ("rival-a", "rival-b")]
+    assert [d["status"]["phase"] for d in done] == ["Succeeded", "Succeeded"], [d["status"] for d in done]
+    assert sorted(d["status"]["promotedVersion"] for d in done) == [1, 2]
+    for d in done:
+        version = d["status"]["promotedVersion"]
+        manifest = json.loads(world["s3"].get_object(
+            Bucket="e2e-registry", Key=f"serving/digits-shared/{version}/kompress.json")["Body"].read())
+        assert manifest["resourceUid"] == d["metadata"]["uid"] and manifest["version"] == version
+        assert world["s3"].head_object(Bucket="e2e-registry", Key=f"serving/digits-shared/{version}/model.onnx")
 
 
 def test_bad_spec_is_rejected_by_the_api_server(world: dict[str, Any]) -> None:
