@@ -11,7 +11,6 @@ deadline) reaches the resource as a condition, a message and an Event."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -32,11 +31,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from promstack import start_prometheus, start_pushgateway
 
 from kube.fixtures import kompress_image_archive, kubectl
+from kube.operator_e2e import FINAL, get_mopt, namespace_with_storage, wait_until
 from s3server import start_s3_server
 
 pytestmark = [pytest.mark.node]
-GROUP_PATH = "/apis/kompress.dev/v1alpha1"
-FINAL = {"Succeeded", "Rejected", "Failed"}
 RELEASE_NS = "kompress-system"
 
 
@@ -150,29 +148,15 @@ def ready(pod: dict[str, Any]) -> bool:
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, world: dict[str, Any]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{pods_wide(world)}{operator_logs(world)}")
+    return wait_until(check, timeout, what, lambda: pods_wide(world) + operator_logs(world), interval=1)
 
 
 def namespace(world: dict[str, Any], name: str, secret: bool = True) -> str:
-    cluster = world["cluster"]
-    kubectl(cluster, "create", "namespace", name)
-    if secret:
-        env = world["s3_server"].env()
-        body = {"apiVersion": "v1", "kind": "Secret", "metadata": {
-        "name": "s3-credentials", "namespace": name, "labels": {"kompress.dev/storage-credentials": "true"}},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in env.items()}}
-        cluster.request("POST", f"/api/v1/namespaces/{name}/secrets", body)
-    return name
+    return namespace_with_storage(world["cluster"], name, world["s3_server"].env() if secret else None)
 
 
 def get(world: dict[str, Any], ns: str, name: str) -> dict[str, Any]:
-    return world["cluster"].request("GET", f"{GROUP_PATH}/namespaces/{ns}/modeloptimizations/{name}")
+    return get_mopt(world["cluster"], ns, name)
 
 
 def apply(world: dict[str, Any], ns: str, doc: dict[str, Any]) -> None:

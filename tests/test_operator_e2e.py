@@ -10,7 +10,6 @@ to the node tier (the Deployment's pod deleted there)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -34,10 +33,9 @@ from promstack import start_prometheus, start_pushgateway
 
 from kube.fixtures import kubectl
 from kube.kubelet import FakeKubelet
+from kube.operator_e2e import FINAL, GROUP_PATH, get_mopt, namespace_with_storage, wait_until
 
 pytestmark = [pytest.mark.kube, pytest.mark.s3]
-GROUP_PATH = "/apis/kompress.dev/v1alpha1"
-FINAL = {"Succeeded", "Rejected", "Failed"}
 
 
 def free_port() -> int:
@@ -158,14 +156,7 @@ def world(kube_cluster: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFa
 
 
 def namespace(world: dict[str, Any], name: str) -> str:
-    cluster = world["cluster"]
-    kubectl(cluster, "create", "namespace", name)
-    env = world["s3_server"].env()
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {
-        "name": "s3-credentials", "namespace": name, "labels": {"kompress.dev/storage-credentials": "true"}},
-              "data": {k: base64.b64encode(v.encode()).decode() for k, v in env.items()}}
-    cluster.request("POST", f"/api/v1/namespaces/{name}/secrets", secret)
-    return name
+    return namespace_with_storage(world["cluster"], name, world["s3_server"].env())
 
 
 def digits(name: str, **spec_changes: Any) -> dict[str, Any]:
@@ -185,17 +176,11 @@ def apply(world: dict[str, Any], ns: str, doc: dict[str, Any]) -> subprocess.Com
 
 
 def get(world: dict[str, Any], ns: str, name: str) -> dict[str, Any]:
-    return world["cluster"].request("GET", f"{GROUP_PATH}/namespaces/{ns}/modeloptimizations/{name}")
+    return get_mopt(world["cluster"], ns, name)
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, world: dict[str, Any]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n--- operator ---\n{world['operator'].tail()}")
+    return wait_until(check, timeout, what, lambda: f"--- operator ---\n{world['operator'].tail()}")
 
 
 def phase_in(world: dict[str, Any], ns: str, name: str, phases: set[str]) -> Callable[[], Any]:

@@ -88,6 +88,19 @@ class _Component:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def stop_component(comp: _Component, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it outlives ``timeout`` seconds."""
+    if comp.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            comp.proc.terminate()
+    try:
+        comp.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            comp.proc.kill()
+        comp.proc.wait()
+
+
 @dataclass
 class Cluster:
     """A running control plane. ``stop()`` is idempotent."""
@@ -135,15 +148,7 @@ class Cluster:
         """Stop the components newest first (so the apiserver shuts down while
         etcd is still there); SIGKILL any that outlives ``timeout`` seconds."""
         for comp in reversed(self._components):
-            if comp.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    comp.proc.terminate()
-            try:
-                comp.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    comp.proc.kill()
-                comp.proc.wait()
+            stop_component(comp, timeout)
         self._components.clear()
         if self in _live:
             _live.remove(self)

@@ -55,6 +55,7 @@ from kube.cluster import (
     default_bin_dir,
     free_ports,
     start_cluster,
+    stop_component,
 )
 
 HOST_IFACE = "kompress0"
@@ -106,13 +107,13 @@ class NodeCluster(Cluster):
     def stop(self, timeout: float = 10.0) -> None:
         # Node parts first, while containerd still answers; then the control plane.
         for comp in [c for c in self._components if c.name in NODE_COMPONENTS]:
-            _stop_component(comp, timeout)
+            stop_component(comp, timeout)
             self._components.remove(comp)
         containerd = [c for c in self._components if c.name == "containerd"]
         if containerd and containerd[0].proc.poll() is None:
             _purge_containers()
         for comp in containerd:
-            _stop_component(comp, timeout)
+            stop_component(comp, timeout)
             self._components.remove(comp)
         _clean_host(containerd_state=True)
         super().stop(timeout)
@@ -134,18 +135,6 @@ def _run(argv: Sequence[str], timeout: float = 60.0, check: bool = True) -> subp
 def _ctr(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     argv = ["ctr", f"--address={CONTAINERD_SOCK}", f"--namespace={CTR_NAMESPACE}", *args]
     return _run(argv, timeout=timeout, check=False)
-
-
-def _stop_component(comp: _Component, timeout: float) -> None:
-    if comp.proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            comp.proc.terminate()
-    try:
-        comp.proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            comp.proc.kill()
-        comp.proc.wait()
 
 
 def _take_lock() -> IO[bytes]:
@@ -576,7 +565,7 @@ def start_node_cluster(workdir: Path, images: Sequence[Path] = (), timeout: floa
             for comp in containerd_comps:
                 if comp.proc.poll() is None:
                     _purge_containers()
-                _stop_component(comp, 10.0)
+                stop_component(comp, 10.0)
             _clean_host(containerd_state=True)
             lock.close()
         raise
