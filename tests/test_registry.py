@@ -310,3 +310,35 @@ def test_operator_refuses_model_files_outside_s3(s3: Any, s3_server: Any) -> Non
     with pytest.raises(KompressError, match="outside S3"):
         promote_run("s3://hostile-runs/r/report.json", "/etc/hostname", promotion, "uid", s3_server.env())
     assert "Contents" not in s3.list_objects_v2(Bucket="hostile-runs", Prefix="serving/")
+
+
+@pytest.mark.s3
+def test_a_promotion_cut_off_mid_copy_is_finished_once(s3: Any, s3_server: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator dies after the S3 server copied the model's files and before the manifest: the next
+    attempt (a restarted operator promotes the same run again) finishes that version, and there is one."""
+    from kompress.jobs import storage
+
+    for bucket in ("copy-runs", "copy-registry"):
+        s3.create_bucket(Bucket=bucket)
+    _upload_run(s3, "cut", 2 << 20, tmp_path)
+    sources = ["s3://copy-runs/cut/model.onnx", "s3://copy-runs/cut/model.onnx.data"]
+    promote_once = registry.promote
+    write = storage.S3Store.write
+
+    def dies_at_the_manifest(self: storage.S3Store, rel: str, data: bytes) -> None:
+        if rel.endswith("/kompress.json"):
+            raise SystemExit("operator killed")  # not an Exception: nothing in promote may catch it
+        write(self, rel, data)
+
+    with storage.credentials(s3_server.env()):
+        monkeypatch.setattr(storage.S3Store, "write", dies_at_the_manifest)
+        with pytest.raises(SystemExit):
+            promote_once("s3://copy-registry/serving", "cut", sources, {"name": "t"}, "key-cut", INPUTS, OUTPUTS)
+        monkeypatch.setattr(storage.S3Store, "write", write)
+        again = promote_once("s3://copy-registry/serving", "cut", sources, {"name": "t"}, "key-cut", INPUTS, OUTPUTS)
+        twice = promote_once("s3://copy-registry/serving", "cut", sources, {"name": "t"}, "key-cut", INPUTS, OUTPUTS)
+    assert (again.version, again.created) == (1, True) and (twice.version, twice.created) == (1, False)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="copy-registry", Prefix="serving/cut/")["Contents"]}
+    assert {"serving/cut/1/model.onnx", "serving/cut/1/model.onnx.data", "serving/cut/1/kompress.json"} <= keys
+    assert not [k for k in keys if k.startswith("serving/cut/2")], keys
