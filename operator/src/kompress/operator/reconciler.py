@@ -37,7 +37,7 @@ from kompress.operator.decide import (
     promoted,
     wanted_status,
 )
-from kompress.operator.jobspec import GROUP, LABEL_NAME, PLURAL, VERSION
+from kompress.operator.jobspec import GROUP, PLURAL, VERSION
 from kompress.operator.kube import ApiError, KubeClient
 from kompress.operator.settings import Settings
 
@@ -156,8 +156,8 @@ class Reconciler:
         return True
 
     async def _promote(self, effect: Promote) -> PromotionResult | str:
-        """Promote with the user's storage credentials (in a thread: it downloads and uploads); a failure that
-        a later retry may fix comes back as its message."""
+        """Promote with the user's storage credentials (in a thread: it reads the report and has S3 copy the
+        model); a failure that a later retry may fix comes back as its message."""
         try:
             secret = await self._secret_values(effect.namespace, effect.secret_name)
             return await asyncio.to_thread(promote_run, effect.report_uri, effect.model_uri, effect.promotion,
@@ -178,15 +178,15 @@ class Reconciler:
             raise
 
     async def _superseded(self, body: dict[str, Any], current: str) -> list[dict[str, Any]]:
-        """This resource's Jobs other than `current` that have not finished nor are being deleted."""
-        meta = body["metadata"]
-        jobs = await self.api.get(f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs",
-                                  params={"labelSelector": f"{LABEL_NAME}={meta['name']}"})
-        return [j for j in jobs.get("items", [])
-                if j["metadata"]["name"] != current and not j["metadata"].get("deletionTimestamp")
-                and any(o.get("uid") == meta["uid"] for o in j["metadata"].get("ownerReferences", []))
-                and not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                            for c in (j.get("status") or {}).get("conditions", []))]
+        """The Job the status still follows when an edit changed the run (status.jobName is not `current`), if
+        it runs yet: one GET, and only after such an edit."""
+        meta, previous = body["metadata"], (body.get("status") or {}).get("jobName")
+        if not previous or previous == current:
+            return []
+        job = await self._get_job(meta["namespace"], previous)
+        if job is None or job["metadata"].get("deletionTimestamp") or _job_finished(job):
+            return []
+        return [job] if any(o.get("uid") == meta["uid"] for o in job["metadata"].get("ownerReferences", [])) else []
 
     async def _pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         pods = await self.api.get(f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": f"job-name={job}"})
@@ -229,6 +229,11 @@ def promote_run(report_uri: str | None, model_uri: str | None, promotion: Promot
         if local:
             raise KompressError(f"the run reported model files outside S3 ({', '.join(local)}); refusing to promote")
         return registry.promote_report(run_report, files, promotion, uid)
+
+
+def _job_finished(job: dict[str, Any]) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions", []))
 
 
 def _seconds_between(start: str, end: str | None) -> float:
