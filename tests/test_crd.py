@@ -163,7 +163,7 @@ def test_required_and_optional_fields(spec: dict[str, Any]) -> None:
     assert props["promotion"]["required"] == ["registry", "modelName"]
     assert props["promotion"]["properties"]["approved"] == {
         **props["promotion"]["properties"]["approved"], "type": "boolean", "default": False}
-    assert props["target"]["properties"]["runtime"]["enum"] == ["onnxruntime"]  # from const
+    assert props["target"]["properties"]["runtime"]["enum"] == ["onnxruntime", "openvino", "auto"]
     assert props["resources"]["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string"}
 
 

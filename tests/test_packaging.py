@@ -51,14 +51,19 @@ def test_operator_imports_no_ml_library() -> None:
     assert out.stdout.strip() == "", f"the operator imported {out.stdout.strip()}"
 
 
-def test_engine_extra_is_onnx_plus_torch() -> None:
-    """`engine` (what `make install` and the full image take) is both halves; `onnx` (the slim image) has no
-    PyTorch library."""
+def test_engine_extra_is_onnx_plus_torch_plus_openvino() -> None:
+    """`engine` (what `make install` and the full image take) is every half; `onnx` (the slim image) has no
+    PyTorch library and no OpenVINO; `openvino` needs no PyTorch."""
     extras = _project(ROOT / "jobs" / "pyproject.toml")["optional-dependencies"]
-    assert extras["engine"] == ["kompress-jobs[onnx,torch]"]
-    names = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in extras["onnx"]}
-    assert {"onnx", "onnxruntime", "matplotlib"} <= names
-    assert not names & {"torch", "transformers", "torch-pruning", "onnx2torch", "torchvision"}
+    assert extras["engine"] == ["kompress-jobs[onnx,torch,openvino]"]
+
+    def names(extra: str) -> set[str]:
+        return {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in extras[extra]}
+
+    assert {"onnx", "onnxruntime", "matplotlib"} <= names("onnx")
+    assert not names("onnx") & {"torch", "transformers", "torch-pruning", "onnx2torch", "torchvision", "openvino",
+                                "nncf"}
+    assert {"openvino", "nncf"} <= names("openvino") and "torch" not in names("openvino")
 
 
 def test_torch_technique_without_torch_fails_in_one_line(tmp_path: Path) -> None:

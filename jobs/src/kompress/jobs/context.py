@@ -33,6 +33,8 @@ class StepContext:
     checkpoints: Checkpoints | None = None
     """Where this step keeps resumable state (None: nothing is kept)."""
     seed: int = 0
+    runtime: str = "onnxruntime"
+    """The runtime that will serve the result (what `quantize`'s backend auto picks from)."""
     input_plan: InputPlan | None = None
     """How calibration rows become the model's feeds (data.inputs: batch axes, constants); None: every input
     is batch-first in `calibration`."""

@@ -21,6 +21,7 @@ from kompress.jobs.errors import InvalidInputError, RuntimeFailure
 from kompress.jobs.ort_sessions import available_threads, batch_axis_fixed, open_session
 from kompress.jobs.progress import Progress
 from kompress.jobs.report_model import Energy, Fidelity, Latency, Placement, Quality
+from kompress.jobs.runtimes import Serving
 from kompress.jobs.spec import TargetSpec
 
 QUALITY_BATCH = 32
@@ -142,8 +143,8 @@ def block_calls(iterations: int, call_seconds: float = 0.0) -> int:
     return calls
 
 
-def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, plan: TimingPlan, meter: Meter,
-                  progress: Progress | None = None) -> dict[str, Speed]:
+def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, plan: TimingPlan,
+                  meter: Meter | None, progress: Progress | None = None) -> dict[str, Speed]:
     """Latency percentiles, and (as the plan says) throughput and energy per inference of each session.
 
     Measured as served: a server runs one model back to back, so latency is timed in blocks of consecutive
@@ -160,7 +161,7 @@ def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, p
     block = block_calls(plan.iterations, call_seconds)  # a fast model's blocks hold more calls
     bar = progress.bar(total=rounds + (ROUNDS if plan.throughput else 0), desc="latency and throughput",
                        unit="round") if progress else None
-    energy_per_block = plan.energy and meter.block_seconds <= 0
+    energy_per_block = plan.energy and meter is not None and meter.block_seconds <= 0
     for _ in range(rounds):
         for name, sess in sessions.items():
             _latency_block(sess, lat_feeds, block, timings[name], meter if energy_per_block else None, lat_batch)
@@ -256,7 +257,7 @@ def _energy_in_blocks(sessions: dict[str, Any], feeds: dict[str, np.ndarray], ba
             t.runs += calls * batch
 
 
-def peak_memory(path: Path, data: Dataset, target: TargetSpec) -> tuple[int, str]:
+def peak_memory(path: Path, data: Dataset, target: TargetSpec, serving: Serving | None = None) -> tuple[int, str]:
     """Peak memory to load the model and run one latency batch, in a fresh process, and whose memory it is:
     the GPU's on a GPU target (where NVML reads it), else the host's resident set."""
     feeds = latency_feeds(data, target)
@@ -264,7 +265,8 @@ def peak_memory(path: Path, data: Dataset, target: TargetSpec) -> tuple[int, str
         npz = Path(tmp) / "feeds.npz"
         np.savez(npz, **feeds)
         cmd = [sys.executable, "-m", "kompress.jobs.memprobe", str(path), str(npz),
-               str(target.threads or available_threads()), target.device]
+               str(target.threads or available_threads()), target.device,
+               *((serving.runtime, serving.precision or "f32") if serving and serving.runtime == "openvino" else ())]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
         raise RuntimeFailure(f"memory probe failed for {path.name}: {proc.stderr.strip().splitlines()[-1:]}")

@@ -15,9 +15,10 @@ from kompress.jobs import evaluate, gates, model_files, onnx_utils
 from kompress.jobs.data import Dataset
 from kompress.jobs.energy import Meter
 from kompress.jobs.evaluate import TimingPlan
-from kompress.jobs.ort_sessions import open_session
+from kompress.jobs.ort_sessions import open_session, serving_of
 from kompress.jobs.progress import Progress
 from kompress.jobs.report_model import Comparison, Quality, VariantMetrics
+from kompress.jobs.runtimes import Serving
 from kompress.jobs.spec import GatesSpec, ModelSpec, SearchSpec, TargetSpec
 
 STEP_LATENCY_RUNS = 30
@@ -62,15 +63,18 @@ class Baseline:
     evaluation: Dataset
     model: ModelSpec
     target: TargetSpec
+    serving: Serving = field(default_factory=Serving)
+    """The runtime the original is measured with (the target's; ONNX Runtime for target.runtime auto)."""
     _facts: dict[str, Any] = field(default_factory=dict)
     """What does not change between measurements (sha256, parameters, peak memory, placement)."""
 
     @classmethod
     def open(cls, path: Path, evaluation: Dataset, model: ModelSpec, target: TargetSpec,
              progress: Progress | None = None) -> Baseline:
-        session = open_session(path, target)
+        serving = serving_of(target)
+        session = open_session(path, target, serving=serving)
         outputs = evaluate.run_all(session, evaluation, model.output, progress, "baseline")
-        return cls(path, session, outputs, evaluation, model, target)
+        return cls(path, session, outputs, evaluation, model, target, serving)
 
     def fact(self, name: str, compute: Any) -> Any:
         if name not in self._facts:
@@ -95,17 +99,22 @@ class Measured:
 
 
 def measure_variant(base: Baseline, model: Path, plan: MeasurePlan, meter: Meter | None = None,
-                    progress: Progress | None = None) -> Measured:
-    """Measure `model` against the baseline as `plan` says (meter: needed when the plan times energy)."""
+                    progress: Progress | None = None, serving: Serving | None = None) -> Measured:
+    """Measure `model` against the baseline as `plan` says (meter: needed when the plan times energy),
+    served by `serving` (default: the baseline's runtime)."""
     shown = progress if plan.show_progress else None
-    session = open_session(model, base.target)
+    serving = serving or base.serving
+    session = open_session(model, base.target, serving=serving)
     outputs = evaluate.run_all(session, base.evaluation, base.model.output, shown, "optimized")
     base_q, cand_q = evaluate.quality(base.outputs, outputs, base.evaluation, base.model.task)
     speed = evaluate.measure_speed({"baseline": base.session, "candidate": session}, base.evaluation,
                                    base.target, plan.timing, meter, shown)  # type: ignore[arg-type]
+    candidate_precision = getattr(session, "precision", None)
     del session
-    baseline = _variant(base, base.path, base_q, speed["baseline"], plan, cached=True)
-    candidate = _variant(base, model, cand_q, speed["candidate"], plan, cached=False)
+    baseline = _variant(base, base.path, base_q, speed["baseline"], plan, base.serving, cached=True)
+    baseline.precision = getattr(base.session, "precision", None)
+    candidate = _variant(base, model, cand_q, speed["candidate"], plan, serving, cached=False)
+    candidate.precision = candidate_precision
     comparison = gates.comparison(baseline, candidate, base.model.task)
     comparison.speedup_spread = speedup_spread(speed["baseline"].round_medians, speed["candidate"].round_medians)
     return Measured(baseline, candidate, comparison)
@@ -122,19 +131,28 @@ def speedup_spread(baseline_rounds: list[float], candidate_rounds: list[float]) 
 
 
 def _variant(base: Baseline, path: Path, quality: Quality, speed: evaluate.Speed, plan: MeasurePlan,
-             cached: bool) -> VariantMetrics:
+             serving: Serving, cached: bool) -> VariantMetrics:
     def fact(name: str, compute: Any) -> Any:
         return base.fact(name, compute) if cached else compute()
 
     m = VariantMetrics(size_bytes=model_files.size_bytes(path), quality=quality, latency_seconds=speed.latency,
                        throughput_inferences_per_second=speed.throughput_per_second,
-                       throughput_batch_size=speed.throughput_batch_size, energy=speed.energy)
+                       throughput_batch_size=speed.throughput_batch_size, energy=speed.energy,
+                       runtime=serving.runtime)
     if plan.provenance:
         m.sha256 = fact("sha256", lambda: model_files.sha256_file(path))
-        m.parameters = fact("parameters", lambda: onnx_utils.parameter_count(path))
+        m.parameters = fact("parameters", lambda: _parameters(path))
     if plan.peak_memory:
         m.peak_memory_bytes, m.peak_memory_of = fact(
-            "peakMemory", lambda: evaluate.peak_memory(path, base.evaluation, base.target))
+            "peakMemory", lambda: evaluate.peak_memory(path, base.evaluation, base.target, serving))
     if plan.placement:
         m.placement = fact("placement", lambda: evaluate.node_placement(path, base.evaluation, base.target))
     return m
+
+
+def _parameters(path: Path) -> int:
+    if path.suffix == ".xml":  # an OpenVINO IR
+        from kompress.jobs.openvino_sessions import ir_parameters
+
+        return ir_parameters(path)
+    return onnx_utils.parameter_count(path)

@@ -31,9 +31,21 @@ def main(argv: list[str]) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    model, feeds_path, threads, device = argv
+    model, feeds_path, threads, device, *served = argv  # served: "openvino" and its precision
     with np.load(feeds_path, allow_pickle=False) as npz:
         feeds = {k: npz[k] for k in npz.files}
+    if served and served[0] == "openvino":
+        import openvino as ov
+
+        core = ov.Core()  # loaded before the baseline reading: the runtime's own libraries are not the model's
+        before = _status_kb("VmRSS")
+        request = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": int(threads),
+                                                    "PERFORMANCE_HINT": "LATENCY",
+                                                    "INFERENCE_PRECISION_HINT": served[1]}).create_infer_request()
+        for _ in range(3):
+            request.infer(feeds)
+        print(json.dumps({"peakBytes": (_status_kb("VmHWM") - before) * 1024}))
+        return
     gpu_before = _gpu_used_bytes() if device == "gpu" else None
     before = _status_kb("VmRSS")
     options = ort.SessionOptions()

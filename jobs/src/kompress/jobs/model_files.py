@@ -1,5 +1,6 @@
-"""A model on disk as files: the ONNX file plus its external-data file (models over 2 GB), copied, sized and
-hashed without reading them into memory and without importing onnx (the registry and the operator use these)."""
+"""A model on disk as files: the ONNX file plus its external-data file (models over 2 GB), or an OpenVINO IR
+(model.xml plus its weights, model.bin), copied, sized and hashed without reading them into memory and
+without importing onnx (the registry and the operator use these)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,26 @@ import shutil
 from pathlib import Path
 
 
+def companion(path: Path) -> Path:
+    """The file that goes with a model file: an IR's weights (`.bin`), an ONNX model's external data."""
+    return path.with_suffix(".bin") if path.suffix == ".xml" else path.with_name(path.name + ".data")
+
+
 def files_of(path: Path) -> list[Path]:
-    """The model file plus its external-data file, if any."""
+    """The model file plus its companion, if any."""
     files = [path]
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        files.append(data)
+    if companion(path).exists():
+        files.append(companion(path))
     return files
 
 
 def copy_model(src: Path, dst: Path) -> Path:
-    """Copy a model file and its external data (as ``<dst>.data``) without reading them into memory."""
+    """Copy a model file and its companion (as ``companion(dst)``) without reading them into memory."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    for f in (dst, dst.with_name(dst.name + ".data")):
+    for f in (dst, companion(dst)):
         f.unlink(missing_ok=True)
     for f in files_of(src):
-        shutil.copyfile(f, dst if f == src else dst.with_name(dst.name + ".data"))
+        shutil.copyfile(f, dst if f == src else companion(dst))
     return dst
 
 

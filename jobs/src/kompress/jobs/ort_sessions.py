@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.runtimes import Serving
 from kompress.jobs.spec import TargetSpec
 
 
@@ -69,12 +70,25 @@ def session_options(threads: int) -> Any:
     return options
 
 
-def open_session(path: Path, target: TargetSpec, *, profile_prefix: str | None = None) -> Any:
-    """A session for `path` on the target's device and threads; a graph ONNX Runtime refuses is a clear
-    error naming the file, not a traceback."""
+def serving_of(target: TargetSpec) -> Serving:
+    """How the target serves a model unless a search candidate says otherwise (`auto`: ONNX Runtime, the
+    reference every runtime is compared with)."""
+    return Serving("openvino", target.precision) if target.runtime == "openvino" else Serving()
+
+
+def open_session(path: Path, target: TargetSpec, *, serving: Serving | None = None,
+                 profile_prefix: str | None = None) -> Any:
+    """A session for `path` on the target's device and threads, in the runtime `serving` names (default: the
+    target's); a graph the runtime refuses is a clear error naming the file, not a traceback."""
+    serving = serving or serving_of(target)
+    threads = target.threads or available_threads()
+    if serving.runtime == "openvino":
+        from kompress.jobs.openvino_sessions import compile_model
+
+        return compile_model(path, threads, serving.precision or "f32")
     import onnxruntime as ort
 
-    options = session_options(target.threads or available_threads())
+    options = session_options(threads)
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

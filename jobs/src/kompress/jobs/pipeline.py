@@ -22,6 +22,7 @@ from kompress.jobs.measure import Baseline, MeasurePlan, measure_variant
 from kompress.jobs.model_io import SourceModel
 from kompress.jobs.progress import Progress
 from kompress.jobs.report_model import DataFacts, ModelFacts, StepReport
+from kompress.jobs.runtimes import Serving
 from kompress.jobs.spec import OptimizationSpec
 from kompress.jobs.specbase import SpecModel
 from kompress.jobs.torch_model import TorchModel
@@ -81,9 +82,11 @@ class PipelineResult:
 
 
 def apply(ws: Workspace, steps: list[tuple[str, SpecModel]], label: str, *, evaluate_steps: bool,
-          step_lines: bool) -> PipelineResult:
+          step_lines: bool, serving: Serving | None = None) -> PipelineResult:
     """Run ``steps`` from the source model; ``label`` keeps scratch folders and checkpoints of different
-    pipelines apart. ``step_lines``: announce each step as a numbered progress step (else an info line)."""
+    pipelines apart. ``step_lines``: announce each step as a numbered progress step (else an info line).
+    ``serving``: the runtime the result is served by (default: the target's)."""
+    serving = serving or ws.baseline.serving
     lineage = list(ws.lineage)
     reports: list[StepReport] = []
     current: Path | TorchModel = ws.source.onnx_path
@@ -106,20 +109,20 @@ def apply(ws: Workspace, steps: list[tuple[str, SpecModel]], label: str, *, eval
             current = exported or current.export(step_dir / "input" / "model.onnx")
         t0 = time.perf_counter()
         result = _run_step(ws, tech, current, config, _context(ws, stage, name, step_dir,
-                                                              f"step{i}-{name}-{fingerprint(*lineage)}"))
+                                                              f"step{i}-{name}-{fingerprint(*lineage)}", serving))
         current, exported = result.model_path, None
         entry = StepReport(technique=name, stage=stage, config=config.model_dump(mode="json", by_alias=True),
                            duration_seconds=round(time.perf_counter() - t0, 2), details=result.details)
         if evaluate_steps or i == len(steps) - 1:
             if isinstance(current, TorchModel):
                 exported = current.export(step_dir / "eval" / "model.onnx")
-            _describe_step(ws, entry, exported or current, measure=evaluate_steps)  # type: ignore[arg-type]
+            _describe_step(ws, entry, exported or current, serving, measure=evaluate_steps)  # type: ignore[arg-type]
         reports.append(entry)
     # the last step was always evaluated, so a final TorchModel is already exported
     return PipelineResult(exported or current, reports)  # type: ignore[arg-type]
 
 
-def _context(ws: Workspace, stage: str, name: str, step_dir: Path, scope: str) -> StepContext:
+def _context(ws: Workspace, stage: str, name: str, step_dir: Path, scope: str, serving: Serving) -> StepContext:
     if stage == "torch" and ws.train is None:
         raise InvalidInputError(
             f"{name} trains, but every row of data.uri is also used for evaluation; set data.trainUri to "
@@ -129,7 +132,7 @@ def _context(ws: Workspace, stage: str, name: str, step_dir: Path, scope: str) -
     return StepContext(workdir=step_dir, calibration=ws.calibration.inputs, labels=ws.calibration.labels,
                        metadata=dict(ws.source.metadata), device=spec.target.device, progress=ws.progress,
                        task=spec.model.task, train=ws.train, seed=ws.seed, checkpoints=ws.checkpoints.scope(scope),
-                       input_plan=ws.calibration.plan)
+                       input_plan=ws.calibration.plan, runtime=serving.runtime)
 
 
 def _run_step(ws: Workspace, tech: Any, model: Path | TorchModel, config: SpecModel, ctx: StepContext) -> Any:
@@ -143,13 +146,13 @@ def _run_step(ws: Workspace, tech: Any, model: Path | TorchModel, config: SpecMo
                              f"{str(err).splitlines()[0][:300] if str(err) else ''}") from err
 
 
-def _describe_step(ws: Workspace, entry: StepReport, model: Path, *, measure: bool) -> None:
+def _describe_step(ws: Workspace, entry: StepReport, model: Path, serving: Serving, *, measure: bool) -> None:
     """Size and parameters of the step's model; with `measure`, what it bought (quick, against the baseline)."""
     entry.size_bytes = model_files.size_bytes(model)
     entry.parameters = onnx_utils.parameter_count(model)
     if not measure:
         return
-    measured = measure_variant(ws.baseline, model, MeasurePlan.step())
+    measured = measure_variant(ws.baseline, model, MeasurePlan.step(), serving=serving)
     entry.quality = measured.candidate.quality
     entry.latency_p50_seconds = measured.candidate.latency_seconds.p50  # type: ignore[union-attr]
     entry.speedup_vs_baseline = measured.comparison.speedup

@@ -1,6 +1,8 @@
 """Serving registry: a Triton/KServe model repository, local or in S3.
 
-Layout: <registry>/<model>/config.pbtxt and <registry>/<model>/<version>/{model.onnx, kompress.json}.
+Layout: <registry>/<model>/config.pbtxt and <registry>/<model>/<version>/{model.onnx, kompress.json} (an
+OpenVINO model: model.xml and model.bin, the layout Triton's OpenVINO backend and OpenVINO Model Server read;
+exports such as model.ort beside the model).
 Promotion is atomic and idempotent:
 - a version number is claimed by an exclusive create of <model>/.claims/<n> (O_EXCL locally, a conditional
   If-None-Match PUT in S3), so two promotions never take the same number;
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 from kompress.jobs.data import InputSpec
 from kompress.jobs.errors import InvalidInputError
 from kompress.jobs.report_model import OptimizationReport, PromotionResult, TensorSpec
+from kompress.jobs.runtimes import serving_names
 from kompress.jobs.spec import PromotionSpec
 from kompress.jobs.storage import Store, is_s3, open_store
 
@@ -100,8 +104,10 @@ def _fixed(dim: Any) -> bool:
 
 
 def triton_config(model_name: str, inputs: list[TensorSpec] | list[InputSpec],
-                  outputs: list[TensorSpec] | list[InputSpec]) -> str:
-    """config.pbtxt for the ONNX Runtime backend.
+                  outputs: list[TensorSpec] | list[InputSpec], runtime: str = "onnxruntime",
+                  precision: str | None = None) -> str:
+    """config.pbtxt for the ONNX Runtime backend, or for the OpenVINO backend (runtime openvino) with the
+    inference precision the model was measured with, so it is served as measured.
 
     Triton batches only when every input and output has a free first (batch) axis: then max_batch_size is
     TRITON_MAX_BATCH_SIZE, dims leave the batch axis out and requests are batched dynamically. A fixed first
@@ -121,7 +127,7 @@ def triton_config(model_name: str, inputs: list[TensorSpec] | list[InputSpec],
 
     config: dict[str, Any] = {
         "name": model_name,
-        "platform": "onnxruntime_onnx",
+        **({"backend": "openvino"} if runtime == "openvino" else {"platform": "onnxruntime_onnx"}),
         "max_batch_size": TRITON_MAX_BATCH_SIZE if batching else 0,
         "input": [tensor(i) for i in inputs],
         "output": [tensor(o) for o in outputs],
@@ -129,6 +135,10 @@ def triton_config(model_name: str, inputs: list[TensorSpec] | list[InputSpec],
     }
     if batching:
         config["dynamic_batching"] = {}
+    if runtime == "openvino":
+        config["parameters"] = [
+            {"key": "PERFORMANCE_HINT", "value": {"string_value": "LATENCY"}},
+            {"key": "INFERENCE_PRECISION_HINT", "value": {"string_value": precision or "f32"}}]
     return render_pbtxt(config)
 
 
@@ -145,10 +155,12 @@ def find_existing(store: Store, model: str, key: str) -> int | None:
 
 
 def promote(registry_uri: str, model: str, model_sources: Sequence[str], manifest: dict[str, Any], key: str,
-            inputs: list[TensorSpec] | list[InputSpec], outputs: list[TensorSpec] | list[InputSpec]) -> Promotion:
-    """Publish `model_sources` (the graph, then its external data: local paths or s3:// URIs) as the next
-    version, manifest last. Files already in S3 are copied by the S3 server (CopyObject, multipart copy for
-    big ones) when the registry is in S3 too: the caller never holds model bytes."""
+            inputs: list[TensorSpec] | list[InputSpec], outputs: list[TensorSpec] | list[InputSpec],
+            runtime: str = "onnxruntime", precision: str | None = None) -> Promotion:
+    """Publish `model_sources` (the graph, then its external data or IR weights, then exports such as
+    model.ort: local paths or s3:// URIs) as the next version, manifest last. Files already in S3 are copied by
+    the S3 server (CopyObject, multipart copy for big ones) when the registry is in S3 too: the caller never
+    holds model bytes."""
     if not model_sources:
         raise InvalidInputError("no model files to promote", field="modelUri")
     store = open_store(registry_uri, field="promotion.registry")
@@ -158,18 +170,35 @@ def promote(registry_uri: str, model: str, model_sources: Sequence[str], manifes
         return Promotion(f"{base}/{model}/{existing}", existing, created=False)
     version = _claim(store, model, key)
     manifest = {**manifest, "promotionKey": key, "version": version, "modelName": model}
-    # the serving names: model.onnx and, for models over 2 GB, the external data it refers to
-    files: dict[str, str | Path] = {name: (src if is_s3(src) else Path(src))
-                                    for name, src in zip(("model.onnx", "model.onnx.data"), model_sources,
-                                                         strict=False)}
+    files = version_files(model_sources, runtime)
     if store.read(f"{model}/{version}/{MANIFEST}") is None:
         store.delete_tree(f"{model}/{version}")  # leftovers of an interrupted attempt at this claim
         store.publish(files, json.dumps(manifest, indent=2, sort_keys=True).encode(), MANIFEST,
                       f"{model}/{version}")
-    config = triton_config(model, inputs, outputs).encode()
+    config = triton_config(model, inputs, outputs, runtime, precision).encode()
     if store.read(f"{model}/config.pbtxt") != config:
         store.write(f"{model}/config.pbtxt", config)
     return Promotion(f"{base}/{model}/{version}", version, created=True)
+
+
+def version_files(sources: Sequence[str], runtime: str = "onnxruntime") -> dict[str, str | Path]:
+    """Each source's name in the version: the graph is model.onnx (model.xml for OpenVINO); its companion
+    (an ONNX model's external data, `*.data`; an IR's weights, `*.bin`) right after it is model.onnx.data
+    (model.bin); any other file keeps its own name (exports: model.ort, required_operators.config)."""
+    graph, companion = serving_names(runtime)  # type: ignore[arg-type]
+    companion_suffix = ".bin" if runtime == "openvino" else ".data"
+    files: dict[str, str | Path] = {}
+    for i, src in enumerate(sources):
+        base = src.rstrip("/").rsplit("/", 1)[-1]
+        name = graph if i == 0 else companion if i == 1 and base.endswith(companion_suffix) else base
+        if name in files or name == MANIFEST or not _SAFE_NAME.match(name):
+            raise InvalidInputError(f"cannot promote {src!r} as {name!r} (a repeated or unsafe file name)",
+                                    field="modelUri")
+        files[name] = src if is_s3(src) else Path(src)
+    return files
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
 def _claim(store: Store, model: str, key: str) -> int:
@@ -215,6 +244,9 @@ def promote_report(report: OptimizationReport, model_sources: Sequence[str], pro
         "source": report.model.sha256, "data": report.data.sha256,
         "steps": [s.config | {"technique": s.technique} for s in report.steps],
         "target": spec.get("target"), "model": spec.get("model"), "resource": resource_uid,
+        # a search across runtimes can choose the same steps on another runtime (onnxruntime keys stay as before)
+        **({"serving": [report.signature.runtime, report.signature.precision]}
+           if report.signature.runtime != "onnxruntime" else {}),
     })
     manifest = {
         "name": report.name, "resourceUid": resource_uid,
@@ -226,9 +258,12 @@ def promote_report(report: OptimizationReport, model_sources: Sequence[str], pro
                     "comparison": report.comparison.to_json() if report.comparison else None},
         "gates": report.gates.to_json() if report.gates else None, "spec": spec,
         "steps": [s.to_json() for s in report.steps], "reportSchemaVersion": report.schema_version,
+        "serving": {"runtime": report.signature.runtime, "precision": report.signature.precision,
+                    "format": report.signature.format},
     }
     result = promote(promotion.registry, promotion.model_name, model_sources, manifest, key,
-                     report.signature.inputs, report.signature.outputs)
+                     report.signature.inputs, report.signature.outputs, report.signature.runtime,
+                     report.signature.precision)
     return PromotionResult(promoted=True, policy=promotion.policy, uri=result.uri, version=result.version,
                            created=result.created,
                            reason=None if result.created else "identical version already promoted")

@@ -68,6 +68,7 @@ def table_rows(report: OptimizationReport) -> list[tuple[str, str, str]]:
     assert b.energy and o.energy and o.quality.fidelity
     fid = o.quality.fidelity
     rows = [
+        ("runtime", _served(b), _served(o)),
         ("latency p50", _ms(b.latency_seconds.p50), _ms(o.latency_seconds.p50)),
         ("latency p95", _ms(b.latency_seconds.p95), _ms(o.latency_seconds.p95)),
         (f"throughput (batch {o.throughput_batch_size})", f"{b.throughput_inferences_per_second:.1f}/s",
@@ -83,6 +84,10 @@ def table_rows(report: OptimizationReport) -> list[tuple[str, str, str]]:
     rows.append(("fidelity (cosine mean/min)", "1.0000", f"{fid.cosine_similarity_mean:.4f} / "
                  f"{fid.cosine_similarity_min:.4f}"))
     return rows
+
+
+def _served(variant: Any) -> str:
+    return " ".join(p for p in (variant.runtime or "onnxruntime", variant.precision) if p)
 
 
 def console_table(report: OptimizationReport) -> str:
@@ -109,7 +114,8 @@ def console_table(report: OptimizationReport) -> str:
         lines.append(f"search: {len(report.search.trials)} trial(s), {report.search.stopped}")
         for t in report.search.trials:
             gain = "" if t.gain is None else f"{t.gain:.2f}x"
-            lines.append(f"  {'*' if t.chosen else ' '} {t.name:<36} {gain:>7}  {t.status}")
+            served = " ".join(p for p in (t.runtime, t.precision) if p)
+            lines.append(f"  {'*' if t.chosen else ' '} {t.name:<36} {served:<16} {gain:>7}  {t.status}")
     promo = report.promotion
     where = (f" -> {promo.uri}" if promo and promo.uri else f" ({promo.reason})" if promo and promo.reason else "")
     lines.append(f"verdict: {report.outcome.upper()}{where}")
@@ -124,7 +130,8 @@ def _search_section(report: dict[str, Any], search_plot: Path | None) -> list[st
     if search_plot and search_plot.exists():
         data = base64.b64encode(search_plot.read_bytes()).decode()
         parts.append(f"<img alt='trials: quality vs latency' src='data:image/png;base64,{data}'>")
-    parts.append("<table><tr><th>trial</th><th>expected</th><th>gain</th><th>latency p50</th><th>size</th>"
+    parts.append("<table><tr><th>trial</th><th>runtime</th><th>expected</th><th>gain</th><th>latency p50</th>"
+                 "<th>size</th>"
                  "<th>quality</th><th>verdict</th></tr>")
     for t in search["trials"]:
         m = t.get("metrics") or {}
@@ -132,7 +139,8 @@ def _search_section(report: dict[str, Any], search_plot: Path | None) -> list[st
                    else f"cosine {m['cosineSimilarity']:.4f}" if "cosineSimilarity" in m else "")
         verdict = t["status"] + (" (chosen)" if t.get("chosen") else "")
         why = "; ".join(t.get("failures") or []) or t.get("message") or ""
-        parts.append(f"<tr><td>{esc(t['name'])}</td><td>{t['expectedGain']:.2f}x</td>"
+        served = " ".join(p for p in (t.get("runtime", "onnxruntime"), t.get("precision")) if p)
+        parts.append(f"<tr><td>{esc(t['name'])}</td><td>{esc(served)}</td><td>{t['expectedGain']:.2f}x</td>"
                      f"<td>{'' if t.get('gain') is None else format(t['gain'], '.2f') + 'x'}</td>"
                      f"<td>{_ms(m['latencyP50Seconds']) if m else ''}</td>"
                      f"<td>{_mb(m['sizeBytes']) if m else ''}</td><td>{esc(quality)}</td>"

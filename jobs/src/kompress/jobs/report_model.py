@@ -89,6 +89,10 @@ class VariantMetrics(ReportPart):
     peak_memory_bytes: int | None = None
     peak_memory_of: Literal["host", "gpu"] | None = None
     placement: Placement | None = None
+    runtime: Literal["onnxruntime", "openvino"] | None = None
+    """The runtime that ran it."""
+    precision: str | None = None
+    """OpenVINO: the inference precision it actually compiled with (f32, bf16, f16)."""
 
 
 class Comparison(ReportPart):
@@ -224,6 +228,10 @@ class Trial(ReportPart):
     """The trial this one repairs (accuracy-aware fallback: the most sensitive nodes kept in float)."""
     kept_in_float: dict[str, str] = {}
     """Nodes the fallback left in float, and why (the activation each touches and its INT8 SQNR)."""
+    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    """The runtime the trial was measured with (and the chosen one is served with)."""
+    precision: str | None = None
+    """OpenVINO's inference precision for the trial."""
 
 
 class SearchReport(ReportPart):
@@ -298,6 +306,11 @@ class ServingSignature(ReportPart):
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    """The runtime the model is served with (as it was measured)."""
+    precision: str | None = None
+    """OpenVINO's inference precision it was measured with (the serving config sets the same)."""
+    format: Literal["onnx", "openvino-ir"] = "onnx"
 
 
 class PromotionResult(ReportPart):
@@ -314,10 +327,24 @@ class Artifacts(ReportPart):
     model_files: list[str] = []
     """Every file of the optimized model (the graph, then its external data), as written: promotion copies
     exactly these, server-side when they are in S3, and never opens them."""
+    exports: list[str] = []
+    """Extra artifacts (spec.export), promoted beside the model."""
     report_json: str | None = None
     report_html: str | None = None
     plot: str | None = None
     search_plot: str | None = None
+
+
+class ExportReport(ReportPart):
+    """What spec.export wrote, and whether it checked out."""
+
+    format: Literal["ort"]
+    files: list[str]
+    matches_onnx: bool | None = None
+    """The exported model gives the same outputs as the ONNX model on the latency batch."""
+    max_abs_difference: float | None = None
+    mobile_usability: list[str] = []
+    """ONNX Runtime's mobile usability check (its summary lines)."""
 
 
 class OptimizationReport(ReportPart):
@@ -348,6 +375,7 @@ class OptimizationReport(ReportPart):
     signature: ServingSignature | None = None
     promotion: PromotionResult | None = None
     run_energy: RunEnergy | None = None
+    export: ExportReport | None = None
     artifacts: Artifacts | None = None
 
     def blocks(self) -> tuple[MetricsBlock, ResultBlock] | None:

@@ -37,14 +37,16 @@ from kompress.jobs import techniques as techmod
 from kompress.jobs.candidates import default_candidates
 from kompress.jobs.checkpoints import Checkpoints
 from kompress.jobs.energy import Meter, Stopwatch, open_meter
-from kompress.jobs.errors import ExitCode, KompressError, require_torch
-from kompress.jobs.measure import Baseline, MeasurePlan, measure_variant
+from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure, require_torch
+from kompress.jobs.measure import Baseline, Measured, MeasurePlan, measure_variant
+from kompress.jobs.ort_export import ORT_FILES, export_ort
 from kompress.jobs.ort_sessions import available_threads
 from kompress.jobs.progress import Progress
 from kompress.jobs.report_model import (
     Artifacts,
     DataFacts,
     Environment,
+    ExportReport,
     ModelFacts,
     OptimizationReport,
     PromotionResult,
@@ -53,6 +55,7 @@ from kompress.jobs.report_model import (
     TensorSpec,
     result_block,
 )
+from kompress.jobs.runtimes import Serving, require_openvino, serving_names
 from kompress.jobs.spec import API_VERSION, Candidate, LoadedSpec, OptimizationSpec
 
 SEED = 0
@@ -76,7 +79,8 @@ def _versions() -> dict[str, str]:
     for module in ("numpy", "onnx", "onnxruntime"):  # the engine's own: imported, so their versions are read
         importlib.import_module(module)
     out = {"python": platform.python_version()}
-    for dist in ("kompress-jobs", "onnx", "onnxruntime", "numpy", "torch", "transformers", "boto3"):
+    for dist in ("kompress-jobs", "onnx", "onnxruntime", "numpy", "torch", "transformers", "boto3", "openvino",
+                 "nncf"):
         version = getattr(sys.modules.get(dist), "__version__", None)
         if version is None:
             try:
@@ -145,6 +149,7 @@ def _run(loaded: LoadedSpec, rep: OptimizationReport, work: Path, output_dir: Pa
     _check_torch(spec)
     ws, candidates = open_workspace(loaded, work, checkpoints, progress)
     rep.model, rep.data = ws.model_facts, ws.data_facts
+    serving = ws.baseline.serving
     if spec.search is None:
         result = pipeline.apply(ws, spec.steps(), "pipeline", evaluate_steps=True, step_lines=True)
         current, rep.steps = result.model, result.steps
@@ -159,14 +164,11 @@ def _run(loaded: LoadedSpec, rep: OptimizationReport, work: Path, output_dir: Pa
                               + ", ".join(f"{op} {s:.0%}" for op, s in list(ws.op_share.items())[:4])) + ")")
             rep.promotion = PromotionResult(promoted=False, reason="no candidate")
             return ExitCode.GATES_REJECTED
-        current, rep.steps = outcome.model, outcome.steps
-        progress.info(f"search chose {outcome.trials[outcome.chosen or 0].name} ({outcome.stopped})")
+        current, rep.steps, serving = outcome.model, outcome.steps, outcome.serving
+        progress.info(f"search chose {outcome.trials[outcome.chosen or 0].name} on {serving.label} "
+                      f"({outcome.stopped})")
 
-    progress.step(f"evaluating baseline and optimized on {ws.evaluation.size} samples")
-    ws.drop_torch_source()
-    measured = measure_variant(ws.baseline, current, MeasurePlan.final(spec.target), meter, progress)
-    rep.baseline, rep.optimized, rep.comparison = measured.baseline, measured.candidate, measured.comparison
-    rep.signature = ServingSignature(inputs=_tensors(current, "input"), outputs=_tensors(current, "output"))
+    served, measured = _measure_result(ws, rep, current, serving, work, meter, progress)
 
     progress.step("applying gates")
     block = result_block(measured.candidate, measured.comparison)
@@ -174,10 +176,15 @@ def _run(loaded: LoadedSpec, rep: OptimizationReport, work: Path, output_dir: Pa
     rep.warnings = gates.regressions(block)
     for warning in rep.warnings:
         progress.info(f"WARNING: the optimized model is {warning}")
-    final = model_files.copy_model(current, output_dir / "model.onnx")
+    _clear_model_outputs(output_dir)
+    final = model_files.copy_model(served, output_dir / serving_names(serving.runtime)[0])
+    exports: list[Path] = []
+    if spec.export is not None:
+        rep.export = _export(current, output_dir, ws, progress)
+        exports = [Path(f) for f in rep.export.files]
 
     progress.step("promoting")
-    rep.promotion = (_promote(loaded, rep, final, approve, resource_uid) if promote
+    rep.promotion = (_promote(loaded, rep, [*model_files.files_of(final), *exports], approve, resource_uid) if promote
                      else PromotionResult(promoted=False, reason="left to the caller (--no-promote)"))
     if not verdict.passed:
         rep.outcome, rep.message = "rejected", _rejection(rep, verdict.failures)
@@ -186,6 +193,50 @@ def _run(loaded: LoadedSpec, rep: OptimizationReport, work: Path, output_dir: Pa
     promo = rep.promotion
     rep.message = f"promoted to {promo.uri}" if promo.uri else f"gates passed; not promoted ({promo.reason})"
     return ExitCode.SUCCESS
+
+
+def _measure_result(ws: pipeline.Workspace, rep: OptimizationReport, current: Path, serving: Serving, work: Path,
+                    meter: Meter, progress: Progress) -> tuple[Path, Measured]:
+    """The final measurement of what will be served (for OpenVINO the IR written from `current`, not the ONNX
+    it came from), recorded in the report with the serving signature; returns the served model file."""
+    progress.step(f"evaluating baseline ({ws.baseline.serving.label}) and optimized ({serving.label}) on "
+                  f"{ws.evaluation.size} samples")
+    ws.drop_torch_source()
+    served = current
+    if serving.runtime == "openvino":
+        from kompress.jobs.openvino_sessions import save_ir
+
+        served = save_ir(current, work / "serve" / "model.xml")
+    measured = measure_variant(ws.baseline, served, MeasurePlan.final(ws.spec.target), meter, progress,
+                               serving=serving)
+    rep.baseline, rep.optimized, rep.comparison = measured.baseline, measured.candidate, measured.comparison
+    rep.signature = ServingSignature(inputs=_tensors(current, "input"), outputs=_tensors(current, "output"),
+                                     runtime=serving.runtime, precision=measured.candidate.precision,
+                                     format="openvino-ir" if serving.runtime == "openvino" else "onnx")
+    return served, measured
+
+
+MODEL_OUTPUTS = ("model.onnx", "model.onnx.data", "model.xml", "model.bin", *ORT_FILES)
+"""The model files a run writes into its output folder (a previous run's are removed first, so the folder
+never mixes two runs' models)."""
+
+
+def _clear_model_outputs(output_dir: Path) -> None:
+    for name in MODEL_OUTPUTS:
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def _export(model: Path, output_dir: Path, ws: pipeline.Workspace, progress: Progress) -> ExportReport:
+    """spec.export: the ORT format model beside the served one; an export that does not reproduce the ONNX
+    model's outputs fails the run (it would be promoted beside it)."""
+    progress.info("exporting the ORT format model (model.ort) and its reduced-operator config")
+    exported = export_ort(model, output_dir, evaluate.latency_feeds(ws.evaluation, ws.spec.target))
+    if not exported.matches_onnx:
+        raise RuntimeFailure(f"export ort: model.ort's outputs differ from the ONNX model's by "
+                             f"{exported.max_abs_difference:.3g}; nothing promoted")
+    for line in exported.mobile_usability:
+        progress.info(f"mobile usability: {line}")
+    return exported
 
 
 def _check_torch(spec: OptimizationSpec) -> None:
@@ -197,6 +248,8 @@ def _check_torch(spec: OptimizationSpec) -> None:
         if techmod.get(name).stage_of(config) == "torch":
             how = " (structured, or with finetune)" if name == "prune" else ""
             require_torch(f"technique '{name}'{how}", field=f"techniques[{i}]")
+    if spec.target.runtime == "openvino":
+        require_openvino("target.runtime openvino", field="target.runtime")
 
 
 def _rejection(rep: OptimizationReport, failures: list[str]) -> str:
@@ -237,7 +290,7 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints,
                            calibration_overlaps_evaluation=overlap, labels=dataset.labels is not None)
     op_share = _op_profile(source.onnx_path, evaluation, spec, progress) if spec.search else {}
     candidates = ((spec.search.candidates or default_candidates(source.format, source.metadata,
-                                                                spec.target.device, op_share))
+                                                                spec.target.device, op_share, spec.target.runtime))
                   if spec.search else [])
     steps = spec.steps() + [s for c in candidates for s in c.steps()]
     train = (_training_rows(loaded, work, source.inputs, calibration, overlap, data_facts)
@@ -280,7 +333,7 @@ def _training_rows(loaded: LoadedSpec, work: Path, inputs: list, calibration: da
     return out
 
 
-def _promote(loaded: LoadedSpec, rep: OptimizationReport, final: Path, approve: bool,
+def _promote(loaded: LoadedSpec, rep: OptimizationReport, files: list[Path], approve: bool,
              resource_uid: str | None) -> PromotionResult:
     promo_spec = loaded.spec.promotion
     if promo_spec is None:
@@ -289,7 +342,7 @@ def _promote(loaded: LoadedSpec, rep: OptimizationReport, final: Path, approve: 
         return PromotionResult(promoted=False, policy=promo_spec.policy, reason="gates failed")
     if promo_spec.awaiting_approval(approve):
         return PromotionResult(promoted=False, policy="manual", reason="awaiting approval (policy: manual)")
-    return registry.promote_report(rep, [str(f) for f in model_files.files_of(final)], promo_spec, resource_uid)
+    return registry.promote_report(rep, [str(f) for f in files], promo_spec, resource_uid)
 
 
 def _write_outputs(rep: OptimizationReport, output_dir: Path, output_uri: str | None, progress: Progress) -> None:
@@ -299,22 +352,26 @@ def _write_outputs(rep: OptimizationReport, output_dir: Path, output_uri: str | 
     search_plot = (_try_plot("search plot", lambda: search.plot(rep.search.trials, output_dir / "search.png"))
                    if rep.search else None)
     report.write_html(rep, plot_path, output_dir / "report.html", search_plot)
-    files = {"model": output_dir / "model.onnx" if (output_dir / "model.onnx").exists() and rep.optimized
-             else None,
+    model = next((output_dir / n for n in ("model.xml", "model.onnx") if (output_dir / n).exists()), None)
+    files = {"model": model if rep.optimized else None,
              "report_json": output_dir / "report.json", "report_html": output_dir / "report.html",
              "plot": plot_path, "search_plot": search_plot}
     base = output_uri.rstrip("/") if output_uri else None
     rep.artifacts = Artifacts(**{k: (f"{base}/{f.name}" if base else str(f)) for k, f in files.items() if f})
+    uploads: list[Path] = []
     if files["model"] is not None:
-        rep.artifacts.model_files = [f"{base}/{f.name}" if base else str(f)
-                                     for f in model_files.files_of(files["model"])]
+        uploads = model_files.files_of(files["model"])
+        rep.artifacts.model_files = [f"{base}/{f.name}" if base else str(f) for f in uploads]
+        if rep.export is not None:
+            exported = [Path(f) for f in rep.export.files]
+            rep.artifacts.exports = [f"{base}/{f.name}" if base else str(f) for f in exported]
+            uploads += exported
     report.write_json(rep, output_dir / "report.json")
     if output_uri:
         store = storage.open_store(output_uri, field="--output")
-        for name in ("model.onnx", "model.onnx.data", "report.png", "search.png", "report.html", "report.json"):
-            f = output_dir / name
-            if f.exists() and (name != "model.onnx" or rep.artifacts.model):
-                store.put_file(name, f)
+        for f in [*uploads, *(output_dir / n for n in ("report.png", "search.png", "report.html", "report.json"))]:
+            if f.exists():
+                store.put_file(f.name, f)
 
 
 def _try_plot(what: str, draw: object) -> Path | None:

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from kompress.jobs.energy import Meter
 from kompress.jobs.errors import KompressError, RuntimeFailure
 from kompress.jobs.measure import Measured, MeasurePlan, measure_variant
 from kompress.jobs.report_model import GateVerdict, ResultBlock, SearchReport, StepReport, Trial, result_block
+from kompress.jobs.runtimes import Serving
 from kompress.jobs.spec import Candidate, GatesSpec, SearchSpec
 
 
@@ -36,6 +37,8 @@ class SearchOutcome:
     model: Path | None
     steps: list[StepReport]
     stopped: str
+    serving: Serving = field(default_factory=Serving)
+    """The runtime (and precision) of the chosen trial."""
 
     def report(self, objective: str, candidates: int, op_share: dict[str, float]) -> SearchReport:
         return SearchReport(objective=objective, candidates=candidates, stopped=self.stopped, chosen=self.chosen,
@@ -52,8 +55,9 @@ def _objective_gain(objective: str, measured: Measured) -> float:
 
 
 def _measure(ws: pipeline.Workspace, model: Path, search: SearchSpec, gates_spec: GatesSpec,
-             meter: Meter) -> tuple[ResultBlock, float, GateVerdict]:
-    measured = measure_variant(ws.baseline, model, MeasurePlan.trial(ws.spec.target, search, gates_spec), meter)
+             meter: Meter, serving: Serving) -> tuple[ResultBlock, float, GateVerdict]:
+    measured = measure_variant(ws.baseline, model, MeasurePlan.trial(ws.spec.target, search, gates_spec), meter,
+                               serving=serving)
     block = result_block(measured.candidate, measured.comparison)
     return block, _objective_gain(search.objective, measured), gates.evaluate(gates_spec, block, search.objective)
 
@@ -71,7 +75,7 @@ def run(ws: pipeline.Workspace, search: SearchSpec, candidates: list[Candidate],
         meter: Meter) -> SearchOutcome:
     spec = ws.spec
     meta, device = ws.source.metadata, spec.target.device
-    ranked = sorted(((expected_gain(c, search.objective, meta, device, ws.op_share), i, c)
+    ranked = sorted(((expected_gain(c, search.objective, meta, device, ws.op_share, c.serving(spec.target)), i, c)
                      for i, c in enumerate(candidates)), key=lambda t: (-t[0], t[1]))
     # What a trial computes depends on these; budgets (maxTrials, timeout, early stop) do not, so raising a
     # budget and re-running reuses the finished trials.
@@ -114,6 +118,8 @@ def _needs_fallback(cand: Candidate, trial: Trial) -> bool:
     """A static INT8 candidate that missed a quality gate while it still beat the original, and whose loss is
     the quantizer's (only graph rewrites before it): repairable by keeping layers in float. Static only: the
     sensitivity analysis simulates calibrated activation ranges, which dynamic INT8 does not use."""
+    if not cand.techniques:
+        return False
     *before, (name, config) = cand.steps()
     failed = {f.split(":", 1)[0] for f in trial.failures}
     return (trial.status == "rejected" and name == "quantize" and getattr(config, "method", "") == "static"
@@ -131,7 +137,7 @@ def _fallback(ws: pipeline.Workspace, cand: Candidate, trial: Trial, expected: f
     steps = cand.steps()
     source = (ws.source.onnx_path if len(steps) == 1 else
               pipeline.apply(ws, steps[:-1], f"trial-{trial.key}-input", evaluate_steps=False,
-                             step_lines=False).model)
+                             step_lines=False, serving=cand.serving(ws.spec.target)).model)
     quantize_config = steps[-1][1]
     try:
         ranked = sensitivity.rank(source, ws.calibration, list(quantize_config.op_types) or None)  # type: ignore[attr-defined]
@@ -186,14 +192,17 @@ def _run_trial(ws: pipeline.Workspace, cand: Candidate, key: str, rank: int, exp
     t0 = time.perf_counter()
     techniques = [s.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
                   for s in cand.techniques]
+    serving = cand.serving(ws.spec.target)
+    served = {"runtime": serving.runtime, "precision": serving.precision}
     try:
-        result = pipeline.apply(ws, cand.steps(), f"trial-{key}", evaluate_steps=False, step_lines=False)
-        block, gain, verdict = _measure(ws, result.model, search, gates_spec, meter)
+        result = pipeline.apply(ws, cand.steps(), f"trial-{key}", evaluate_steps=False, step_lines=False,
+                                serving=serving)
+        block, gain, verdict = _measure(ws, result.model, search, gates_spec, meter, serving)
     except KompressError as err:
         ws.progress.info(f"trial {cand.label()}: error: {err}")
         return Trial(key=key, index=rank, name=cand.label(), expected_gain=expected, techniques=techniques,
                      status="error", passed=False, message=str(err),
-                     duration_seconds=round(time.perf_counter() - t0, 2))
+                     duration_seconds=round(time.perf_counter() - t0, 2), **served)
     for f in model_files.files_of(result.model):
         store.put_file(f"trial-{key}/{f.name.replace(result.model.name, 'model.onnx')}", f)
     ws.progress.info(f"trial {cand.label()}: {search.objective} gain {gain:.2f}x, "
@@ -201,7 +210,7 @@ def _run_trial(ws: pipeline.Workspace, cand: Candidate, key: str, rank: int, exp
     return Trial(key=key, index=rank, name=cand.label(), expected_gain=expected, techniques=techniques,
                  status="passed" if verdict.passed else "rejected", passed=verdict.passed, gain=gain,
                  metrics=block, failures=verdict.failures, steps=result.steps,
-                 duration_seconds=round(time.perf_counter() - t0, 2))
+                 duration_seconds=round(time.perf_counter() - t0, 2), **served)
 
 
 def _choose(ws: pipeline.Workspace, store: Any, trials: list[Trial], stopped: str) -> SearchOutcome:
@@ -223,7 +232,8 @@ def _choose(ws: pipeline.Workspace, store: Any, trials: list[Trial], stopped: st
     if not store.get_file(f"trial-{chosen.key}/model.onnx", model):
         raise RuntimeFailure(f"the chosen trial's model ({chosen.name}) is missing from the checkpoints")
     store.get_file(f"trial-{chosen.key}/model.onnx.data", model.with_name("model.onnx.data"))
-    return SearchOutcome(trials, index, model, chosen.steps, stopped)
+    return SearchOutcome(trials, index, model, chosen.steps, stopped,
+                         Serving(chosen.runtime, chosen.precision))  # type: ignore[arg-type]
 
 
 def plot(trials: list[Trial], path: Path) -> Path | None:

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 from pydantic.alias_generators import to_snake
 
 from kompress.jobs.errors import InvalidInputError, SpecError
+from kompress.jobs.runtimes import Serving
 from kompress.jobs.specbase import SpecModel
 from kompress.jobs.techniques import catalog
 
@@ -165,11 +166,23 @@ def step_name_and_config(step: SpecModel) -> tuple[str, SpecModel]:
 class Candidate(SpecModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_. +-]{0,62}$")] | None = None
     """Label in the trial table (default: the technique names joined by '+')."""
-    techniques: Annotated[list[TechniqueStep], Field(min_length=1, max_length=32)]  # type: ignore[valid-type]
-    """The pipeline this candidate applies, as in spec.techniques."""
+    techniques: Annotated[list[TechniqueStep], Field(max_length=32)] = []  # type: ignore[valid-type]
+    """The pipeline this candidate applies, as in spec.techniques (empty: the original model, served by
+    `runtime` at `precision`)."""
+    runtime: Literal["onnxruntime", "openvino"] | None = None
+    """The runtime this candidate is measured and served with (default: target.runtime; with target.runtime
+    auto, onnxruntime)."""
+    precision: Literal["f32", "bf16", "f16"] | None = None
+    """OpenVINO's inference precision for this candidate (default: target.precision)."""
 
     @model_validator(mode="after")
     def torch_steps_first(self) -> Candidate:
+        if not self.techniques and self.runtime is None and self.precision is None:
+            raise ValueError("a candidate applies techniques, or names the runtime (and precision) that serves "
+                             "the original model")
+        if self.precision is not None and self.runtime == "onnxruntime":
+            raise ValueError("precision is OpenVINO's inference precision; an onnxruntime candidate runs the "
+                             "graph's own types")
         check_stage_order([step_name_and_config(s) for s in self.techniques], "techniques")
         return self
 
@@ -177,7 +190,16 @@ class Candidate(SpecModel):
         return [step_name_and_config(s) for s in self.techniques]
 
     def label(self) -> str:
-        return self.name or "+".join(n for n, _ in self.steps())
+        if self.name:
+            return self.name
+        served = ([self.runtime or ""] if self.runtime == "openvino" or not self.techniques else []) + (
+            [self.precision] if self.precision else [])
+        return "+".join([*(n for n, _ in self.steps()), *(p for p in served if p)])
+
+    def serving(self, target: TargetSpec) -> Serving:
+        """The runtime and precision this candidate is measured and served with."""
+        runtime = self.runtime or (target.runtime if target.runtime != "auto" else "onnxruntime")
+        return Serving(runtime, self.precision or target.precision) if runtime == "openvino" else Serving()
 
 
 class SearchSpec(SpecModel):
@@ -207,8 +229,14 @@ class EnergySpec(SpecModel):
 class TargetSpec(SpecModel):
     device: Literal["cpu", "gpu"] = "cpu"
     """Where the model will be served and measured."""
-    runtime: Literal["onnxruntime"] = "onnxruntime"
-    """Inference runtime used for measurement and serving."""
+    runtime: Literal["onnxruntime", "openvino", "auto"] = "onnxruntime"
+    """Inference runtime the model is measured, gated and served with: onnxruntime (CPU or CUDA), openvino
+    (CPU; served as an OpenVINO IR), or auto (a search only: each candidate names its runtime, the best that
+    passes every gate wins; the baseline is the original on ONNX Runtime)."""
+    precision: Literal["f32", "bf16", "f16"] = "f32"
+    """OpenVINO's inference precision (INFERENCE_PRECISION_HINT): f32 computes what the graph says; bf16 is
+    OpenVINO's default on CPUs with AMX or AVX512-BF16 and changes the outputs, so it is measured, gated and
+    served as named. ONNX Runtime runs the graph's own types (use the fp16 technique)."""
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     """Intra-op threads for measurement (default: all cores available to the process)."""
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 1
@@ -307,6 +335,13 @@ class SecretRef(SpecModel):
     """Secret in the namespace with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (optionally AWS_ENDPOINT_URL)."""
 
 
+class ExportSpec(SpecModel):
+    format: Literal["ort"]
+    """ort: the ONNX Runtime format model (`model.ort`, for ONNX Runtime Mobile and minimal builds) with the
+    reduced-operator config such a build needs (`required_operators.config`), and ONNX Runtime's mobile
+    usability check in the report. Written and promoted beside model.onnx."""
+
+
 class OptimizationSpec(SpecModel):
     model: ModelSpec
     """The model to optimize."""
@@ -326,17 +361,51 @@ class OptimizationSpec(SpecModel):
     """Kubernetes Job resources (ignored by a local run)."""
     storage_secret_ref: SecretRef | None = None
     """Secret with S3 credentials for the Job (ignored by a local run, which uses the standard AWS chain)."""
+    export: ExportSpec | None = None
+    """Extra artifacts written beside the served model (e.g. the ORT format for mobile and edge builds)."""
 
     @model_validator(mode="after")
     def techniques_or_search(self) -> OptimizationSpec:
         if (self.techniques is None) == (self.search is None):
             raise ValueError("give exactly one of techniques (a fixed pipeline) or search (candidate recipes)")
         check_stage_order(self.steps(), "techniques")
+        check_runtimes(self)
         return self
 
     def steps(self) -> list[tuple[str, SpecModel]]:
         """The fixed pipeline's steps (empty for a search)."""
         return [step_name_and_config(s) for s in self.techniques or []]
+
+
+def check_runtimes(spec: OptimizationSpec) -> None:
+    """Every step runs on the runtime that will serve it (graphOptimize's fused contrib ops are ONNX
+    Runtime's; OpenVINO cannot read them), and the runtime suits the device and the export."""
+    target = spec.target
+    if target.runtime != "onnxruntime" and target.device == "gpu":
+        raise ValueError(f"target.runtime {target.runtime} measures on the CPU; a GPU target runs onnxruntime "
+                         "(CUDA)")
+    if target.precision != "f32" and target.runtime == "onnxruntime":
+        raise ValueError("target.precision is OpenVINO's inference precision; onnxruntime runs the graph's own "
+                         "types (use the fp16 technique, or target.runtime openvino)")
+    if target.runtime == "auto" and spec.search is None:
+        raise ValueError("target.runtime auto chooses the runtime in a search; a fixed pipeline names its "
+                         "runtime (onnxruntime or openvino)")
+    pipelines = ([("techniques", spec.steps(), Serving("openvino") if target.runtime == "openvino" else Serving())]
+                 if spec.search is None else
+                 [(f"search.candidates[{i}].techniques", c.steps(), c.serving(target))
+                  for i, c in enumerate(spec.search.candidates or [])])
+    for where, steps, serving in pipelines:
+        if target.runtime != "auto" and serving.runtime != target.runtime:
+            raise ValueError(f"{where.removesuffix('.techniques')}.runtime {serving.runtime} differs from "
+                             f"target.runtime {target.runtime} (set target.runtime auto to search across runtimes)")
+        for i, (name, config) in enumerate(steps):
+            runs_on = catalog.get(name).runtimes_of(config)
+            if serving.runtime not in runs_on:
+                raise ValueError(f"{where}[{i}] {name} writes a graph only {' or '.join(sorted(runs_on))} runs, "
+                                 f"but this pipeline is served by {serving.runtime}")
+    if spec.export is not None and target.runtime != "onnxruntime":
+        raise ValueError(f"export format {spec.export.format} is ONNX Runtime's; target.runtime is "
+                         f"{target.runtime}")
 
 
 def check_stage_order(steps: list[tuple[str, SpecModel]], where: str) -> None:

@@ -223,7 +223,9 @@ def promote_run(report_uri: str | None, model_uri: str | None, promotion: Promot
     with (storage.credentials(secret) if secret is not None else contextlib.nullcontext(),
           tempfile.TemporaryDirectory() as tmp):
         run_report = report.read_json(storage.fetch(report_uri, Path(tmp) / "report", field="reportUri").read_bytes())
-        files = (run_report.artifacts.model_files if run_report.artifacts else []) or [model_uri]
+        artifacts = run_report.artifacts
+        files = [*((artifacts.model_files if artifacts else []) or [model_uri]),
+                 *(artifacts.exports if artifacts else [])]
         # what a Job reports is input: a local path would have the operator copy its own files into the registry
         local = [f for f in files if not storage.is_s3(f)]
         if local:

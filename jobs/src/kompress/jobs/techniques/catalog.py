@@ -43,6 +43,9 @@ ApplyFn = Callable[[Any, Any, "StepContext"], "StepResult"]
 GainFn = Callable[[Any, str, "ModelTraits"], float]
 """(config, objective, the model's traits) -> expected gain factor of one step."""
 
+ALL_RUNTIMES = frozenset({"onnxruntime", "openvino"})
+ORT_ONLY = frozenset({"onnxruntime"})
+
 BERT_LIKE = frozenset({"albert", "bert", "camembert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta"})
 """Hugging Face model types whose encoder layout ONNX Runtime's "bert" fusions understand: graphOptimize's
 `modelType: auto` fuses them, and the built-in candidates treat them as transformers."""
@@ -94,9 +97,15 @@ class Technique:
     stage: Stage | Callable[[Any], Stage] = "onnx"
     last_torch_step: bool = False
     """True when no torch step may follow (e.g. QAT leaves a fake-quantized module that must be exported)."""
+    runtimes: frozenset[str] | Callable[[Any], frozenset[str]] = ALL_RUNTIMES
+    """The runtimes that can run the graph this step writes (OpenVINO reads standard ONNX, QDQ and dynamic
+    INT8, but not ONNX Runtime's contrib ops)."""
 
     def stage_of(self, config: Any) -> Stage:
         return self.stage(config) if callable(self.stage) else self.stage
+
+    def runtimes_of(self, config: Any) -> frozenset[str]:
+        return self.runtimes(config) if callable(self.runtimes) else self.runtimes
 
     def load(self) -> ApplyFn:
         """The implementation (imports its module, and with it the heavy libraries it needs)."""
@@ -189,7 +198,7 @@ def _qat_gain(config: QATConfig, objective: str, model: ModelTraits) -> float:
         return 4.0
     if not model.op_share:
         return 2.0
-    return _amdahl([(model.share(CONV_OPS | MATMUL_OPS), INT8_KERNEL_GAIN)])
+    return amdahl([(model.share(CONV_OPS | MATMUL_OPS), INT8_KERNEL_GAIN)])
 
 
 def _qat_candidates(model: ModelTraits) -> list[Recipe]:
@@ -223,7 +232,7 @@ the PP-OCR recognizer's GEMMs, ~10% of its time, fell on either side between run
 promotable recipe, dynamic INT8 at 1.10x.)"""
 
 
-def _amdahl(parts: list[tuple[float, float]]) -> float:
+def amdahl(parts: list[tuple[float, float]]) -> float:
     """Whole-model gain when each (share of time, speedup of that share) changes and the rest stays."""
     changed = sum(share for share, _ in parts)
     return 1.0 / max(1e-6, (1.0 - changed) + sum(share / gain for share, gain in parts))
@@ -241,7 +250,13 @@ def _quantize_gain(config: QuantizeConfig, objective: str, model: ModelTraits) -
     conv = model.share(frozenset(o for o in CONV_OPS if ops is None or o in ops))
     conv_gain = INT8_KERNEL_GAIN if config.method == "static" else CONV_INTEGER_GAIN
     per_tensor = 1.0 if config.per_channel else PER_TENSOR_EDGE
-    return _amdahl([(matmul, INT8_KERNEL_GAIN * per_tensor), (conv, conv_gain * per_tensor)])
+    return amdahl([(matmul, INT8_KERNEL_GAIN * per_tensor), (conv, conv_gain * per_tensor)])
+
+
+def _quantize_runtimes(config: QuantizeConfig) -> frozenset[str]:
+    """INT4 weight-only writes MatMulNBits, an ONNX Runtime contrib op; INT8 (QDQ, QOperator, dynamic) is
+    standard ONNX that OpenVINO reads too."""
+    return ORT_ONLY if config.method == "weightOnly" else ALL_RUNTIMES
 
 
 def _quantize_candidates(model: ModelTraits) -> list[Recipe]:
@@ -283,14 +298,15 @@ _CATALOG: dict[str, Technique] = {t.name: t for t in (
     Technique("fp16", Fp16Config, "Convert weights and compute to float16.",
               f"{_PACKAGE}.fp16", "fp16", _fp16_gain, _fp16_candidates),
     Technique("graphOptimize", GraphOptimizeConfig, "ONNX Runtime graph optimization and transformer fusion.",
-              f"{_PACKAGE}.graph_optimize", "graph_optimize", _graph_optimize_gain),
+              f"{_PACKAGE}.graph_optimize", "graph_optimize", _graph_optimize_gain, runtimes=ORT_ONLY),
     Technique("prune", PruneConfig, "Magnitude (unstructured) or structured pruning (channels, FFN neurons, "
               "attention heads), with optional recovery fine-tuning.",
               f"{_PACKAGE}.prune", "prune", _prune_gain, stage=_prune_stage),
     Technique("qat", QATConfig, "Quantization-aware training to an INT8 QDQ model (FX-traceable CNN/MLP models).",
               f"{_PACKAGE}.qat", "qat", _qat_gain, _qat_candidates, stage="torch", last_torch_step=True),
-    Technique("quantize", QuantizeConfig, "INT8/INT4 quantization with ONNX Runtime.",
-              f"{_PACKAGE}.quantize", "quantize", _quantize_gain, _quantize_candidates),
+    Technique("quantize", QuantizeConfig, "INT8/INT4 quantization with ONNX Runtime's quantizer or NNCF.",
+              f"{_PACKAGE}.quantize", "quantize", _quantize_gain, _quantize_candidates,
+              runtimes=_quantize_runtimes),
 )}
 
 _CANDIDATE_ORDER = ("quantize", "fp16", "prune", "distill", "qat", "graphOptimize")

@@ -189,6 +189,10 @@ class QuantizeConfig(SpecModel):
     method: Literal["dynamic", "static", "weightOnly"] = "dynamic"
     """dynamic: weights INT8 offline, activations quantized at run time; static: both offline, calibrated on
     the data (QDQ); weightOnly: INT4 weights for MatMul (MatMulNBits), activations stay float."""
+    backend: Literal["auto", "onnxruntime", "nncf"] = "auto"
+    """Who quantizes: onnxruntime (ONNX Runtime's quantizer), nncf (OpenVINO NNCF's post-training
+    quantization, static only: QDQ placed where OpenVINO fuses it into int8 kernels, with its transformer
+    preset for Hugging Face transformers); auto: nncf for a model served by OpenVINO, else onnxruntime."""
     weights: Literal["int8", "uint8", "int4"] = "int8"
     """Weight type (int4 only with weightOnly)."""
     activations: Literal["int8", "uint8"] = "uint8"
@@ -214,6 +218,8 @@ class QuantizeConfig(SpecModel):
 
     @model_validator(mode="after")
     def consistent(self) -> QuantizeConfig:
+        if self.backend == "nncf" and self.method != "static":
+            raise ValueError(f"backend nncf quantizes statically (method: static), got method {self.method}")
         if (self.weights == "int4") != (self.method == "weightOnly"):
             raise ValueError("weights: int4 goes with method: weightOnly, and weightOnly quantizes to int4")
         if self.block_size & (self.block_size - 1):

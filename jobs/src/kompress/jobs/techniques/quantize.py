@@ -1,5 +1,6 @@
 """Quantization with ONNX Runtime: dynamic INT8 (per-tensor or per-channel), static INT8 in QDQ format
-calibrated on the data (MinMax, Entropy, Percentile), and weight-only INT4 (MatMulNBits)."""
+calibrated on the data (MinMax, Entropy, Percentile), and weight-only INT4 (MatMulNBits); or static INT8 with
+OpenVINO NNCF, for models OpenVINO serves."""
 
 from __future__ import annotations
 
@@ -70,7 +71,9 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: StepContext) -> Step
     details: dict[str, object] = {"method": config.method, "weights": config.weights,
                                   "perChannel": config.per_channel}
     model_path = _writable_copy(_weights_as_initializers(model_path, ctx, details), ctx)
-    if config.method == "dynamic":
+    if _backend(config, ctx) == "nncf":
+        details |= _nncf(model_path, out, config, ctx)
+    elif config.method == "dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
         quantize_dynamic(str(model_path), str(out), per_channel=config.per_channel,
@@ -123,3 +126,39 @@ def _static(model_path: Path, out: Path, config: QuantizeConfig, ctx: StepContex
             ctx.progress.info(f"quantize: ONNX Runtime refuses the {name} graph ({error}); trying another format")
     raise RuntimeFailure("quantize: ONNX Runtime refuses every static INT8 graph written: "
                          + "; ".join(f"{k}: {v}" for k, v in tried.items()))
+
+
+def _backend(config: QuantizeConfig, ctx: StepContext) -> str:
+    if config.backend != "auto":
+        return config.backend
+    return "nncf" if ctx.runtime == "openvino" and config.method == "static" else "onnxruntime"
+
+
+def _nncf(model_path: Path, out: Path, config: QuantizeConfig, ctx: StepContext) -> dict[str, object]:
+    """NNCF's post-training quantization of the ONNX model (its ONNX backend: QDQ where OpenVINO's CPU plugin
+    fuses int8 kernels), calibrated on the data; Hugging Face transformers get NNCF's transformer preset
+    (SmoothQuant, float softmax and layer norms). `opTypes` and `excludeNodes` become NNCF's ignored scope."""
+    from kompress.jobs.runtimes import require_openvino
+
+    require_openvino("quantize backend nncf", field="techniques.quantize.backend")
+    import nncf
+    import onnx
+
+    from kompress.jobs.techniques.catalog import BERT_LIKE
+
+    model = onnx.load(str(model_path))
+    ignored = set(config.exclude_nodes)
+    if config.op_types:
+        ignored |= {n.name for n in model.graph.node if n.op_type not in config.op_types and n.name}
+    reader = _CalibrationReader(ctx.calibration, ctx.input_plan)
+    rows = [row for row in iter(reader.get_next, None)]
+    transformer = ctx.metadata.get("hf.model_type", "") in BERT_LIKE
+    if ctx.progress:
+        ctx.progress.info(f"NNCF: calibrating on {len(rows)} samples{' (transformer preset)' if transformer else ''}")
+    quantized = nncf.quantize(
+        model, nncf.Dataset(rows), subset_size=len(rows),
+        model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+        ignored_scope=nncf.IgnoredScope(names=sorted(ignored), validate=False) if ignored else None)
+    onnx_utils.save(quantized, out)
+    return {"backend": "nncf", "calibrationSamples": len(rows), "modelType": "transformer" if transformer else None,
+            "ignoredNodes": len(ignored), "nncf": nncf.__version__}
