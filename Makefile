@@ -35,6 +35,7 @@ bench: install
 	$(PYTHON) bench/minilm_cpu.py
 	$(PYTHON) bench/compression.py --model minilm
 	$(PYTHON) bench/compression.py --model digits
+	$(PYTHON) bench/runtimes.py
 
 lint:
 	ruff check .

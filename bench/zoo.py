@@ -18,6 +18,7 @@ The zoo's data is built by scripts/make_zoo_data.py when missing, into $KOMPRESS
 
 Run: python bench/zoo.py [--models ppocr-cls,ppocr-rec,ppocr-det,silero-vad,minilm,digits] [--data DIR]
                          [--out bench/results/zoo.json] [--timeout 3600] [--keep DIR]
+                         [--runtime onnxruntime|openvino|auto]
 """
 
 from __future__ import annotations
@@ -289,14 +290,17 @@ def trial_text(trial: dict[str, Any]) -> str:
     return f"{trial['name']} {trial['status']}{gain}{' (chosen)' if trial.get('chosen') else ''}"
 
 
-def run_model(name: str, data: Path, work: Path, registry: Path, timeout: float) -> dict[str, Any]:
-    """Write the model's spec, run it, and return its row (a skipped model is a row too)."""
+def run_model(name: str, data: Path, work: Path, registry: Path, timeout: float,
+              runtime: str = "onnxruntime") -> dict[str, Any]:
+    """Write the model's spec (at `runtime`: onnxruntime, openvino or auto), run it, and return its row (a
+    skipped model is a row too)."""
     zoo = ZOO.get(name)
     skip = unsupported(zoo) if zoo else None
     if skip:
         print(f"{name}: skipped, {skip}", file=sys.stderr, flush=True)
         return {"model": name, "outcome": "skipped", "exitCode": None, "wallSeconds": None, "message": skip}
     doc = zoo_spec(zoo, data, registry) if zoo else example_spec(name, registry)
+    doc["spec"]["target"]["runtime"] = runtime
     spec_file = work / f"{name}.yaml"
     spec_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"{name}: kompress run {spec_file} ...", file=sys.stderr, flush=True)
@@ -316,6 +320,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zoo.json")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per kompress run")
     parser.add_argument("--keep", type=Path, help="keep specs, run outputs and the registry here")
+    parser.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino", "auto"],
+                        help="target.runtime of every spec (auto: the search also tries OpenVINO's recipes)")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in DEFAULT_MODELS]
@@ -325,7 +331,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kompress-zoo-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        rows = [run_model(m, args.data, work, work / "registry", args.timeout) for m in models]
+        rows = [run_model(m, args.data, work, work / "registry", args.timeout, args.runtime) for m in models]
     cpu = cpu_name()
     print(table(rows, cpu))
     args.out.parent.mkdir(parents=True, exist_ok=True)

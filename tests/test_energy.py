@@ -90,7 +90,8 @@ def test_coarse_counters_are_read_around_blocks_not_single_calls(block_seconds: 
     meter = SteppedCounter(watts=100.0, step=0.02, block_seconds=block_seconds)
     sessions = {"slow": BusySession(0.002), "fast": BusySession(0.001)}
     data = Dataset({"x": np.zeros((4, 3), np.float32)}, None, "", Path("d.npz"))
-    target = TargetSpec(iterations=40, warmup_iterations=1, throughput_batch_size=2)
+    # three warm-up calls: their median sizes the blocks, so one preempted call on a busy machine does not
+    target = TargetSpec(iterations=40, warmup_iterations=3, throughput_batch_size=2)
     out = measure_speed(sessions, data, target, TimingPlan(target.iterations, target.warmup_iterations), meter)
     energy = {name: out[name].energy for name in sessions}
     per_call = {name: e.joules_per_inference for name, e in energy.items() if e}

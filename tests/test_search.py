@@ -125,7 +125,8 @@ def test_search_spec_errors_name_the_field() -> None:
     empty = spec_doc({"candidates": [{"techniques": []}]})
     with pytest.raises(SpecError) as err:
         parse_document(empty)
-    assert any(path == "spec.search.candidates[0].techniques" for path, _ in err.value.problems)
+    assert ("spec.search.candidates[0]", "a candidate applies techniques, or names the runtime (and precision) "
+            "that serves the original model") in err.value.problems
 
 
 def test_default_candidates_and_their_order() -> None:

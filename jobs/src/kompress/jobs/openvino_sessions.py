@@ -69,9 +69,20 @@ def compile_model(path: Path, threads: int, precision: Precision) -> OpenVinoSes
     try:
         return OpenVinoSession(core.compile_model(core.read_model(str(path)), "CPU", config))
     except RuntimeError as err:
-        first = next((line for line in str(err).splitlines() if line.strip()), str(err))
-        raise InvalidInputError(f"{path.name} cannot be compiled by OpenVINO: {first[:300]}",
+        raise InvalidInputError(f"{path.name} cannot be compiled by OpenVINO: {_reason(str(err))}",
                                 field="target.runtime") from None
+
+
+_NOISE = ("Exception from", "Check '", "While validating", "FrontEnd API failed", "--", "Summary", "Model wasn't")
+
+
+def _reason(text: str) -> str:
+    """The useful part of an OpenVINO exception (its first lines are source locations): which ops failed to
+    convert and the first reason given."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    failed = next((line.lstrip("- ") for line in lines if line.startswith("-- Conversion is failed for")), None)
+    reasons = [line for line in lines if not line.startswith(_NOISE)]
+    return ("; ".join(p for p in (failed, *reasons[:1]) if p) or (lines[-1] if lines else text))[:300]
 
 
 def save_ir(onnx_path: Path, xml: Path) -> Path:

@@ -70,10 +70,12 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: StepContext) -> Step
     extra: dict[str, object] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     details: dict[str, object] = {"method": config.method, "weights": config.weights,
                                   "perChannel": config.per_channel}
-    model_path = _writable_copy(_weights_as_initializers(model_path, ctx, details), ctx)
     if _backend(config, ctx) == "nncf":
-        details |= _nncf(model_path, out, config, ctx)
-    elif config.method == "dynamic":
+        # NNCF reads Constant-node weights itself, and its Cast clean-up fails on a Cast of an initializer
+        # (AttributeError 'type', seen on the PP-OCR direction classifier once its Constants were moved)
+        return StepResult(model_path=out, details=details | _nncf(model_path, out, config, ctx))
+    model_path = _writable_copy(_weights_as_initializers(model_path, ctx, details), ctx)
+    if config.method == "dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
         quantize_dynamic(str(model_path), str(out), per_channel=config.per_channel,
