@@ -59,6 +59,8 @@ def test_a_candidate_on_another_runtime_needs_runtime_auto() -> None:
     assert "search.candidates[0].runtime openvino differs from target.runtime onnxruntime" in problems["spec"]
     doc["spec"]["target"] = {"runtime": "auto"}
     assert parse_document(doc).spec.search.candidates[0].label() == "openvino+bf16"  # type: ignore[union-attr]
+    doc["spec"]["search"]["candidates"][0].pop("runtime")  # a precision on ONNX Runtime would be ignored: refused
+    assert "candidates[0].precision is OpenVINO's inference precision" in _problems(doc)["spec"]
 
 
 def test_an_openvino_version_is_laid_out_for_triton_and_model_server() -> None:
@@ -177,3 +179,22 @@ def test_a_search_across_runtimes_chooses_what_it_measured(tmp_path: Path, min_c
         assert (tmp_path / "registry" / "minilm-runtimes" / "1" / served).exists()
     else:  # the full measurement of the chosen trial can still miss a gate the short trial met: said, not hidden
         assert proc.returncode == ExitCode.GATES_REJECTED and report["gates"]["passed"] is False, proc.stderr
+
+
+def test_openvino_without_openvino_fails_in_one_line(tmp_path: Path) -> None:
+    """Where OpenVINO is not installed (the slim image), runtime openvino says which extra/image it needs, exit 2,
+    no traceback (sys.modules[name] = None hides an installed module)."""
+    import subprocess
+    import sys
+
+    doc = _digits()
+    doc["spec"]["target"]["runtime"] = "openvino"
+    spec = write_spec(tmp_path / "digits-ov.yaml", doc)
+    code = ("import sys; from kompress.jobs.runtimes import OPENVINO_MODULES\n"
+            "for m in OPENVINO_MODULES: sys.modules[m] = None\n"
+            "from kompress.jobs.cli import main\n"
+            f"sys.exit(main(['run', '-q', {str(spec)!r}, '-o', {str(tmp_path / 'out')!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == ExitCode.INVALID_INPUT, out.stderr
+    assert "target.runtime: openvino needs OpenVINO (extra `openvino`" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from kompress.jobs.runtimes import Serving, cpu_has_bf16
+from kompress.jobs.runtimes import Serving, cpu_has_bf16, openvino_installed
 from kompress.jobs.spec import Candidate
 from kompress.jobs.techniques import catalog
 
@@ -31,7 +31,9 @@ def default_candidates(fmt: str, metadata: Mapping[str, str], device: str,
     if runtime in ("onnxruntime", "auto"):
         pinned = {"runtime": "onnxruntime"} if runtime == "auto" else {}
         out += [{"name": name, "techniques": steps, **pinned} for name, steps in catalog.recipes(traits)]
-    if runtime in ("openvino", "auto"):
+    # under auto, an install without OpenVINO (the slim image) searches ONNX Runtime's recipes only (the runner
+    # says so) rather than spending trials on errors; runtime openvino itself fails at once without it
+    if runtime == "openvino" or (runtime == "auto" and openvino_installed()):
         out += _openvino_recipes(traits, pinned={"runtime": "openvino"} if runtime == "auto" else {})
     return [Candidate.model_validate(c) for c in out]
 

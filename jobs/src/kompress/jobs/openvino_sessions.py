@@ -60,7 +60,7 @@ def _precision_name(value: Any) -> str:
 def compile_model(path: Path, threads: int, precision: Precision) -> OpenVinoSession:
     """Compile `path` (.onnx or .xml) for the CPU; a model OpenVINO cannot read (ONNX Runtime's contrib ops,
     such as graphOptimize's fused Attention) is a clear error naming the file."""
-    require_openvino("target.runtime openvino", field="target.runtime")
+    require_openvino("openvino", field="target.runtime")
     import openvino as ov
 
     core = ov.Core()

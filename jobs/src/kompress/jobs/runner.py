@@ -55,7 +55,7 @@ from kompress.jobs.report_model import (
     TensorSpec,
     result_block,
 )
-from kompress.jobs.runtimes import Serving, require_openvino, serving_names
+from kompress.jobs.runtimes import Serving, openvino_installed, require_openvino, serving_names
 from kompress.jobs.spec import API_VERSION, Candidate, LoadedSpec, OptimizationSpec
 
 SEED = 0
@@ -249,7 +249,7 @@ def _check_torch(spec: OptimizationSpec) -> None:
             how = " (structured, or with finetune)" if name == "prune" else ""
             require_torch(f"technique '{name}'{how}", field=f"techniques[{i}]")
     if spec.target.runtime == "openvino":
-        require_openvino("target.runtime openvino", field="target.runtime")
+        require_openvino("openvino", field="target.runtime")
 
 
 def _rejection(rep: OptimizationReport, failures: list[str]) -> str:
@@ -292,6 +292,9 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints,
     candidates = ((spec.search.candidates or default_candidates(source.format, source.metadata,
                                                                 spec.target.device, op_share, spec.target.runtime))
                   if spec.search else [])
+    if spec.search and spec.target.runtime == "auto" and not openvino_installed():
+        progress.info("WARNING: target.runtime auto, but OpenVINO is not installed here (the slim image): only "
+                      "ONNX Runtime is searched (install the extra `openvino`, or use the full image)")
     steps = spec.steps() + [s for c in candidates for s in c.steps()]
     train = (_training_rows(loaded, work, source.inputs, calibration, overlap, data_facts)
              if any(techmod.get(n).stage_of(c) == "torch" for n, c in steps)

@@ -40,6 +40,10 @@ class Serving:
         return self.runtime if self.precision is None else f"{self.runtime} {self.precision}"
 
 
+def openvino_installed() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in OPENVINO_MODULES)
+
+
 def require_openvino(what: str, *, field: str | None = None) -> None:
     """A one-line InvalidInputError (exit 2) when `what` needs OpenVINO and this install lacks it (the slim
     image, or an install without the `openvino` extra). Imports nothing."""

@@ -390,10 +390,15 @@ def check_runtimes(spec: OptimizationSpec) -> None:
     if target.runtime == "auto" and spec.search is None:
         raise ValueError("target.runtime auto chooses the runtime in a search; a fixed pipeline names its "
                          "runtime (onnxruntime or openvino)")
+    candidates = (spec.search.candidates or []) if spec.search else []
+    for i, c in enumerate(candidates):
+        if c.precision is not None and c.serving(target).runtime != "openvino":
+            raise ValueError(f"search.candidates[{i}].precision is OpenVINO's inference precision, but the "
+                             "candidate runs on onnxruntime (set its runtime: openvino)")
     pipelines = ([("techniques", spec.steps(), Serving("openvino") if target.runtime == "openvino" else Serving())]
                  if spec.search is None else
                  [(f"search.candidates[{i}].techniques", c.steps(), c.serving(target))
-                  for i, c in enumerate(spec.search.candidates or [])])
+                  for i, c in enumerate(candidates)])
     for where, steps, serving in pipelines:
         if target.runtime != "auto" and serving.runtime != target.runtime:
             raise ValueError(f"{where.removesuffix('.techniques')}.runtime {serving.runtime} differs from "
