@@ -85,14 +85,15 @@ def _reason(text: str) -> str:
     return ("; ".join(p for p in (failed, *reasons[:1]) if p) or (lines[-1] if lines else text))[:300]
 
 
-def save_ir(onnx_path: Path, xml: Path) -> Path:
-    """The OpenVINO IR (`model.xml` + `model.bin`) of an ONNX model, weights kept in their own types (no fp16
-    compression: the IR computes what was measured)."""
+def save_ir(onnx_path: Path, xml: Path, precision: Precision = "f32") -> Path:
+    """The OpenVINO IR (`model.xml` + `model.bin`) of an ONNX model. Float weights are stored as fp16 when the
+    model computes in bf16 or f16 anyway (half the file; the final measurement runs this very IR, so what is
+    gated is what is served), and kept in their own types at f32."""
     require_openvino("an OpenVINO IR", field="target.runtime")
     import openvino as ov
 
     xml.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=precision in ("bf16", "f16"))
     return xml
 
 

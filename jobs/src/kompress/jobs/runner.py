@@ -206,7 +206,7 @@ def _measure_result(ws: pipeline.Workspace, rep: OptimizationReport, current: Pa
     if serving.runtime == "openvino":
         from kompress.jobs.openvino_sessions import save_ir
 
-        served = save_ir(current, work / "serve" / "model.xml")
+        served = save_ir(current, work / "serve" / "model.xml", serving.precision or "f32")
     measured = measure_variant(ws.baseline, served, MeasurePlan.final(ws.spec.target), meter, progress,
                                serving=serving)
     rep.baseline, rep.optimized, rep.comparison = measured.baseline, measured.candidate, measured.comparison
