@@ -15,7 +15,7 @@ from kompress.jobs import evaluate, gates, model_files, onnx_utils
 from kompress.jobs.data import Dataset
 from kompress.jobs.energy import Meter
 from kompress.jobs.evaluate import TimingPlan
-from kompress.jobs.ort_sessions import open_session, serving_of
+from kompress.jobs.ort_sessions import open_session
 from kompress.jobs.progress import Progress
 from kompress.jobs.report_model import Comparison, Quality, VariantMetrics
 from kompress.jobs.runtimes import Serving
@@ -71,7 +71,7 @@ class Baseline:
     @classmethod
     def open(cls, path: Path, evaluation: Dataset, model: ModelSpec, target: TargetSpec,
              progress: Progress | None = None) -> Baseline:
-        serving = serving_of(target)
+        serving = target.serving()
         session = open_session(path, target, serving=serving)
         outputs = evaluate.run_all(session, evaluation, model.output, progress, "baseline")
         return cls(path, session, outputs, evaluation, model, target, serving)

@@ -70,17 +70,11 @@ def session_options(threads: int) -> Any:
     return options
 
 
-def serving_of(target: TargetSpec) -> Serving:
-    """How the target serves a model unless a search candidate says otherwise (`auto`: ONNX Runtime, the
-    reference every runtime is compared with)."""
-    return Serving("openvino", target.precision) if target.runtime == "openvino" else Serving()
-
-
 def open_session(path: Path, target: TargetSpec, *, serving: Serving | None = None,
                  profile_prefix: str | None = None) -> Any:
     """A session for `path` on the target's device and threads, in the runtime `serving` names (default: the
     target's); a graph the runtime refuses is a clear error naming the file, not a traceback."""
-    serving = serving or serving_of(target)
+    serving = serving or target.serving()
     threads = target.threads or available_threads()
     if serving.runtime == "openvino":
         from kompress.jobs.openvino_sessions import compile_model

@@ -198,6 +198,8 @@ class Candidate(SpecModel):
 
     def serving(self, target: TargetSpec) -> Serving:
         """The runtime and precision this candidate is measured and served with."""
+        if self.runtime is None and self.precision is None:
+            return target.serving()
         runtime = self.runtime or (target.runtime if target.runtime != "auto" else "onnxruntime")
         return Serving(runtime, self.precision or target.precision) if runtime == "openvino" else Serving()
 
@@ -249,6 +251,11 @@ class TargetSpec(SpecModel):
     """Timed runs per variant (interleaved in rounds between baseline and optimized)."""
     energy: EnergySpec = EnergySpec()
     """How energy is measured."""
+
+    def serving(self) -> Serving:
+        """How the target serves a model unless a search candidate says otherwise (`auto`: ONNX Runtime, the
+        reference every runtime is compared with)."""
+        return Serving("openvino", self.precision) if self.runtime == "openvino" else Serving()
 
 
 class GatesSpec(SpecModel):
@@ -395,7 +402,7 @@ def check_runtimes(spec: OptimizationSpec) -> None:
         if c.precision is not None and c.serving(target).runtime != "openvino":
             raise ValueError(f"search.candidates[{i}].precision is OpenVINO's inference precision, but the "
                              "candidate runs on onnxruntime (set its runtime: openvino)")
-    pipelines = ([("techniques", spec.steps(), Serving("openvino") if target.runtime == "openvino" else Serving())]
+    pipelines = ([("techniques", spec.steps(), target.serving())]
                  if spec.search is None else
                  [(f"search.candidates[{i}].techniques", c.steps(), c.serving(target))
                   for i, c in enumerate(candidates)])

@@ -73,7 +73,7 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: StepContext) -> Step
     if _backend(config, ctx) == "nncf":
         # NNCF reads Constant-node weights itself, and its Cast clean-up fails on a Cast of an initializer
         # (AttributeError 'type', seen on the PP-OCR direction classifier once its Constants were moved)
-        return StepResult(model_path=out, details=details | _nncf(model_path, out, config, ctx))
+        return StepResult(model_path=out, details={"method": "static"} | _nncf(model_path, out, config, ctx))
     model_path = _writable_copy(_weights_as_initializers(model_path, ctx, details), ctx)
     if config.method == "dynamic":
         from onnxruntime.quantization import quantize_dynamic
