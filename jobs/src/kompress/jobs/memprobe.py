@@ -37,11 +37,11 @@ def main(argv: list[str]) -> None:
     if served and served[0] == "openvino":
         import openvino as ov
 
+        from kompress.jobs.openvino_sessions import cpu_config
+
         core = ov.Core()  # loaded before the baseline reading: the runtime's own libraries are not the model's
         before = _status_kb("VmRSS")
-        request = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": int(threads),
-                                                    "PERFORMANCE_HINT": "LATENCY",
-                                                    "INFERENCE_PRECISION_HINT": served[1]}).create_infer_request()
+        request = core.compile_model(model, "CPU", cpu_config(int(threads), served[1])).create_infer_request()
         for _ in range(3):
             request.infer(feeds)
         print(json.dumps({"peakBytes": (_status_kb("VmHWM") - before) * 1024}))
