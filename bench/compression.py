@@ -40,10 +40,11 @@ RECIPES = {
 
 def build(spec_file: Path, work: Path) -> tuple[Any, Path]:
     """The example's workspace (source model, evaluation rows) and the ONNX model its techniques produce."""
-    from kompress.jobs import pipeline, runner
-    from kompress.jobs.checkpoints import Checkpoints
+    from kompress.jobs import runner
+    from kompress.jobs.io.checkpoints import Checkpoints
     from kompress.jobs.progress import Progress
-    from kompress.jobs.spec import load_spec_file
+    from kompress.jobs.spec.document import load_spec_file
+    from kompress.jobs.techniques import pipeline
 
     loaded = load_spec_file(spec_file)
     progress = Progress(20)
@@ -63,7 +64,9 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from kompress.jobs import evaluate, model_files, onnx_utils, ort_sessions
+    from kompress.jobs.io import model_files, onnx_utils
+    from kompress.jobs.measure import evaluate
+    from kompress.jobs.runtimes import onnxruntime as ort_sessions
 
     options = ort_sessions.session_options(args.threads)  # the evaluation's own timing setup
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """Joules per inference of MiniLM FP32 / FP16 / INT8 on an NVIDIA GPU, from NVML's total-energy counter.
 
 Needs: an NVIDIA GPU, `pip install onnxruntime-gpu nvidia-ml-py` (in place of onnxruntime), and the
-engine's extras. Uses the same meter (kompress.jobs.energy.NvmlMeter) and the same variants the engine
+engine's extras. Uses the same meter (kompress.jobs.measure.energy.NvmlMeter) and the same variants the engine
 builds, so the figures are what `kompress run` with `target.device: gpu` reports.
 
 Run: python bench/gpu_energy.py [--seconds 10] [--batch 32] [--model model.onnx]
@@ -32,11 +32,11 @@ def main() -> None:
     args = parser.parse_args()
     import onnxruntime as ort
 
-    from kompress.jobs import model_io
-    from kompress.jobs.context import StepContext
-    from kompress.jobs.energy import NvmlMeter
-    from kompress.jobs.spec import ModelSpec, parse_document
+    from kompress.jobs.io import models as model_io
+    from kompress.jobs.measure.energy import NvmlMeter
+    from kompress.jobs.spec.document import ModelSpec, parse_document
     from kompress.jobs.techniques import get
+    from kompress.jobs.techniques.context import StepContext
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         sys.exit("no CUDAExecutionProvider: install onnxruntime-gpu on an NVIDIA machine")

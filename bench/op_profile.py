@@ -30,8 +30,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo import ZOO, cpu_name, ensure_data, zoo_spec
 
-from kompress.jobs.op_profile import op_times
-from kompress.jobs.spec import TargetSpec
+from kompress.jobs.measure.op_profile import op_times
+from kompress.jobs.spec.document import TargetSpec
 
 # the engine's static INT8 candidates: every quantizable op (ONNX Runtime's default), or only the convolutions
 VARIANTS: dict[str, dict[str, Any]] = {

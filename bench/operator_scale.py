@@ -39,7 +39,7 @@ from kube.kubelet import FakeKubelet  # noqa: E402
 
 GROUP_PATH = "/apis/kompress.dev/v1alpha1"
 FINAL = {"Succeeded", "Rejected", "Failed"}
-# what a finished engine run reports (kompress.jobs.report_model.RunSummary): a measured, passing result
+# what a finished engine run reports (kompress.jobs.report.model.RunSummary): a measured, passing result
 SUMMARY = {"outcome": "succeeded", "message": "canned", "baseline": {"latencyP50Seconds": 0.002, "sizeBytes": 600000},
            "result": {"latencyP50Seconds": 0.001, "speedup": 2.0, "sizeBytes": 160000, "sizeReduction": 3.75,
                       "accuracyDrop": 0.0}}

@@ -47,8 +47,9 @@ class Prepared:
 
 
 def prepare(example: str, work: Path) -> Prepared:
-    from kompress.jobs import data, model_io, storage
-    from kompress.jobs.spec import load_spec_file
+    from kompress.jobs.io import data, storage
+    from kompress.jobs.io import models as model_io
+    from kompress.jobs.spec.document import load_spec_file
 
     spec = load_spec_file(EXAMPLES / example).spec
     local = storage.fetch(spec.model.uri, work / "fetch", field="model.uri")
@@ -63,7 +64,7 @@ def prepare(example: str, work: Path) -> Prepared:
 
 
 def context(p: Prepared, workdir: Path) -> Any:
-    from kompress.jobs.context import StepContext
+    from kompress.jobs.techniques.context import StepContext
 
     return StepContext(workdir=workdir, calibration=p.calibration.inputs, labels=p.calibration.labels,
                        metadata=dict(p.source.metadata), task=p.spec.model.task, seed=SEED,
@@ -74,7 +75,7 @@ def build(p: Prepared, work: Path) -> tuple[dict[str, tuple[Path, Any]], float]:
     """Each variant's file and how it is served; and the seconds NNCF's quantization took."""
     from onnxruntime.quantization import quantize_dynamic
 
-    from kompress.jobs.runtimes import Serving, cpu_has_bf16
+    from kompress.jobs.runtimes.base import Serving, cpu_has_bf16
     from kompress.jobs.techniques import get
     from kompress.jobs.techniques.configs import QuantizeConfig
     from kompress.jobs.techniques.quantize import quantize
@@ -100,8 +101,9 @@ def measure(p: Prepared, variants: dict[str, tuple[Path, Any]], threads: int, ba
             iterations: int) -> tuple[list[dict[str, Any]], str]:
     """One row per variant (quality on the evaluation rows, latency from one interleaved timing run), and how
     the latency was timed."""
-    from kompress.jobs import evaluate, model_files
-    from kompress.jobs.ort_sessions import open_session
+    from kompress.jobs.io import model_files
+    from kompress.jobs.measure import evaluate
+    from kompress.jobs.runtimes.onnxruntime import open_session
 
     target = p.spec.target.model_copy(update={"threads": threads, "batch_size": batch})
     sessions = {name: open_session(path, target, serving=serving) for name, (path, serving) in variants.items()}
@@ -186,7 +188,7 @@ def main() -> None:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if unknown := [m for m in names if m not in MODELS]:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    from kompress.jobs.runtimes import cpu_has_bf16
+    from kompress.jobs.runtimes.base import cpu_has_bf16
 
     results = [run_model(name, args.threads, args.batch, args.iterations) for name in names]
     lib = versions()

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report drift instead of writing; exit 1 on drift")
     args = parser.parse_args(argv)
-    from kompress.jobs.report_model import json_schema_text
+    from kompress.jobs.report.model import json_schema_text
 
     text = json_schema_text()
     current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else None

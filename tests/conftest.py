@@ -38,7 +38,7 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A boto3 client for the server, with the server's variables set for in-process engine calls."""
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
-    from kompress.jobs import storage
+    from kompress.jobs.io import storage
 
     storage.s3_client.cache_clear()
     yield boto3.client("s3")

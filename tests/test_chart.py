@@ -349,7 +349,7 @@ def test_example_applies_and_defaults(tools: dict[str, str], cluster: Any) -> No
     assert res.returncode == 0, res.stderr
     obj = json.loads(res.stdout)
     assert obj["spec"]["target"]["iterations"] == 100  # a CRD default, the same as pydantic's
-    from kompress.jobs.spec import OptimizationSpec
+    from kompress.jobs.spec.document import OptimizationSpec
 
     example = yaml.safe_load(EXAMPLE.read_text())["spec"]
     assert OptimizationSpec.model_validate(obj["spec"]) == OptimizationSpec.model_validate(example)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kompress.jobs import techniques
-from kompress.jobs.spec import OptimizationSpec
+from kompress.jobs.spec.document import OptimizationSpec
 from kompress.operator import crd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,7 +229,7 @@ def test_status_schema(root: dict[str, Any]) -> None:
 def test_status_blocks_of_a_report_fit_the_schema(root: dict[str, Any]) -> None:
     """The engine's status blocks (what the operator copies into status) use only fields the schema has,
     so the apiserver prunes nothing from them; every field of the report's blocks is in the schema."""
-    from kompress.jobs.report_model import MetricsBlock, ResultBlock
+    from kompress.jobs.report.model import MetricsBlock, ResultBlock
 
     status = root["properties"]["status"]["properties"]
     for block, model in (("baseline", MetricsBlock), ("result", ResultBlock)):

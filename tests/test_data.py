@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kompress.jobs import data, model_io
 from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.io import data
+from kompress.jobs.io import models as model_io
 
 from conftest import DATASETS
 

@@ -14,10 +14,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from kompress.jobs import data, evaluate, model_io
 from kompress.jobs.errors import ExitCode, InvalidInputError, SpecError
-from kompress.jobs.ort_sessions import batch_axis_fixed
-from kompress.jobs.spec import DataSpec, parse_document
+from kompress.jobs.io import data
+from kompress.jobs.io import models as model_io
+from kompress.jobs.measure import evaluate
+from kompress.jobs.runtimes.onnxruntime import batch_axis_fixed
+from kompress.jobs.spec.document import DataSpec, parse_document
 
 from conftest import run_cli, write_spec
 

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kompress.jobs import onnx_utils, torch_model
-from kompress.jobs.checkpoints import Checkpoints
-from kompress.jobs.context import StepContext
 from kompress.jobs.errors import ExitCode, InvalidInputError
+from kompress.jobs.io import onnx_utils, torch_model
+from kompress.jobs.io.checkpoints import Checkpoints
 from kompress.jobs.techniques import distill as distill_mod
+from kompress.jobs.techniques.context import StepContext
 from kompress.jobs.techniques.distill import DistillConfig, StudentSpec, build_student, distill, keep_evenly
 
 from conftest import DATASETS, run_cli, write_spec

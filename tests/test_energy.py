@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kompress.jobs import energy
 from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.measure import energy
 
 
 def make_zone(root: Path, name: str, energy_uj: int, max_uj: int) -> Path:
@@ -83,9 +83,9 @@ class BusySession:
 def test_coarse_counters_are_read_around_blocks_not_single_calls(block_seconds: float) -> None:
     """A 20 ms-step counter read around 1 ms calls attributes whole steps to whichever call a step lands
     in; read around blocks of back-to-back calls it gives power x time per call."""
-    from kompress.jobs.data import Dataset
-    from kompress.jobs.evaluate import TimingPlan, measure_speed
-    from kompress.jobs.spec import TargetSpec
+    from kompress.jobs.io.data import Dataset
+    from kompress.jobs.measure.evaluate import TimingPlan, measure_speed
+    from kompress.jobs.spec.document import TargetSpec
 
     meter = SteppedCounter(watts=100.0, step=0.02, block_seconds=block_seconds)
     sessions = {"slow": BusySession(0.002), "fast": BusySession(0.001)}

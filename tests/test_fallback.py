@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from kompress.jobs import sensitivity
 from kompress.jobs.errors import ExitCode
+from kompress.jobs.search import sensitivity
 
 from conftest import run_cli, write_spec
 

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from kompress.jobs.context import StepContext
-from kompress.jobs.spec import parse_document
+from kompress.jobs.spec.document import parse_document
 from kompress.jobs.techniques import graph_optimize, layer_norm
+from kompress.jobs.techniques.context import StepContext
 
 HIDDEN = 16
 RNG = np.random.default_rng(7)

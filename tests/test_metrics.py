@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from promstack import Service, start_pushgateway
 
-from kompress.jobs import metrics
-from kompress.jobs.report_model import MetricsBlock, ResultBlock
+from kompress.jobs.report import metrics
+from kompress.jobs.report.model import MetricsBlock, ResultBlock
 
 from conftest import DATASETS, ROOT, example, run_cli, write_spec
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from kompress.jobs import model_io
 from kompress.jobs.errors import ExitCode, InvalidInputError
-from kompress.jobs.spec import ModelSpec
+from kompress.jobs.io import models as model_io
+from kompress.jobs.spec.document import ModelSpec
 
 from conftest import DATASETS, ROOT, example, run_cli, write_spec
 

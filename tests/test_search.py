@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from kompress.jobs import candidates
 from kompress.jobs.errors import SpecError
-from kompress.jobs.spec import Candidate, parse_document
+from kompress.jobs.search import candidates
+from kompress.jobs.spec.document import Candidate, parse_document
 
 from conftest import DATASETS, run_cli, write_spec
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kompress.jobs.errors import ExitCode, SpecError
-from kompress.jobs.spec import load_spec_file, parse_document
+from kompress.jobs.spec.document import load_spec_file, parse_document
 
 from conftest import EXAMPLES, example, run_cli, write_spec
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kompress.jobs import storage
 from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.io import storage
 
 pytestmark = pytest.mark.s3
 

@@ -13,12 +13,13 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from kompress.jobs import data, model_files, techniques
-from kompress.jobs.context import StepContext
+from kompress.jobs import techniques
 from kompress.jobs.errors import RuntimeFailure
-from kompress.jobs.spec import parse_document
+from kompress.jobs.io import data, model_files
+from kompress.jobs.spec.document import parse_document
 from kompress.jobs.techniques.base import training_rows
 from kompress.jobs.techniques.configs import QuantizeConfig
+from kompress.jobs.techniques.context import StepContext
 
 from conftest import DATASETS
 
@@ -54,7 +55,7 @@ def test_registry_lists_every_technique() -> None:
 def test_the_spec_loads_the_catalog_only() -> None:
     """Reading a spec (and generating the CRD, and listing search candidates) imports the light catalog: no
     implementation module, no ONNX, ONNX Runtime or PyTorch."""
-    code = ("import sys, kompress.jobs.spec, kompress.jobs.candidates; print(sorted(m for m in sys.modules "
+    code = ("import sys, kompress.jobs.spec.document, kompress.jobs.search.candidates; print(sorted(m for m in sys.modules "
             "if m.startswith('kompress.jobs.techniques.') or m.split('.')[0] in ('onnx', 'onnxruntime', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert ast.literal_eval(out.strip()) == ["kompress.jobs.techniques.base", "kompress.jobs.techniques.catalog",
@@ -146,8 +147,8 @@ def test_generic_graph_optimization_keeps_outputs(tmp_path: Path) -> None:
 
 def test_node_placement_counts_the_provider_of_every_node() -> None:
     """What a GPU run reports to say which ops fell back to the CPU; here every node is on the CPU."""
-    from kompress.jobs import evaluate
-    from kompress.jobs.spec import TargetSpec
+    from kompress.jobs.measure import evaluate
+    from kompress.jobs.spec.document import TargetSpec
 
     placement = evaluate.node_placement(MODEL, EVAL, TargetSpec())
     assert set(placement.nodes_by_provider) == {"CPUExecutionProvider"}
@@ -156,8 +157,8 @@ def test_node_placement_counts_the_provider_of_every_node() -> None:
 
 
 def test_console_names_compute_ops_that_fell_back_to_the_cpu_not_shape_ops() -> None:
-    from kompress.jobs import report
-    from kompress.jobs.report_model import OptimizationReport
+    from kompress.jobs.report import render as report
+    from kompress.jobs.report.model import OptimizationReport
 
     def side(cpu_ops: dict[str, int]) -> dict:
         return {"latencySeconds": {"p50": 0.001, "p95": 0.002, "p99": 0.002, "mean": 0.001, "samples": 10,

@@ -22,7 +22,7 @@ def _default_spec_path() -> Path:
 
 
 def _load(spec_arg: str | None, spec_env: str | None = None):  # type: ignore[no-untyped-def]
-    from kompress.jobs.spec import load_spec_file, load_spec_text
+    from kompress.jobs.spec.document import load_spec_file, load_spec_text
 
     if spec_env:
         text = os.environ.get(spec_env)
@@ -76,7 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KompressError as err:
         print(f"kompress: {err}", file=sys.stderr)
         return err.exit_code
-    from kompress.jobs import report, runner
+    from kompress.jobs import runner
+    from kompress.jobs.report import render as report
 
     if args.name:
         loaded = loaded.model_copy(update={"name": args.name})
@@ -95,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         Path(args.termination_log).write_text(report.summary(result.report))
     gateway = args.pushgateway or os.environ.get("KOMPRESS_PUSHGATEWAY_URL")
     if gateway and result.report.optimized:
-        from kompress.jobs import metrics
+        from kompress.jobs.report import metrics
 
         try:
             metrics.push(gateway, args.namespace, loaded.name, result.report)
@@ -109,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from kompress.jobs.report_model import json_schema_text
+    from kompress.jobs.report.model import json_schema_text
 
     sys.stdout.write(json_schema_text())
     return ExitCode.SUCCESS

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kompress.jobs.report_model import Comparison, GateResult, GateVerdict, ResultBlock, VariantMetrics
-from kompress.jobs.spec import GatesSpec
+from kompress.jobs.report.model import Comparison, GateResult, GateVerdict, ResultBlock, VariantMetrics
+from kompress.jobs.spec.document import GatesSpec
 
 
 def comparison(baseline: VariantMetrics, optimized: VariantMetrics, task: str = "generic") -> Comparison:

@@ -19,30 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from kompress.jobs import data as datamod
-from kompress.jobs import (
-    evaluate,
-    gates,
-    model_files,
-    model_io,
-    op_profile,
-    pipeline,
-    registry,
-    report,
-    report_plot,
-    search,
-    storage,
-)
+from kompress.jobs import gates
 from kompress.jobs import techniques as techmod
-from kompress.jobs.candidates import default_candidates
-from kompress.jobs.checkpoints import Checkpoints
-from kompress.jobs.energy import Meter, Stopwatch, open_meter
 from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure, require_torch
-from kompress.jobs.measure import Baseline, Measured, MeasurePlan, measure_variant
-from kompress.jobs.ort_export import ORT_FILES, export_ort
-from kompress.jobs.ort_sessions import available_threads
+from kompress.jobs.io import data as datamod
+from kompress.jobs.io import model_files, storage
+from kompress.jobs.io import models as model_io
+from kompress.jobs.io.checkpoints import Checkpoints
+from kompress.jobs.measure import evaluate, op_profile
+from kompress.jobs.measure.energy import Meter, Stopwatch, open_meter
+from kompress.jobs.measure.variant import Baseline, Measured, MeasurePlan, measure_variant
 from kompress.jobs.progress import Progress
-from kompress.jobs.report_model import (
+from kompress.jobs.registry import repository as registry
+from kompress.jobs.report import plot as report_plot
+from kompress.jobs.report import render as report
+from kompress.jobs.report.model import (
     Artifacts,
     DataFacts,
     Environment,
@@ -55,8 +46,13 @@ from kompress.jobs.report_model import (
     TensorSpec,
     result_block,
 )
-from kompress.jobs.runtimes import Serving, openvino_installed, require_openvino, serving_names
-from kompress.jobs.spec import API_VERSION, Candidate, LoadedSpec, OptimizationSpec
+from kompress.jobs.runtimes.base import Serving, openvino_installed, require_openvino, serving_names
+from kompress.jobs.runtimes.onnxruntime import available_threads
+from kompress.jobs.runtimes.ort_export import ORT_FILES, export_ort
+from kompress.jobs.search import trials as search
+from kompress.jobs.search.candidates import default_candidates
+from kompress.jobs.spec.document import API_VERSION, Candidate, LoadedSpec, OptimizationSpec
+from kompress.jobs.techniques import pipeline
 
 SEED = 0
 FIXED_STEPS = 6  # fetch, prepare, evaluate, gates, promote, write the report
@@ -204,7 +200,7 @@ def _measure_result(ws: pipeline.Workspace, rep: OptimizationReport, current: Pa
     ws.drop_torch_source()
     served = current
     if serving.runtime == "openvino":
-        from kompress.jobs.openvino_sessions import save_ir
+        from kompress.jobs.runtimes.openvino import save_ir
 
         served = save_ir(current, work / "serve" / "model.xml", serving.precision or "f32")
     measured = measure_variant(ws.baseline, served, MeasurePlan.final(ws.spec.target), meter, progress,

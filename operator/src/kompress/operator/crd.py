@@ -28,12 +28,12 @@ from typing import Any
 import yaml
 
 from kompress.jobs import techniques
-from kompress.jobs.spec import GROUP, KIND, PLURAL, SHORT_NAME, VERSION, OptimizationSpec, TechniqueStep
+from kompress.jobs.spec.document import GROUP, KIND, PLURAL, SHORT_NAME, VERSION, OptimizationSpec, TechniqueStep
+from kompress.operator.status import FALLBACK_DESCRIPTIONS, PHASES, ModelOptimizationStatus
 
 SINGULAR = "modeloptimization"
 SHORT_NAMES = [SHORT_NAME]
 CRD_NAME = f"{PLURAL}.{GROUP}"
-PHASES = ["Pending", "Running", "Evaluating", "Succeeded", "Rejected", "Failed"]
 IMMUTABLE_FIELDS = ["model", "data", "techniques", "search", "target"]
 
 HEADER = (
@@ -49,7 +49,7 @@ class CRDSchemaError(ValueError):
 # Keys passed through unchanged (after their values are converted where they hold schemas).
 _PASSTHROUGH = {
     "type", "description", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern",
-    "minItems", "maxItems", "format", "required", "default",
+    "minItems", "maxItems", "format", "required", "default", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
 }  # fmt: skip
 _DROPPED = {"title", "$schema"}
 
@@ -76,8 +76,10 @@ def _technique_rule() -> dict[str, str]:
 
 
 class _Converter:
-    def __init__(self, schema: dict[str, Any]) -> None:
+    def __init__(self, schema: dict[str, Any], *, defaults: bool = True) -> None:
         self.defs: dict[str, Any] = schema.get("$defs", {})
+        self.defaults = defaults
+        """Keep pydantic's defaults (the spec); the status has none (the operator writes every field it sets)."""
 
     def convert(self, node: dict[str, Any], path: str, ref_name: str | None = None) -> dict[str, Any]:
         node = dict(node)
@@ -103,7 +105,7 @@ class _Converter:
 
         out: dict[str, Any] = {}
         for key, value in node.items():
-            if key not in _DROPPED and key != "$defs":
+            if key not in _DROPPED and key != "$defs" and (self.defaults or key != "default"):
                 self._convert_key(key, value, node, path, out)
         return self._finish(out, path, ref_name)
 
@@ -226,125 +228,21 @@ def _s(description: str, **extra: Any) -> dict[str, Any]:
     return {"type": "string", "description": description, **extra}
 
 
-def _i(description: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "integer", "format": "int64", "description": description, **extra}
-
-
-def _n(description: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "number", "description": description, **extra}
-
-
-def _metrics(variant: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    props: dict[str, Any] = {
-        "latencyP50Seconds": _n(f"Median latency of the {variant} model at target.batchSize."),
-        "latencyP95Seconds": _n(f"95th-percentile latency of the {variant} model."),
-        "latencyP99Seconds": _n(f"99th-percentile latency of the {variant} model."),
-        "throughputPerSecond": _n(f"Inferences per second of the {variant} model at target.throughputBatchSize."),
-        "sizeBytes": _i(f"Size of the {variant} model file(s)."),
-        "peakMemoryBytes": _i(f"Peak memory to load and run the {variant} model."),
-        "energyPerInferenceJoules": _n(f"Energy per inference of the {variant} model (see energyMethod)."),
-        "accuracy": _n(f"Accuracy of the {variant} model on the labelled evaluation set."),
-        "cosineSimilarity": _n(
-            "Mean cosine similarity of the outputs to the baseline's (1 for the baseline itself)."
-        ),
-    }
-    props.update(extra or {})
-    return {"type": "object", "description": f"Measurements of the {variant} model.", "properties": props}
-
-
-def _condition_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": "A metav1.Condition: one aspect of the resource's state.",
-        "required": ["type", "status", "lastTransitionTime", "reason", "message"],
-        "properties": {
-            "type": _s(
-                "Condition type: Accepted, JobRunning, Evaluated, GatesPassed, Promoted, Ready or Stalled.",
-                maxLength=316,
-            ),
-            "status": _s("True, False or Unknown.", enum=["True", "False", "Unknown"]),
-            "reason": _s(
-                "A CamelCase reason for the condition's last transition.",
-                minLength=1,
-                maxLength=1024,
-                pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
-            ),
-            "message": _s("A human-readable message about the transition.", maxLength=32768),
-            "lastTransitionTime": _s("When the condition last changed status.", format="date-time"),
-            "observedGeneration": _i("The metadata.generation the condition was set for.", minimum=0),
-        },
-    }
-
-
-def _result_schema() -> dict[str, Any]:
-    return _metrics(
-        "optimized",
-        {
-            "speedup": _n("Baseline/optimized ratio of median latency."),
-            "speedupSpread": _n("The measurement's noise on speedup: half the interquartile range of "
-                                "the per-round latency ratios."),
-            "sizeReduction": _n("Baseline/optimized ratio of model file size."),
-            "energyReduction": _n("Baseline/optimized ratio of energy per inference."),
-            "accuracyDrop": _n(
-                "Drop of the quality metric (see qualityMetric)."
-            ),
-            "qualityMetric": _s("What accuracyDrop is the drop of: accuracy (labels), top1Agreement "
-                                "(a classifier without labels) or cosineSimilarityMean."),
-            "energyMethod": _s("How energy was measured: rapl, nvml or estimate."),
-            "runEnergyJoules": _n("Energy of the whole optimization run (same method)."),
-            "durationSeconds": _n("Wall time of the whole optimization run."),
-        },
-    )
-
-
 def status_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": "Observed state, written by the kompress operator.",
-        "properties": {
-            "observedGeneration": _i("The metadata.generation the operator last acted on.", minimum=0),
-            "phase": _s(
-                "Summary of progress; use conditions for logic.",
-                enum=PHASES,
-            ),
-            "conditions": {
-                "type": "array",
-                "description": "Latest observations: Accepted, JobRunning, Evaluated, GatesPassed, Promoted, "
-                "Ready, and Stalled when the resource cannot progress without a change from the user.",
-                "items": _condition_schema(),
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["type"],
-            },
-            "jobName": _s("Name of the Kubernetes Job running the optimization."),
-            "runKey": _s("Digest of the spec fields that define a run; a new key means a new Job."),
-            "attempts": _i("Job attempts started so far (retries are bounded).", minimum=0),
-            "message": _s("Last outcome in words (the engine's message on failure)."),
-            "reportUri": _s("Where the run's report.json is stored."),
-            "promotedTo": _s("Registry location of the promoted model version."),
-            "promotedVersion": _i("Version number of the promoted model in the registry.", minimum=0),
-            "startedAt": _s("When the optimization Job started.", format="date-time"),
-            "finishedAt": _s("When the optimization finished (successfully or not).", format="date-time"),
-            "baseline": _metrics("baseline"),
-            "result": _result_schema(),
-            "warnings": {
-                "type": "array",
-                "description": "Where the result is worse than the original (slower, larger, hungrier).",
-                "items": {"type": "string"},
-            },
-            "gates": {
-                "type": "object",
-                "description": "Outcome of the quality gates.",
-                "properties": {
-                    "passed": {"type": "boolean", "description": "True when every gate that is set passed."},
-                    "failures": {
-                        "type": "array",
-                        "description": "One line per failed gate.",
-                        "items": {"type": "string"},
-                    },
-                },
-            },
-        },
-    }
+    """``status``: the converted schema of the operator's typed status model (``status.ModelOptimizationStatus``).
+
+    Status is observed state: no defaults (the apiserver would write them into every status), and no
+    ``x-kubernetes-preserve-unknown-fields`` (every field the operator writes is typed). The engine's flat
+    blocks get a description from ``status.FALLBACK_DESCRIPTIONS`` only where the engine's model has none."""
+    raw = ModelOptimizationStatus.model_json_schema(by_alias=True)
+    for name, descriptions in FALLBACK_DESCRIPTIONS.items():
+        props = raw["$defs"][name]["properties"]
+        unknown = set(descriptions) - set(props)
+        if unknown:
+            raise CRDSchemaError(f"status: FALLBACK_DESCRIPTIONS[{name!r}] names unknown fields {sorted(unknown)}")
+        for field, text in descriptions.items():
+            props[field].setdefault("description", text)
+    return _Converter(raw, defaults=False).convert(raw, "status")
 
 
 # ------------------------------------------------------------------------------------------------ CRD

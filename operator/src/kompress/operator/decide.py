@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from kompress.jobs import gates
 from kompress.jobs.errors import ExitCode
-from kompress.jobs.report_model import PromotionResult, ResultBlock, RunSummary
-from kompress.jobs.spec import OptimizationSpec, PromotionSpec
+from kompress.jobs.report.model import PromotionResult, ResultBlock, RunSummary
+from kompress.jobs.spec.document import OptimizationSpec, PromotionSpec
 from kompress.operator import conditions, pod_trouble, policy
 from kompress.operator.jobspec import build_job, job_name, run_key
 from kompress.operator.settings import Settings

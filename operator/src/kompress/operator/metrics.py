@@ -9,8 +9,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from pydantic import ValidationError
 
-from kompress.jobs import metrics as result_metrics
-from kompress.jobs.report_model import MetricsBlock, ResultBlock
+from kompress.jobs.report import metrics as result_metrics
+from kompress.jobs.report.model import MetricsBlock, ResultBlock
 
 REGISTRY = CollectorRegistry()
 RECONCILES = Counter("kompress_reconciles_total", "Reconciles of ModelOptimization resources.", registry=REGISTRY)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kompress.jobs.spec import OptimizationSpec
+from kompress.jobs.spec.document import OptimizationSpec
 
 # the kubelet's waiting reasons for an image it cannot get (pkg/kubelet/images/types.go)
 IMAGE_REASONS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "ImageInspectError")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kompress.jobs.spec import OptimizationSpec
+from kompress.jobs.spec.document import OptimizationSpec
 from kompress.operator.settings import Settings
 
 

@@ -17,10 +17,12 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from kompress.jobs import registry, report, storage
 from kompress.jobs.errors import KompressError
-from kompress.jobs.report_model import PromotionResult
-from kompress.jobs.spec import PromotionSpec
+from kompress.jobs.io import storage
+from kompress.jobs.registry import repository as registry
+from kompress.jobs.report import render as report
+from kompress.jobs.report.model import PromotionResult
+from kompress.jobs.spec.document import PromotionSpec
 from kompress.operator import conditions, metrics
 from kompress.operator.decide import (
     FINAL,

@@ -11,8 +11,8 @@ from kompress.jobs.errors import RuntimeFailure
 if TYPE_CHECKING:
     import numpy as np
 
-    from kompress.jobs.context import StepContext
-    from kompress.jobs.torch_model import TorchModel
+    from kompress.jobs.io.torch_model import TorchModel
+    from kompress.jobs.techniques.context import StepContext
 
 
 @dataclass(frozen=True)

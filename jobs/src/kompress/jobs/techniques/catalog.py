@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from kompress.jobs.specbase import SpecModel
+from kompress.jobs.spec.base import SpecModel
 from kompress.jobs.techniques.configs import (
     DistillConfig,
     Fp16Config,
@@ -31,8 +31,8 @@ from kompress.jobs.techniques.configs import (
 )
 
 if TYPE_CHECKING:
-    from kompress.jobs.context import StepContext
     from kompress.jobs.techniques.base import StepResult
+    from kompress.jobs.techniques.context import StepContext
 
 Stage = Literal["onnx", "torch"]
 Step = dict[str, dict[str, Any]]
@@ -328,5 +328,5 @@ def all_techniques() -> list[Technique]:
 
 def recipes(model: ModelTraits) -> list[Recipe]:
     """The built-in search candidates for a model, as each technique contributes them (steps as the spec
-    writes them; `kompress.jobs.candidates` validates them into `Candidate`s)."""
+    writes them; `kompress.jobs.search.candidates` validates them into `Candidate`s)."""
     return copy.deepcopy([r for name in _CANDIDATE_ORDER for r in _CATALOG[name].candidates(model)])

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from kompress.jobs.specbase import SpecModel
+from kompress.jobs.spec.base import SpecModel
 
 __all__ = ["DistillConfig", "DistillTraining", "Fp16Config", "GraphOptimizeConfig", "PruneConfig", "QATConfig",
            "QuantizeConfig", "StudentSpec", "TrainingConfig"]

@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kompress.jobs import model_io, storage, torch_model, training
-from kompress.jobs.checkpoints import Checkpoints
-from kompress.jobs.context import StepContext
 from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.io import models as model_io
+from kompress.jobs.io import storage, torch_model
+from kompress.jobs.io.checkpoints import Checkpoints
+from kompress.jobs.io.torch_model import TorchModel
+from kompress.jobs.techniques import training
 from kompress.jobs.techniques.base import StepResult, training_rows
 from kompress.jobs.techniques.configs import DistillConfig, StudentSpec
-from kompress.jobs.torch_model import TorchModel
+from kompress.jobs.techniques.context import StepContext
 
 if TYPE_CHECKING:
     import torch

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kompress.jobs import onnx_utils
-from kompress.jobs.context import StepContext
+from kompress.jobs.io import onnx_utils
 from kompress.jobs.techniques.base import StepResult
 from kompress.jobs.techniques.configs import Fp16Config
+from kompress.jobs.techniques.context import StepContext
 
 
 def fp16(model_path: Path, config: Fp16Config, ctx: StepContext) -> StepResult:

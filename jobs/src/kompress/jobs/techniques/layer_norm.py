@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs.ort_sessions import session_options
+from kompress.jobs.runtimes.onnxruntime import session_options
 
 SPLIT_MIN_GAIN = 1.1
 """auto splits only when the split form is at least this much faster (a tie keeps the runtime's fusion)."""

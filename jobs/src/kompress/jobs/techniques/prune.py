@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs import onnx_utils
-from kompress.jobs.checkpoints import Checkpoints
-from kompress.jobs.context import StepContext
 from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.io import onnx_utils
+from kompress.jobs.io.checkpoints import Checkpoints
+from kompress.jobs.io.torch_model import TorchModel, to_tensors
 from kompress.jobs.techniques.base import StepResult, training_rows
 from kompress.jobs.techniques.configs import PruneConfig, TrainingConfig
+from kompress.jobs.techniques.context import StepContext
 from kompress.jobs.techniques.structure import prune_structured
-from kompress.jobs.torch_model import TorchModel, to_tensors
-from kompress.jobs.training import FitResult, distillation_loss, fit
+from kompress.jobs.techniques.training import FitResult, distillation_loss, fit
 
 _WEIGHT_OPS = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}  # op -> input index of the weight
 TEMPERATURE = 2.0

@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs import onnx_utils, training
-from kompress.jobs.checkpoints import Checkpoints
-from kompress.jobs.context import StepContext
 from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.io import onnx_utils
+from kompress.jobs.io.checkpoints import Checkpoints
+from kompress.jobs.io.torch_model import TorchModel, to_tensors
+from kompress.jobs.techniques import training
 from kompress.jobs.techniques.base import StepResult, training_rows
 from kompress.jobs.techniques.configs import QATConfig
-from kompress.jobs.torch_model import TorchModel, to_tensors
+from kompress.jobs.techniques.context import StepContext
 
 FIELD = "techniques.qat"
 QCONFIG = {"weights": "int8, per-channel symmetric (zero point 0), moving-average min/max",

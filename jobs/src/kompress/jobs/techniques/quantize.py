@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kompress.jobs import model_files, onnx_utils
-from kompress.jobs.context import StepContext
-from kompress.jobs.data import InputPlan
 from kompress.jobs.errors import RuntimeFailure
+from kompress.jobs.io import model_files, onnx_utils
+from kompress.jobs.io.data import InputPlan
 from kompress.jobs.techniques.base import StepResult
 from kompress.jobs.techniques.configs import QuantizeConfig
+from kompress.jobs.techniques.context import StepContext
 
 
 class _CalibrationReader:
@@ -140,7 +140,7 @@ def _nncf(model_path: Path, out: Path, config: QuantizeConfig, ctx: StepContext)
     """NNCF's post-training quantization of the ONNX model (its ONNX backend: QDQ where OpenVINO's CPU plugin
     fuses int8 kernels), calibrated on the data; Hugging Face transformers get NNCF's transformer preset
     (SmoothQuant, float softmax and layer norms). `opTypes` and `excludeNodes` become NNCF's ignored scope."""
-    from kompress.jobs.runtimes import require_openvino
+    from kompress.jobs.runtimes.base import require_openvino
 
     require_openvino("quantize backend nncf", field="techniques.quantize.backend")
     import nncf

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kompress.jobs.errors import InvalidInputError
-from kompress.jobs.torch_model import TorchModel, to_tensors
+from kompress.jobs.io.torch_model import TorchModel, to_tensors
 
 Target = Literal["auto", "channels", "ffn", "heads"]
 Importance = Literal["activation", "magnitude"]

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kompress.jobs.storage import Store
+from kompress.jobs.io.storage import Store
 
 
 def fingerprint(*parts: Any) -> str:

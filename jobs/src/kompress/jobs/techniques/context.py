@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from kompress.jobs.checkpoints import Checkpoints
-    from kompress.jobs.data import InputPlan
+    from kompress.jobs.io.checkpoints import Checkpoints
+    from kompress.jobs.io.data import InputPlan
     from kompress.jobs.progress import Progress
 
 

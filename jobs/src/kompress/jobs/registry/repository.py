@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kompress.jobs.data import InputSpec
 from kompress.jobs.errors import InvalidInputError
-from kompress.jobs.report_model import OptimizationReport, PromotionResult, TensorSpec
-from kompress.jobs.runtimes import serving_names
-from kompress.jobs.spec import PromotionSpec
-from kompress.jobs.storage import Store, is_s3, open_store
+from kompress.jobs.io.data import InputSpec
+from kompress.jobs.io.storage import Store, is_s3, open_store
+from kompress.jobs.report.model import OptimizationReport, PromotionResult, TensorSpec
+from kompress.jobs.runtimes.base import serving_names
+from kompress.jobs.spec.document import PromotionSpec
 
 MANIFEST = "kompress.json"
 CLAIMS = ".claims"

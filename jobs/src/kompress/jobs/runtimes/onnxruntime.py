@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from kompress.jobs.errors import InvalidInputError
-from kompress.jobs.runtimes import Serving
-from kompress.jobs.spec import TargetSpec
+from kompress.jobs.runtimes.base import Serving
+from kompress.jobs.spec.document import TargetSpec
 
 
 def available_threads() -> int:
@@ -77,7 +77,7 @@ def open_session(path: Path, target: TargetSpec, *, serving: Serving | None = No
     serving = serving or target.serving()
     threads = target.threads or available_threads()
     if serving.runtime == "openvino":
-        from kompress.jobs.openvino_sessions import compile_model
+        from kompress.jobs.runtimes.openvino import compile_model
 
         return compile_model(path, threads, serving.precision or "f32")
     import onnxruntime as ort

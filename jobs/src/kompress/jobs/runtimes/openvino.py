@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs.errors import InvalidInputError
-from kompress.jobs.runtimes import Precision, require_openvino
+from kompress.jobs.runtimes.base import Precision, require_openvino
 
 _PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16", "float32": "f32", "bfloat16": "bf16",
                "float16": "f16"}

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     if served and served[0] == "openvino":
         import openvino as ov
 
-        from kompress.jobs.openvino_sessions import cpu_config
+        from kompress.jobs.runtimes.openvino import cpu_config
 
         core = ov.Core()  # loaded before the baseline reading: the runtime's own libraries are not the model's
         before = _status_kb("VmRSS")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kompress.jobs.ort_sessions import open_session
-from kompress.jobs.spec import TargetSpec
+from kompress.jobs.runtimes.onnxruntime import open_session
+from kompress.jobs.spec.document import TargetSpec
 
 PROFILE_RUNS = 20
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs import model_io, onnx_utils
 from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.io import models as model_io
+from kompress.jobs.io import onnx_utils
 
 
 @dataclass
@@ -72,7 +73,7 @@ def load(fmt: str, local: Path, onnx_path: Path, task: str, samples: dict[str, n
     """The trainable module for a source model (see the module docstring for what each format gives)."""
     import torch
 
-    from kompress.jobs.ort_sessions import available_threads
+    from kompress.jobs.runtimes.onnxruntime import available_threads
 
     torch.set_num_threads(available_threads())  # training threads within the pod's CPU limit
     torch.manual_seed(0)

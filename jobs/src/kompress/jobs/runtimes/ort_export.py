@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from kompress.jobs.errors import RuntimeFailure
-from kompress.jobs.report_model import ExportReport
+from kompress.jobs.report.model import ExportReport
 
 ORT_FILES = ("model.ort", "model.required_operators.config")
 _USABILITY_LINES = ("should perform well", "can be considered", "is recommended", "recommended to")

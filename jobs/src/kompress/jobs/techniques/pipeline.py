@@ -12,20 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs import model_files, onnx_utils, torch_model
 from kompress.jobs import techniques as techmod
-from kompress.jobs.checkpoints import Checkpoints, fingerprint
-from kompress.jobs.context import StepContext
-from kompress.jobs.data import Dataset
 from kompress.jobs.errors import InvalidInputError, KompressError, RuntimeFailure, require_torch
-from kompress.jobs.measure import Baseline, MeasurePlan, measure_variant
-from kompress.jobs.model_io import SourceModel
+from kompress.jobs.io import model_files, onnx_utils, torch_model
+from kompress.jobs.io.checkpoints import Checkpoints, fingerprint
+from kompress.jobs.io.data import Dataset
+from kompress.jobs.io.models import SourceModel
+from kompress.jobs.io.torch_model import TorchModel
+from kompress.jobs.measure.variant import Baseline, MeasurePlan, measure_variant
 from kompress.jobs.progress import Progress
-from kompress.jobs.report_model import DataFacts, ModelFacts, StepReport
-from kompress.jobs.runtimes import Serving
-from kompress.jobs.spec import OptimizationSpec
-from kompress.jobs.specbase import SpecModel
-from kompress.jobs.torch_model import TorchModel
+from kompress.jobs.report.model import DataFacts, ModelFacts, StepReport
+from kompress.jobs.runtimes.base import Serving
+from kompress.jobs.spec.base import SpecModel
+from kompress.jobs.spec.document import OptimizationSpec
+from kompress.jobs.techniques.context import StepContext
 
 
 @dataclass

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kompress.jobs.report_model import MetricsBlock, OptimizationReport, ResultBlock
+from kompress.jobs.report.model import MetricsBlock, OptimizationReport, ResultBlock
 
 VARIANTS = ("baseline", "optimized")
 QUANTILES = {"0.5": "latencyP50Seconds", "0.95": "latencyP95Seconds", "0.99": "latencyP99Seconds"}

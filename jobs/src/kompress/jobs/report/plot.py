@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kompress.jobs.report_model import OptimizationReport
+from kompress.jobs.report.model import OptimizationReport
 
 
 def plot(typed: OptimizationReport, path: Path) -> Path:

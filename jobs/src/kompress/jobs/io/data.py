@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kompress.jobs.errors import InvalidInputError
-from kompress.jobs.model_files import sha256_file
+from kompress.jobs.io.model_files import sha256_file
 
 if TYPE_CHECKING:
-    from kompress.jobs.spec import InputEntry
+    from kompress.jobs.spec.document import InputEntry
 
 LABELS = "labels"
 

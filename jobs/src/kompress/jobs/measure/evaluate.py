@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs.data import Dataset
-from kompress.jobs.energy import Meter
 from kompress.jobs.errors import InvalidInputError, RuntimeFailure
-from kompress.jobs.ort_sessions import available_threads, batch_axis_fixed, open_session
+from kompress.jobs.io.data import Dataset
+from kompress.jobs.measure.energy import Meter
 from kompress.jobs.progress import Progress
-from kompress.jobs.report_model import Energy, Fidelity, Latency, Placement, Quality
-from kompress.jobs.runtimes import Serving
-from kompress.jobs.spec import TargetSpec
+from kompress.jobs.report.model import Energy, Fidelity, Latency, Placement, Quality
+from kompress.jobs.runtimes.base import Serving
+from kompress.jobs.runtimes.onnxruntime import available_threads, batch_axis_fixed, open_session
+from kompress.jobs.spec.document import TargetSpec
 
 QUALITY_BATCH = 32
 ROUNDS = 5
@@ -264,7 +264,7 @@ def peak_memory(path: Path, data: Dataset, target: TargetSpec, serving: Serving 
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "feeds.npz"
         np.savez(npz, **feeds)
-        cmd = [sys.executable, "-m", "kompress.jobs.memprobe", str(path), str(npz),
+        cmd = [sys.executable, "-m", "kompress.jobs.runtimes.memprobe", str(path), str(npz),
                str(target.threads or available_threads()), target.device,
                *((serving.runtime, serving.precision or "f32") if serving and serving.runtime == "openvino" else ())]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)

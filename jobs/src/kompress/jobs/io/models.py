@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kompress.jobs import model_files, onnx_utils
-from kompress.jobs.data import InputSpec
 from kompress.jobs.errors import InvalidInputError, require_torch
-from kompress.jobs.spec import ModelSpec
+from kompress.jobs.io import model_files, onnx_utils
+from kompress.jobs.io.data import InputSpec
+from kompress.jobs.spec.document import ModelSpec
 
 OPSET = 17
 

@@ -8,8 +8,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from kompress.jobs.runtimes import Serving, cpu_has_bf16, openvino_installed
-from kompress.jobs.spec import Candidate
+from kompress.jobs.runtimes.base import Serving, cpu_has_bf16, openvino_installed
+from kompress.jobs.spec.document import Candidate
 from kompress.jobs.techniques import catalog
 
 BF16_GAIN = 2.0

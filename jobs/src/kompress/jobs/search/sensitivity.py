@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kompress.jobs import onnx_utils
-from kompress.jobs.data import Dataset
+from kompress.jobs.io import onnx_utils
+from kompress.jobs.io.data import Dataset
 
 QUANTIZABLE = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "EmbedLayerNormalization"})
 MAX_ROWS = 32

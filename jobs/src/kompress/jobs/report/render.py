@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kompress.jobs.report_model import Artifacts, OptimizationReport, RunSummary
+from kompress.jobs.report.model import Artifacts, OptimizationReport, RunSummary
 
 SUMMARY_LIMIT = 4000  # Kubernetes caps a termination message at 4096 bytes
 

@@ -11,15 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs import evaluate, gates, model_files, onnx_utils
-from kompress.jobs.data import Dataset
-from kompress.jobs.energy import Meter
-from kompress.jobs.evaluate import TimingPlan
-from kompress.jobs.ort_sessions import open_session
+from kompress.jobs import gates
+from kompress.jobs.io import model_files, onnx_utils
+from kompress.jobs.io.data import Dataset
+from kompress.jobs.measure import evaluate
+from kompress.jobs.measure.energy import Meter
+from kompress.jobs.measure.evaluate import TimingPlan
 from kompress.jobs.progress import Progress
-from kompress.jobs.report_model import Comparison, Quality, VariantMetrics
-from kompress.jobs.runtimes import Serving
-from kompress.jobs.spec import GatesSpec, ModelSpec, SearchSpec, TargetSpec
+from kompress.jobs.report.model import Comparison, Quality, VariantMetrics
+from kompress.jobs.runtimes.base import Serving
+from kompress.jobs.runtimes.onnxruntime import open_session
+from kompress.jobs.spec.document import GatesSpec, ModelSpec, SearchSpec, TargetSpec
 
 STEP_LATENCY_RUNS = 30
 STEP_WARMUP_RUNS = 3
@@ -152,7 +154,7 @@ def _variant(base: Baseline, path: Path, quality: Quality, speed: evaluate.Speed
 
 def _parameters(path: Path) -> int:
     if path.suffix == ".xml":  # an OpenVINO IR
-        from kompress.jobs.openvino_sessions import ir_parameters
+        from kompress.jobs.runtimes.openvino import ir_parameters
 
         return ir_parameters(path)
     return onnx_utils.parameter_count(path)

@@ -15,8 +15,8 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 from pydantic.alias_generators import to_snake
 
 from kompress.jobs.errors import InvalidInputError, SpecError
-from kompress.jobs.runtimes import Serving
-from kompress.jobs.specbase import SpecModel
+from kompress.jobs.runtimes.base import Serving
+from kompress.jobs.spec.base import SpecModel
 from kompress.jobs.techniques import catalog
 
 # The resource's identity, defined once: the CRD, the operator and local spec files all use these.

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs.checkpoints import Checkpoints
+from kompress.jobs.io.checkpoints import Checkpoints
 from kompress.jobs.progress import Progress
 from kompress.jobs.techniques.configs import TrainingConfig
 

@@ -18,15 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs import gates, model_files, pipeline, sensitivity
-from kompress.jobs.candidates import expected_gain
-from kompress.jobs.checkpoints import fingerprint
-from kompress.jobs.energy import Meter
+from kompress.jobs import gates
 from kompress.jobs.errors import KompressError, RuntimeFailure
-from kompress.jobs.measure import Measured, MeasurePlan, measure_variant
-from kompress.jobs.report_model import GateVerdict, ResultBlock, SearchReport, StepReport, Trial, result_block
-from kompress.jobs.runtimes import Serving
-from kompress.jobs.spec import Candidate, GatesSpec, SearchSpec
+from kompress.jobs.io import model_files
+from kompress.jobs.io.checkpoints import fingerprint
+from kompress.jobs.measure.energy import Meter
+from kompress.jobs.measure.variant import Measured, MeasurePlan, measure_variant
+from kompress.jobs.report.model import GateVerdict, ResultBlock, SearchReport, StepReport, Trial, result_block
+from kompress.jobs.runtimes.base import Serving
+from kompress.jobs.search import sensitivity
+from kompress.jobs.search.candidates import expected_gain
+from kompress.jobs.spec.document import Candidate, GatesSpec, SearchSpec
+from kompress.jobs.techniques import pipeline
 
 
 @dataclass
