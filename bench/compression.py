@@ -48,7 +48,7 @@ def build(spec_file: Path, work: Path) -> tuple[Any, Path]:
 
     loaded = load_spec_file(spec_file)
     progress = Progress(20)
-    ws, _ = runner.open_workspace(loaded, work, Checkpoints(None), progress)
+    ws = runner.open_workspace(loaded, work, Checkpoints(None), progress).ws
     result = pipeline.apply(ws, loaded.spec.steps(), spec_file.stem, evaluate_steps=False, step_lines=False)
     return ws, result.model
 
@@ -67,6 +67,7 @@ def main() -> None:
     from kompress.jobs.io import model_files, onnx_utils
     from kompress.jobs.measure import evaluate
     from kompress.jobs.runtimes import onnxruntime as ort_sessions
+    from kompress.jobs.tasks import registry as tasks
 
     options = ort_sessions.session_options(args.threads)  # the evaluation's own timing setup
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +85,7 @@ def main() -> None:
         quality = {}
         for name in order:
             out = evaluate.run_all(sessions[name], data.inputs, None)
-            _, q = evaluate.quality(ws.baseline.outputs, out, data, ws.spec.model.task)
+            _, q = tasks.get(ws.spec.model.task).quality(ws.baseline.outputs, out, data)
             quality[name] = {"cosine": q.fidelity.cosine_similarity_mean if q.fidelity else 1.0,
                              "accuracy": q.accuracy}
         sizes = {k: model_files.size_bytes(models[k]) for k in order}

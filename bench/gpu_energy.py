@@ -34,8 +34,9 @@ def main() -> None:
 
     from kompress.jobs.io import models as model_io
     from kompress.jobs.measure.energy import NvmlMeter
-    from kompress.jobs.spec.document import ModelSpec, parse_document
-    from kompress.jobs.techniques import get
+    from kompress.jobs.spec.document import parse_document
+    from kompress.jobs.spec.sections import ModelSpec
+    from kompress.jobs.techniques.catalog import get
     from kompress.jobs.techniques.context import StepContext
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():

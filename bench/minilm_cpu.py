@@ -37,8 +37,9 @@ def build_models(work: Path) -> tuple[dict[str, Path], Any]:
     from onnxruntime.quantization import quantize_dynamic
 
     from kompress.jobs.io import models as model_io
-    from kompress.jobs.spec.document import ModelSpec, load_spec_file
-    from kompress.jobs.techniques import get
+    from kompress.jobs.spec.document import load_spec_file
+    from kompress.jobs.spec.sections import ModelSpec
+    from kompress.jobs.techniques.catalog import get
     from kompress.jobs.techniques.context import StepContext
 
     data = dict(np.load(ROOT / "jobs" / "src" / "kompress" / "jobs" / "datasets" / "minilm-eval.npz"))

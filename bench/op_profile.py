@@ -30,8 +30,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo import ZOO, cpu_name, ensure_data, zoo_spec
 
-from kompress.jobs.measure.op_profile import op_times
-from kompress.jobs.spec.document import TargetSpec
+from kompress.jobs.runtimes.registry import Serving
+from kompress.jobs.spec.sections import TargetSpec
 
 # the engine's static INT8 candidates: every quantizable op (ONNX Runtime's default), or only the convolutions
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -111,7 +111,9 @@ def main() -> None:
             for label in VARIANTS:
                 variants[label] = quantized(name, data, Path(tmp), label, args.threads)
             feeds = feeds_for(name, data)
-            times = {label: op_times(path, feeds, target, args.runs) for label, path in variants.items()}
+            ort = Serving.reference()
+            times = {label: ort.engine.profile_ops(path, feeds, target.session(ort), args.runs)
+                     for label, path in variants.items()}
             results["models"][name] = times
             print(table(name, times) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)

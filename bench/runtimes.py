@@ -6,9 +6,9 @@ calibration/evaluation split as `kompress run`) the variants are
   OpenVINO default precision (bf16 on CPUs with AMX/AVX512-BF16, else f32; the precision compiled is printed) |
   NNCF INT8 on OpenVINO (kompress's quantize backend nncf, f32 hint) | the same NNCF QDQ model on ORT |
   kompress's recipe on ORT (the example's techniques, through the technique registry).
-Latency: batch 1 (`--batch`), every variant timed by the engine's `evaluate.measure_speed` in one run (blocks of
+Latency: batch 1 (`--batch`), every variant timed by the engine's `timing.measure_speed` in one run (blocks of
 consecutive calls, variants alternating block by block; p50 of all timed calls). Quality on the evaluation rows:
-mean cosine similarity to ORT FP32's outputs (`evaluate.quality`), and top-1 accuracy against the labels where
+mean cosine similarity to ORT FP32's outputs (the task's `quality`), and top-1 accuracy against the labels where
 the data has them (digits).
 
 Run: python bench/runtimes.py [--models minilm,digits] [--threads 2] [--iterations 200] [--json PATH]
@@ -75,8 +75,9 @@ def build(p: Prepared, work: Path) -> tuple[dict[str, tuple[Path, Any]], float]:
     """Each variant's file and how it is served; and the seconds NNCF's quantization took."""
     from onnxruntime.quantization import quantize_dynamic
 
-    from kompress.jobs.runtimes.base import Serving, cpu_has_bf16
-    from kompress.jobs.techniques import get
+    from kompress.jobs.cpu import cpu_has_bf16
+    from kompress.jobs.runtimes.registry import Serving
+    from kompress.jobs.techniques.catalog import get
     from kompress.jobs.techniques.configs import QuantizeConfig
     from kompress.jobs.techniques.quantize import quantize
 
@@ -103,19 +104,21 @@ def measure(p: Prepared, variants: dict[str, tuple[Path, Any]], threads: int, ba
     the latency was timed."""
     from kompress.jobs.io import model_files
     from kompress.jobs.measure import evaluate
-    from kompress.jobs.runtimes.onnxruntime import open_session
+    from kompress.jobs.measure import timing
+    from kompress.jobs.measure.evaluate import open_variant
+    from kompress.jobs.tasks import registry as tasks
 
     target = p.spec.target.model_copy(update={"threads": threads, "batch_size": batch})
-    sessions = {name: open_session(path, target, serving=serving) for name, (path, serving) in variants.items()}
+    sessions = {name: open_variant(path, target, serving) for name, (path, serving) in variants.items()}
     print(f"  quality on {p.evaluation.size} rows ...", file=sys.stderr, flush=True)
     outputs = {name: evaluate.run_all(s, p.evaluation, p.spec.model.output) for name, s in sessions.items()}
     print(f"  timing {len(sessions)} variants side by side ...", file=sys.stderr, flush=True)
-    plan = evaluate.TimingPlan(iterations, target.warmup_iterations, throughput=False, energy=False)
-    speeds = evaluate.measure_speed(sessions, p.evaluation, target, plan, None)
+    plan = timing.TimingPlan(iterations, target.warmup_iterations, throughput=False, energy=False)
+    speeds = timing.measure_speed(sessions, p.evaluation, target, plan, None)
     base_p50 = speeds[BASELINE].latency.p50
     rows = []
     for name, (path, serving) in variants.items():
-        base_q, q = evaluate.quality(outputs[BASELINE], outputs[name], p.evaluation, p.spec.model.task)
+        base_q, q = tasks.get(p.spec.model.task).quality(outputs[BASELINE], outputs[name], p.evaluation)
         p50 = speeds[name].latency.p50
         rows.append({"variant": name, "runtime": serving.runtime,
                      "precision": getattr(sessions[name], "precision", "graph types"),
@@ -188,14 +191,14 @@ def main() -> None:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if unknown := [m for m in names if m not in MODELS]:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    from kompress.jobs.runtimes.base import cpu_has_bf16
+    from kompress.jobs.cpu import cpu_has_bf16
 
     results = [run_model(name, args.threads, args.batch, args.iterations) for name in names]
     lib = versions()
     print(f"CPU: {cpu_name()} (bf16 native: {'yes' if cpu_has_bf16() else 'no'}); {args.threads} thread(s); "
           + ", ".join(f"{k} {v}" for k, v in lib.items()))
     print(f"Latency: batch {args.batch}, p50 of all timed calls after a warm-up; each model's variants timed in one "
-          f"run by kompress's evaluate.measure_speed (--iterations {args.iterations} sets the rounds; a fast "
+          f"run by kompress's timing.measure_speed (--iterations {args.iterations} sets the rounds; a fast "
           "model's blocks hold more calls: see each table's timing line)")
     for result in results:
         print_table(result)

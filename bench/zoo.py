@@ -134,7 +134,7 @@ def ensure_data(data: Path, models: list[str]) -> float:
 def unsupported(model: ZooModel) -> str | None:
     """Why this engine cannot run the model yet (None when it can): silero-vad's `state` and `sr` inputs are the
     same for every row, which a spec says with `data.inputs`; engines without that field cannot feed it."""
-    from kompress.jobs.spec.document import DataSpec
+    from kompress.jobs.spec.sections import DataSpec
 
     if model.constant_inputs and "inputs" not in DataSpec.model_fields:
         return ("needs spec.data.inputs (constant inputs with a batch axis), which this engine's DataSpec does not "

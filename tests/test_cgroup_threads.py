@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kompress.jobs.runtimes.onnxruntime import cgroup_cpu_quota
+from kompress.jobs.cpu import cgroup_cpu_quota
 
 
 def test_cgroup_v2_quota(tmp_path: Path) -> None:

@@ -446,6 +446,9 @@ def test_status_subresource_keeps_what_the_operator_writes(tools: dict[str, str]
                    "accuracyDrop": 0.007, "energyMethod": "estimate"},
         "gates": {"passed": True, "failures": []},
     }
+    from kompress.operator.status import ModelOptimizationStatus
+
+    ModelOptimizationStatus.model_validate(status)  # what the operator's typed status model accepts
     path = "/apis/kompress.dev/v1alpha1/namespaces/default/modeloptimizations/with-status/status"
     stored = cluster.request("PATCH", path, {"status": status}, content_type="application/merge-patch+json")
     assert stored["status"] == status, "the status schema pruned or changed something the operator writes"

@@ -1,5 +1,6 @@
-"""The CRD is generated from the pydantic spec: committed copies must not drift, and the generated schema
-must be structural, described, strict, and carry the CEL rules and printer columns.
+"""The CRD is generated from the pydantic spec (spec) and the operator's typed status model (status): committed
+copies must not drift from either, and the generated schema must be structural, described, strict, and carry
+the CEL rules and printer columns.
 
 The same CRD against a real kube-apiserver is in test_chart.py."""
 
@@ -8,16 +9,19 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from kompress.jobs import techniques
 from kompress.jobs.spec.document import OptimizationSpec
+from kompress.jobs.techniques import catalog as techniques
 from kompress.operator import crd
+from kompress.operator.status import ModelOptimizationStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = [ROOT / "crds" / "modeloptimizations.kompress.dev.yaml",
@@ -235,6 +239,79 @@ def test_status_blocks_of_a_report_fit_the_schema(root: dict[str, Any]) -> None:
     for block, model in (("baseline", MetricsBlock), ("result", ResultBlock)):
         fields = {f.alias for f in model.model_fields.values()}
         assert fields == set(status[block]["properties"]), block
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (X, X | None, list[X]), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, typing.get_args(annotation)) if m is not None), None)
+
+
+def model_tree(model: type[BaseModel]) -> dict[str, Any]:
+    """Field aliases of `model`, nested models (and lists of them) as sub-trees."""
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        sub = _model_in(info.annotation)
+        out[info.alias or name] = model_tree(sub) if sub else None
+    return out
+
+
+def schema_tree(node: dict[str, Any]) -> dict[str, Any]:
+    """Property names of a CRD schema node, objects (and arrays of objects) as sub-trees."""
+    out: dict[str, Any] = {}
+    for name, sub in node["properties"].items():
+        inner = sub.get("items", sub)
+        out[name] = schema_tree(inner) if "properties" in inner else None
+    return out
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_committed_status_schema_is_the_status_model(path: Path) -> None:
+    """Every field of the operator's status model, nested ones included, is in the committed CRD's status and
+    nothing else is: the apiserver would prune a field the operator writes and the CRD lacks."""
+    committed = yaml.safe_load(path.read_text(encoding="utf-8"))
+    (v,) = committed["spec"]["versions"]
+    status = v["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert schema_tree(status) == model_tree(ModelOptimizationStatus), (
+        f"{path.relative_to(ROOT)}: status drifted from kompress.operator.status: run python scripts/gen_crd.py")
+    assert status == crd.status_schema()
+
+
+def test_a_status_model_change_is_drift(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drift check covers the status: a new status field makes the generated CRD differ from the committed
+    one (and gen_crd.py --check fail) until the CRD is regenerated."""
+    from kompress.operator import status as status_module
+
+    class Drifted(status_module.ModelOptimizationStatus):
+        queue_position: int | None = None
+        """Where the run waits in the queue."""
+
+    before = crd.crd_yaml()
+    monkeypatch.setattr(crd, "ModelOptimizationStatus", Drifted)
+    after = crd.crd_yaml()
+    assert after != before and "queuePosition:" in after
+    assert all(path.read_text(encoding="utf-8") != after for path in FILES)
+    assert crd.status_schema()["properties"]["queuePosition"] == {
+        "type": "integer", "description": "Where the run waits in the queue."}
+
+
+def test_status_schema_has_no_defaults_and_keeps_nothing_unknown(root: dict[str, Any]) -> None:
+    """Observed state: the apiserver must not write defaults into it, nor keep fields nobody declared."""
+    for path, node in walk(root["properties"]["status"], ".status"):
+        assert "default" not in node, path
+        assert "x-kubernetes-preserve-unknown-fields" not in node, path
+
+
+def test_fallback_descriptions_name_real_fields() -> None:
+    """The operator's descriptions of the engine's blocks name fields those blocks have (checked by the
+    generator too); the engine's own docstrings win over them."""
+    from kompress.jobs.report.model import MetricsBlock, ResultBlock
+    from kompress.operator.status import FALLBACK_DESCRIPTIONS
+
+    for model in (MetricsBlock, ResultBlock):
+        aliases = {f.alias for f in model.model_fields.values()}
+        assert set(FALLBACK_DESCRIPTIONS[model.__name__]) <= aliases, model.__name__
 
 
 # ------------------------------------------------------------------------------------ defaults

@@ -18,8 +18,9 @@ from kompress.jobs.errors import ExitCode, InvalidInputError, SpecError
 from kompress.jobs.io import data
 from kompress.jobs.io import models as model_io
 from kompress.jobs.measure import evaluate
-from kompress.jobs.runtimes.onnxruntime import batch_axis_fixed
-from kompress.jobs.spec.document import DataSpec, parse_document
+from kompress.jobs.measure.evaluate import batch_axis_fixed
+from kompress.jobs.spec.document import parse_document
+from kompress.jobs.spec.sections import DataSpec
 
 from conftest import run_cli, write_spec
 

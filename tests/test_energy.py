@@ -84,8 +84,8 @@ def test_coarse_counters_are_read_around_blocks_not_single_calls(block_seconds: 
     """A 20 ms-step counter read around 1 ms calls attributes whole steps to whichever call a step lands
     in; read around blocks of back-to-back calls it gives power x time per call."""
     from kompress.jobs.io.data import Dataset
-    from kompress.jobs.measure.evaluate import TimingPlan, measure_speed
-    from kompress.jobs.spec.document import TargetSpec
+    from kompress.jobs.measure.timing import TimingPlan, measure_speed
+    from kompress.jobs.spec.sections import TargetSpec
 
     meter = SteppedCounter(watts=100.0, step=0.02, block_seconds=block_seconds)
     sessions = {"slow": BusySession(0.002), "fast": BusySession(0.001)}

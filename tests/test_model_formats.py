@@ -13,7 +13,7 @@ import torch
 
 from kompress.jobs.errors import ExitCode, InvalidInputError
 from kompress.jobs.io import models as model_io
-from kompress.jobs.spec.document import ModelSpec
+from kompress.jobs.spec.sections import ModelSpec
 
 from conftest import DATASETS, ROOT, example, run_cli, write_spec
 

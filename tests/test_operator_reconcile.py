@@ -314,6 +314,137 @@ def test_decisions_are_data() -> None:
         "Promoted": "True", "Ready": "True"}
 
 
+# ---- every status the decisions write fits the typed status model (and so the CRD generated from it) -----
+
+RUNNING_JOB: dict[str, Any] = {"status": {"active": 1}}
+COMPLETE_JOB: dict[str, Any] = {"status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}}
+
+
+def failed_job(reason: str = "BackoffLimitExceeded") -> dict[str, Any]:
+    return {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": reason,
+                                       "message": "Job has reached the specified backoff limit"}], "failed": 3}}
+
+
+def pod(phase: str = "Pending", **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "p"}, "status": {"phase": phase, **status}}
+
+
+def exited(exit_code: int, message: str) -> dict[str, Any]:
+    return pod("Succeeded" if exit_code == 0 else "Failed", containerStatuses=[
+        {"name": "engine", "state": {"terminated": {"exitCode": exit_code, "message": message}}}])
+
+
+def waiting_pod(reason: str) -> dict[str, Any]:
+    return pod(containerStatuses=[{"name": "engine", "image": "registry.example/kompress:test",
+                                   "state": {"waiting": {"reason": reason, "message": f"{reason}: secret x"}}}])
+
+
+def decision_cases() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(name, resource spec changes, Observed fields): one or more observed states behind each outcome."""
+    from kompress.operator import pod_trouble
+
+    manual = resource()["spec"]["promotion"] | {"policy": "manual"}
+    search = {"techniques": None, "search": {"objective": "latency"}, "gates": {"noRegression": False}}
+    nothing = json.dumps({"outcome": "rejected", "message": "no candidate produced a model to measure",
+                          "reportUri": "s3://registry/serving/.kompress-runs/x/report.json"})
+    unschedulable = pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                     "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}])
+    oom = pod("Running", containerStatuses=[{"name": "engine", "state": {"running": {}},
+                                             "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}])
+    return [
+        ("invalid spec", {"techniques": [{"prune": {"sparsity": 3}}]}, {}),
+        ("local registry", {"promotion": {"registry": "./registry", "modelName": "m"}}, {}),
+        ("policy denies the image", {"resources": {"image": "evil.example/miner:1"}}, {}),
+        ("unlabelled secret", {"storageSecretRef": {"name": "s3"}}, {"secret_labels": {"team": "a"}}),
+        ("missing secret", {"storageSecretRef": {"name": "s3"}}, {"secret_missing": True}),
+        ("no job yet", {}, {}),
+        ("pod pending", {}, {"job": RUNNING_JOB, "pods": [pod()]}),
+        ("pod running", {}, {"job": RUNNING_JOB, "pods": [pod("Running")]}),
+        ("unschedulable", {}, {"job": RUNNING_JOB, "pods": [unschedulable]}),
+        *((f"waiting {r}", {}, {"job": RUNNING_JOB, "pods": [waiting_pod(r)]})
+          for r in (*pod_trouble.IMAGE_REASONS, *pod_trouble.CONFIG_REASONS)),
+        ("oom while retrying", {}, {"job": RUNNING_JOB, "pods": [oom]}),
+        ("deadline", {}, {"job": failed_job("DeadlineExceeded"), "pods": [pod("Failed")]}),
+        ("bad input", {}, {"job": failed_job(), "pods": [exited(2, '{"outcome": "failed", "message": "bad"}')]}),
+        ("crash", {}, {"job": failed_job(), "pods": [exited(1, "Traceback\nMemoryError: cannot allocate\n")]}),
+        ("summary breaks the contract", {}, {"job": COMPLETE_JOB, "pods": [exited(0, '{"speedUp": 2}')]}),
+        ("summary cut off", {}, {"job": COMPLETE_JOB, "pods": [exited(0, summary()[:57])]}),
+        ("gates fail", {}, {"job": COMPLETE_JOB, "pods": [exited(0, summary(speedup=1.2))]}),
+        ("nothing measured", search, {"job": failed_job(), "pods": [exited(3, nothing)]}),
+        ("no promotion", {"promotion": None}, {"job": COMPLETE_JOB, "pods": [exited(0, summary())]}),
+        ("awaiting approval", {"promotion": manual}, {"job": COMPLETE_JOB, "pods": [exited(0, summary())]}),
+        ("promote", {}, {"job": COMPLETE_JOB, "pods": [exited(0, summary())]}),
+    ]
+
+
+def observe(changes: dict[str, Any], **fields: Any) -> Any:
+    from kompress.operator.decide import Observed, accept
+
+    body = resource(**changes)
+    body["spec"] = {k: v for k, v in body["spec"].items() if v is not None}
+    spec, problem = accept(body["spec"])
+    settings = Settings(engine_image="registry.example/kompress:test")
+    return Observed(body, settings, "2026-01-01T00:00:00Z", spec, problem, **fields)
+
+
+def test_every_decision_writes_a_status_the_crd_holds() -> None:
+    """Every outcome in conditions.TABLE, reached through decide() (and, for a promotion, both of its ends):
+    the status it asks for validates against the typed status model, and every field it writes is in the
+    committed CRD's status schema (the apiserver would silently drop one that is not)."""
+    from pathlib import Path
+
+    import yaml
+
+    from kompress.jobs.report.model import PromotionResult
+    from kompress.operator.decide import Promote, decide, promoted, wanted_status
+    from kompress.operator.status import ModelOptimizationStatus
+
+    crd_file = Path(__file__).resolve().parent.parent / "crds" / "modeloptimizations.kompress.dev.yaml"
+    (version,) = yaml.safe_load(crd_file.read_text())["spec"]["versions"]
+    crd_status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    outcomes: set[str] = set()
+    for name, changes, fields in decision_cases():
+        obs = observe(changes, **fields)
+        decision = decide(obs)
+        decisions = [decision]
+        if any(isinstance(e, Promote) for e in decision.effects):
+            done = PromotionResult(promoted=True, uri="s3://registry/serving/minilm/4", version=4, created=True)
+            decisions = [promoted(obs, decision, done), promoted(obs, decision, "registry unreachable")]
+            # and again once promoted: the same run's status says so already
+            settled = observe(changes, **fields)
+            settled.body["status"] = wanted_status(obs, decisions[0])
+            decisions.append(decide(settled))
+        for d in decisions:
+            status = wanted_status(obs, d)  # validates through the model itself
+            parsed = ModelOptimizationStatus.model_validate(status)
+            assert set(status) <= set(crd_status), (name, set(status) - set(crd_status))
+            assert parsed.phase == d.phase, name
+            for block in ("baseline", "result", "gates"):
+                if status.get(block):
+                    assert set(status[block]) <= set(crd_status[block]["properties"]), (name, block)
+            for cond in status["conditions"]:
+                assert set(cond) <= set(crd_status["conditions"]["items"]["properties"]), name
+            outcomes.add(d.outcome)
+    assert outcomes == set(conditions.TABLE), set(conditions.TABLE) - outcomes
+
+
+def test_a_status_field_the_model_lacks_is_refused() -> None:
+    """A decision that writes a field the status model (and so the CRD) does not have fails loudly, instead of
+    being pruned by the apiserver without a word."""
+    import dataclasses
+
+    from pydantic import ValidationError
+
+    from kompress.operator.decide import decide, wanted_status
+
+    obs = observe({})
+    decision = decide(obs)
+    with pytest.raises(ValidationError, match="queuePosition"):
+        wanted_status(obs, dataclasses.replace(decision, fields=decision.fields | {"queuePosition": 3}))
+    with pytest.raises(ValidationError, match="attempts"):
+        wanted_status(obs, dataclasses.replace(decision, fields=decision.fields | {"attempts": "three"}))
+
+
 def test_condition_table_and_transition_times() -> None:
     types = {t for row in conditions.TABLE.values() for t in row}
     assert types == {"Accepted", "JobRunning", "Evaluated", "GatesPassed", "Promoted", "Ready", "Stalled"}

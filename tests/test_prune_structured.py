@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from kompress.jobs import techniques
 from kompress.jobs.errors import ExitCode, InvalidInputError, SpecError
 from kompress.jobs.io import data, onnx_utils, torch_model
 from kompress.jobs.io.torch_model import TorchModel
 from kompress.jobs.spec.document import parse_document
-from kompress.jobs.techniques import StepResult
+from kompress.jobs.techniques import catalog as techniques
+from kompress.jobs.techniques.base import StepResult
 from kompress.jobs.techniques.context import StepContext
 
 from conftest import DATASETS, run_cli, write_spec

@@ -15,11 +15,11 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from kompress.jobs import techniques
 from kompress.jobs.errors import ExitCode, InvalidInputError
 from kompress.jobs.io import data, model_files, storage, torch_model
 from kompress.jobs.io.checkpoints import Checkpoints
 from kompress.jobs.spec.document import parse_document
+from kompress.jobs.techniques import catalog as techniques
 from kompress.jobs.techniques.context import StepContext
 
 from conftest import DATASETS, example, run_cli, write_spec

@@ -299,7 +299,7 @@ def test_operator_refuses_model_files_outside_s3(s3: Any, s3_server: Any) -> Non
     """A Job's report is input: a local path there would have the operator copy its own disk into the registry."""
     from kompress.jobs.errors import KompressError
     from kompress.jobs.report.model import OptimizationReport
-    from kompress.jobs.spec.document import PromotionSpec
+    from kompress.jobs.spec.sections import PromotionSpec
     from kompress.operator.reconciler import promote_run
 
     s3.create_bucket(Bucket="hostile-runs")

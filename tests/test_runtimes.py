@@ -40,9 +40,9 @@ def _digits(**spec: Any) -> dict[str, Any]:
     ({"target": {"runtime": "openvino"}, "techniques": [{"quantize": {"method": "weightOnly", "weights": "int4"}}]},
      "spec", "techniques[0] quantize writes a graph only onnxruntime runs"),
     ({"target": {"runtime": "auto"}}, "spec", "a fixed pipeline names its runtime"),
-    ({"target": {"precision": "bf16"}}, "spec", "target.precision is OpenVINO's inference precision"),
-    ({"target": {"runtime": "openvino"}, "export": {"format": "ort"}}, "spec", "export format ort is ONNX Runtime's"),
-    ({"target": {"runtime": "openvino", "device": "gpu"}}, "spec", "a GPU target runs onnxruntime"),
+    ({"target": {"precision": "bf16"}}, "spec", "target.precision is a runtime's inference precision; onnxruntime runs the graph's own"),
+    ({"target": {"runtime": "openvino"}, "export": {"format": "ort"}}, "spec", "export format ort is written by onnxruntime; target.runtime is openvino"),
+    ({"target": {"runtime": "openvino", "device": "gpu"}}, "spec", "target.runtime openvino does not run on a gpu target (a gpu target runs onnxruntime)"),
     ({"techniques": [{"quantize": {"backend": "nncf", "method": "dynamic"}}]}, "spec.techniques[0].quantize",
      "backend nncf quantizes statically"),
 ])
@@ -60,7 +60,8 @@ def test_a_candidate_on_another_runtime_needs_runtime_auto() -> None:
     doc["spec"]["target"] = {"runtime": "auto"}
     assert parse_document(doc).spec.search.candidates[0].label() == "openvino+bf16"  # type: ignore[union-attr]
     doc["spec"]["search"]["candidates"][0].pop("runtime")  # a precision on ONNX Runtime would be ignored: refused
-    assert "candidates[0].precision is OpenVINO's inference precision" in _problems(doc)["spec"]
+    assert ("candidates[0].precision is a runtime's inference precision, but the candidate runs on onnxruntime"
+            in _problems(doc)["spec"])
 
 
 def test_an_openvino_version_is_laid_out_for_triton_and_model_server() -> None:
@@ -190,11 +191,11 @@ def test_openvino_without_openvino_fails_in_one_line(tmp_path: Path) -> None:
     doc = _digits()
     doc["spec"]["target"]["runtime"] = "openvino"
     spec = write_spec(tmp_path / "digits-ov.yaml", doc)
-    code = ("import sys; from kompress.jobs.runtimes.base import OPENVINO_MODULES\n"
-            "for m in OPENVINO_MODULES: sys.modules[m] = None\n"
+    code = ("import sys; from kompress.jobs.runtimes.openvino import RUNTIME\n"
+            "for m in RUNTIME.modules: sys.modules[m] = None\n"
             "from kompress.jobs.cli import main\n"
             f"sys.exit(main(['run', '-q', {str(spec)!r}, '-o', {str(tmp_path / 'out')!r}]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == ExitCode.INVALID_INPUT, out.stderr
-    assert "target.runtime: openvino needs OpenVINO (extra `openvino`" in out.stderr
+    assert "target.runtime: this spec needs the openvino runtime (extra `openvino`" in out.stderr
     assert "Traceback" not in out.stderr

@@ -16,6 +16,7 @@ import pytest
 from kompress.jobs.errors import SpecError
 from kompress.jobs.search import candidates
 from kompress.jobs.spec.document import Candidate, parse_document
+from kompress.jobs.spec.sections import TargetSpec
 
 from conftest import DATASETS, run_cli, write_spec
 
@@ -130,9 +131,10 @@ def test_search_spec_errors_name_the_field() -> None:
 
 
 def test_default_candidates_and_their_order() -> None:
-    cnn = candidates.default_candidates("onnx", {}, "cpu")
+    cnn = candidates.default_candidates("onnx", {}, TargetSpec(device="cpu"))
     assert [c.label() for c in cnn] == ["int8-dynamic", "int8-dynamic-per-tensor", "int8-static", "qat-int8"]
-    bert = candidates.default_candidates("huggingface", {"hf.model_type": "bert", "hf.num_hidden_layers": "6"}, "cpu")
+    bert = candidates.default_candidates("huggingface", {"hf.model_type": "bert", "hf.num_hidden_layers": "6"},
+                                         TargetSpec(device="cpu"))
     assert [c.label() for c in bert] == ["int8-dynamic", "int8-dynamic-per-tensor", "int8-static",
                                          "distilled-3-layers+int8"]
     first = bert[0].steps()
@@ -145,7 +147,7 @@ def test_default_candidates_and_their_order() -> None:
     # ALBERT is fused like BERT (one BERT-like list for graphOptimize and the candidates), but its layers are
     # shared: no layer-distillation candidate
     albert = candidates.default_candidates("huggingface", {"hf.model_type": "albert", "hf.num_hidden_layers": "12"},
-                                           "gpu")
+                                           TargetSpec(device="gpu"))
     assert [c.label() for c in albert] == ["int8-dynamic", "int8-dynamic-per-tensor", "int8-static", "fp16"]
     assert [n for n, _ in albert[-1].steps()] == ["graphOptimize", "fp16"]
 
@@ -153,7 +155,7 @@ def test_default_candidates_and_their_order() -> None:
 def test_candidates_and_gains_follow_the_baseline_profile() -> None:
     """Where the baseline's time goes decides what is quantized and what a recipe may gain (Amdahl)."""
     conv_heavy = {"Conv": 0.47, "Add": 0.3, "Clip": 0.2, "Gemm": 0.03}  # a MobileNet-like classifier
-    cnn = candidates.default_candidates("onnx", {}, "cpu", conv_heavy)
+    cnn = candidates.default_candidates("onnx", {}, TargetSpec(device="cpu"), conv_heavy)
     labels = [c.label() for c in cnn]
     assert "int8-dynamic" not in labels  # GEMMs hold 3% of the time: nothing for dynamic INT8 to win
     assert labels[:2] == ["int8-static-conv", "int8-static"]
@@ -162,7 +164,7 @@ def test_candidates_and_gains_follow_the_baseline_profile() -> None:
     static_gain = candidates.expected_gain(cnn[1], "latency", {}, "cpu", conv_heavy)
     assert static_gain == pytest.approx(1 / (0.5 + 0.5 / 2))  # half the time in int8 kernels at 2x
     gemm_heavy = {"MatMul": 0.6, "Conv": 0.2, "Softmax": 0.2}
-    mixed = candidates.default_candidates("onnx", {}, "cpu", gemm_heavy)
+    mixed = candidates.default_candidates("onnx", {}, TargetSpec(device="cpu"), gemm_heavy)
     dynamic = next(c for c in mixed if c.label() == "int8-dynamic")
     assert dynamic.steps()[-1][1].op_types == ["MatMul", "Gemm", "Attention"]  # never ConvInteger on a CPU
     assert candidates.expected_gain(dynamic, "latency", {}, "cpu", gemm_heavy) == pytest.approx(1 / (0.4 + 0.3))

@@ -13,10 +13,10 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from kompress.jobs import techniques
 from kompress.jobs.errors import RuntimeFailure
 from kompress.jobs.io import data, model_files
 from kompress.jobs.spec.document import parse_document
+from kompress.jobs.techniques import catalog as techniques
 from kompress.jobs.techniques.base import training_rows
 from kompress.jobs.techniques.configs import QuantizeConfig
 from kompress.jobs.techniques.context import StepContext
@@ -55,11 +55,12 @@ def test_registry_lists_every_technique() -> None:
 def test_the_spec_loads_the_catalog_only() -> None:
     """Reading a spec (and generating the CRD, and listing search candidates) imports the light catalog: no
     implementation module, no ONNX, ONNX Runtime or PyTorch."""
-    code = ("import sys, kompress.jobs.spec.document, kompress.jobs.search.candidates; print(sorted(m for m in sys.modules "
+    code = ("import sys, kompress.jobs.spec.document, kompress.jobs.search.candidates\n"
+            "print(sorted(m for m in sys.modules "
             "if m.startswith('kompress.jobs.techniques.') or m.split('.')[0] in ('onnx', 'onnxruntime', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert ast.literal_eval(out.strip()) == ["kompress.jobs.techniques.base", "kompress.jobs.techniques.catalog",
-                                             "kompress.jobs.techniques.configs"]
+    assert ast.literal_eval(out.strip()) == ["kompress.jobs.techniques.catalog", "kompress.jobs.techniques.configs",
+                                             "kompress.jobs.techniques.traits"]
 
 
 def test_every_catalog_entry_loads_its_implementation() -> None:
@@ -148,9 +149,10 @@ def test_generic_graph_optimization_keeps_outputs(tmp_path: Path) -> None:
 def test_node_placement_counts_the_provider_of_every_node() -> None:
     """What a GPU run reports to say which ops fell back to the CPU; here every node is on the CPU."""
     from kompress.jobs.measure import evaluate
-    from kompress.jobs.spec.document import TargetSpec
+    from kompress.jobs.runtimes.registry import Serving
+    from kompress.jobs.spec.sections import TargetSpec
 
-    placement = evaluate.node_placement(MODEL, EVAL, TargetSpec())
+    placement = evaluate.node_placement(MODEL, EVAL, TargetSpec(), Serving.reference())
     assert set(placement.nodes_by_provider) == {"CPUExecutionProvider"}
     assert sum(placement.cpu_ops.values()) == placement.nodes_by_provider["CPUExecutionProvider"] > 0
     assert {"Gemm", "FusedConv", "Conv"} & set(placement.cpu_ops)

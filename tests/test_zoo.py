@@ -3,7 +3,9 @@
 by scripts/make_zoo_data.py, each run through the real CLI with the built-in search (`search` without
 candidates, objective latency) and one quality gate. Either the run promotes a model that is faster than the
 original beyond the measurement's noise and meets the gate, or it ends with exit 3 and nothing promoted.
-Never a traceback, never a promoted regression; any other exit fails the test (a real product bug).
+Never a traceback, never a promoted regression; any other exit fails the test (a real product bug). A model
+on which every trial errored (or no candidate applied) fails too: a model kompress cannot handle is a finding,
+not a pass, unless EXPECTED_REFUSALS names it with the reason.
 
 The specs (sizes and gates) are bench/zoo.py's `ci` settings, the same code the zoo benchmark runs with its
 larger `bench` settings. The data is built once into $KOMPRESS_CACHE/zoo-data (default
@@ -37,6 +39,9 @@ TIER = ["ppocr-cls", "silero-vad", "ppocr-rec"]  # fastest first: ~25 s, ~5 s an
 RUN_TIMEOUT = 600  # seconds per kompress run: a hung run fails the test instead of the CI job
 NOTHING_IMPROVED = "no candidate improved latency; nothing promoted"
 NOTHING_MEASURED = "no candidate produced a model to measure; nothing promoted"
+# Models kompress is known not to handle (every trial errors), each with the reason; anything else that
+# measures nothing fails the test. Keep it short, and remove an entry as soon as the engine handles the model.
+EXPECTED_REFUSALS: dict[str, str] = {}
 
 
 def load_bench() -> ModuleType:
@@ -95,6 +100,31 @@ def check_promoted(report: dict[str, Any], registry: Path, name: str, gate: str)
     assert report["promotion"]["promoted"]
 
 
+def unhandled(name: str, trials: list[dict[str, Any]]) -> str | None:
+    """Why the test fails when no trial of `name` measured a model (each one errored, or none ran) and
+    EXPECTED_REFUSALS does not name it, with each trial's error; None when a trial measured or it is expected."""
+    if any(t.get("status") != "error" for t in trials) or name in EXPECTED_REFUSALS:
+        return None
+    errors = [f"  {t.get('name') or t.get('key') or '?'}: {t.get('message') or '(no message)'}" for t in trials]
+    return (f"{name}: kompress could not handle this model: "
+            + (f"all {len(trials)} trial(s) errored" if trials else "no candidate applied (no trial ran)")
+            + ". Fix the engine, or add it to EXPECTED_REFUSALS with the reason.\n"
+            + "\n".join(errors or ["  (no trials)"]))
+
+
+def test_unhandled_names_each_trial_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cheap check of the rule itself (no zoo data needed)."""
+    errored = [{"name": "int8-static", "status": "error", "message": "ShapeInferenceError: Conv"},
+               {"name": "fp16", "status": "error", "message": None}]
+    message = unhandled("some-model", errored)
+    assert message and "all 2 trial(s) errored" in message
+    assert "int8-static: ShapeInferenceError: Conv" in message and "fp16: (no message)" in message
+    assert "no candidate applied" in (unhandled("some-model", []) or "")
+    assert unhandled("some-model", [*errored, {"name": "dyn", "status": "rejected"}]) is None
+    monkeypatch.setitem(EXPECTED_REFUSALS, "some-model", "its graph uses an op no runtime here implements")
+    assert unhandled("some-model", errored) is None
+
+
 def check_refused(report: dict[str, Any], registry: Path, name: str) -> None:
     """A refusal names why (no candidate beat the original, or the one that did missed the quality gate) and
     leaves the registry without a version."""
@@ -138,6 +168,8 @@ def test_a_third_party_model_is_promoted_faster_or_refused(name: str, runtime: s
 
     trials = report["search"]["trials"]
     say(capsys, f"{name} trials: " + ("; ".join(zoo.trial_text(t) for t in trials) or "none"))
+    finding = unhandled(name, trials)
+    assert finding is None, finding
     if report["message"].startswith(NOTHING_MEASURED):  # no candidate applied, or every one failed
         assert report["search"]["profile"] and all(t["status"] == "error" for t in trials)
         check_refused(report, registry, name)

@@ -67,3 +67,14 @@ def require_torch(what: str, *, field: str | None = None) -> None:
             f"{what} needs the full engine image (extra `torch`: kompress-jobs[torch] or [engine]); this "
             f"install has only the ONNX techniques (the slim image, extra `onnx`: no {', '.join(missing)})",
             field=field)
+
+
+def require_modules(what: str, modules: tuple[str, ...], extra: str, *, field: str | None = None) -> None:
+    """A one-line InvalidInputError (exit 2) when `what` needs `modules` (installed by kompress-jobs[`extra`])
+    and this install lacks some. Only looks for them; imports nothing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InvalidInputError(f"{what} needs extra `{extra}` (kompress-jobs[{extra}]; in [engine] and the full "
+                                f"image); this install has no {', '.join(missing)}", field=field)

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from kompress.jobs.report.model import Comparison, GateResult, GateVerdict, ResultBlock, VariantMetrics
-from kompress.jobs.spec.document import GatesSpec
+from kompress.jobs.spec.sections import GatesSpec
+from kompress.jobs.tasks.base import Task
 
 
-def comparison(baseline: VariantMetrics, optimized: VariantMetrics, task: str = "generic") -> Comparison:
-    """Derived figures: speedup, size and energy reduction, and the drop of the quality metric: accuracy with
-    labels; for a classifier without labels top-1 agreement with the original (a changed prediction is what
-    its user sees; 1 - cosine of logits hid 1% of flipped top-1 answers at a 0.0002 "drop"); else cosine."""
-    fidelity = optimized.quality.fidelity
-    if optimized.quality.accuracy is not None and baseline.quality.accuracy is not None:
-        metric, drop = "accuracy", baseline.quality.accuracy - optimized.quality.accuracy
-    elif task == "classification" and fidelity and fidelity.top1_agreement is not None:
-        metric, drop = "top1Agreement", 1.0 - fidelity.top1_agreement
-    else:
-        metric, drop = "cosineSimilarityMean", 1.0 - (fidelity.cosine_similarity_mean if fidelity else 1.0)
+def comparison(baseline: VariantMetrics, optimized: VariantMetrics, task: Task) -> Comparison:
+    """Derived figures: speedup, size and energy reduction, and the drop of the task's quality metric
+    (accuracy with labels; a classifier without labels: top-1 agreement; else cosine)."""
+    metric, drop = task.quality_drop(baseline, optimized)
     b_lat, o_lat = baseline.latency_seconds, optimized.latency_seconds
     b_energy, o_energy = baseline.energy, optimized.energy
     energies = (b_energy.joules_per_inference, o_energy.joules_per_inference) if b_energy and o_energy else None

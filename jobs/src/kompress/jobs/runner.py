@@ -1,11 +1,12 @@
 """One optimization run: load -> baseline -> techniques or search -> measure -> gates -> report -> promote.
 
 The same function runs behind `kompress run` on a laptop and inside the operator's Job. The data path reads
-in one direction: spec -> catalog -> pipeline/search -> measure_variant -> report model -> gates -> registry."""
+in one direction: spec -> io -> runtimes/tasks -> measure -> techniques (pipeline) -> search -> gates ->
+report -> registry. Each stage returns a typed result into the run's `RunRecord`; `build_report` makes the
+report from the record once, at the end (no stage writes into a shared report)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import importlib
 import importlib.metadata
@@ -14,48 +15,122 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from kompress.jobs import gates
-from kompress.jobs import techniques as techmod
+from kompress.jobs import cpu, gates
 from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure, require_torch
 from kompress.jobs.io import data as datamod
 from kompress.jobs.io import model_files, storage
 from kompress.jobs.io import models as model_io
 from kompress.jobs.io.checkpoints import Checkpoints
-from kompress.jobs.measure import evaluate, op_profile
+from kompress.jobs.measure import evaluate
 from kompress.jobs.measure.energy import Meter, Stopwatch, open_meter
-from kompress.jobs.measure.variant import Baseline, Measured, MeasurePlan, measure_variant
+from kompress.jobs.measure.variant import Baseline, MeasurePlan, measure_variant
 from kompress.jobs.progress import Progress
 from kompress.jobs.registry import repository as registry
 from kompress.jobs.report import plot as report_plot
-from kompress.jobs.report import render as report
+from kompress.jobs.report import render
 from kompress.jobs.report.model import (
     Artifacts,
+    Comparison,
     DataFacts,
     Environment,
     ExportReport,
+    GateVerdict,
     ModelFacts,
     OptimizationReport,
+    Outcome,
     PromotionResult,
     RunEnergy,
+    SearchReport,
     ServingSignature,
+    StepReport,
     TensorSpec,
+    VariantMetrics,
     result_block,
 )
-from kompress.jobs.runtimes.base import Serving, openvino_installed, require_openvino, serving_names
-from kompress.jobs.runtimes.onnxruntime import available_threads
-from kompress.jobs.runtimes.ort_export import ORT_FILES, export_ort
+from kompress.jobs.runtimes import registry as runtimes
+from kompress.jobs.runtimes.registry import Serving
 from kompress.jobs.search import trials as search
-from kompress.jobs.search.candidates import default_candidates
-from kompress.jobs.spec.document import API_VERSION, Candidate, LoadedSpec, OptimizationSpec
-from kompress.jobs.techniques import pipeline
+from kompress.jobs.search.candidates import default_candidates, searched_runtimes
+from kompress.jobs.spec.base import API_VERSION
+from kompress.jobs.spec.document import Candidate, LoadedSpec, OptimizationSpec
+from kompress.jobs.techniques import catalog, pipeline
 
 SEED = 0
 FIXED_STEPS = 6  # fetch, prepare, evaluate, gates, promote, write the report
+
+
+# ------------------------------------------------------------------------------------------ stage results
+
+
+@dataclass
+class Prepared:
+    """The fetched, prepared model and data with the baseline run once, and the search's candidates."""
+
+    ws: pipeline.Workspace
+    candidates: list[Candidate]
+    model: ModelFacts
+    data: DataFacts
+
+
+@dataclass
+class Optimized:
+    """What the fixed pipeline or the search produced: the model to measure, its steps, who serves it."""
+
+    model: Path
+    steps: list[StepReport]
+    serving: Serving
+    search: SearchReport | None = None
+
+
+@dataclass
+class FinalMeasurement:
+    """The full measurement of what will be served, against the baseline."""
+
+    served: Path
+    """The file the serving runtime runs (for OpenVINO the IR written from the ONNX result)."""
+    baseline: VariantMetrics
+    optimized: VariantMetrics
+    comparison: Comparison
+    signature: ServingSignature
+
+
+@dataclass
+class Judged:
+    gates: GateVerdict
+    warnings: list[str]
+
+
+@dataclass
+class Ending:
+    outcome: Outcome
+    message: str
+    code: ExitCode
+    error_kind: str | None = None
+
+
+@dataclass
+class RunRecord:
+    """Every stage's typed result, as far as the run got."""
+
+    loaded: LoadedSpec
+    started_at: str
+    environment: Environment
+    prepared: Prepared | None = None
+    search: SearchReport | None = None
+    optimized: Optimized | None = None
+    final: FinalMeasurement | None = None
+    judged: Judged | None = None
+    export: ExportReport | None = None
+    promotion: PromotionResult | None = None
+    ending: Ending = field(default_factory=lambda: Ending("failed", "", ExitCode.RUNTIME_FAILURE))
+    finished_at: str | None = None
+    duration_seconds: float | None = None
+    run_energy: RunEnergy | None = None
 
 
 @dataclass
@@ -65,6 +140,27 @@ class RunResult:
     output_dir: Path
 
 
+def build_report(record: RunRecord, artifacts: Artifacts | None = None) -> OptimizationReport:
+    """The report of a run, built once from its stages' results."""
+    loaded, prepared, final, judged = record.loaded, record.prepared, record.final, record.judged
+    steps = record.optimized.steps if record.optimized else []
+    return OptimizationReport(
+        api_version=API_VERSION, name=loaded.name, started_at=record.started_at,
+        spec=loaded.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        environment=record.environment, outcome=record.ending.outcome, message=record.ending.message,
+        error_kind=record.ending.error_kind, finished_at=record.finished_at,
+        duration_seconds=record.duration_seconds,
+        model=prepared.model if prepared else None, data=prepared.data if prepared else None,
+        steps=steps, search=record.search,
+        baseline=final.baseline if final else None, optimized=final.optimized if final else None,
+        comparison=final.comparison if final else None, signature=final.signature if final else None,
+        gates=judged.gates if judged else None, warnings=judged.warnings if judged else [],
+        promotion=record.promotion, run_energy=record.run_energy, export=record.export, artifacts=artifacts)
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -72,11 +168,12 @@ def _now() -> str:
 def _versions() -> dict[str, str]:
     """Versions of what this process ran: an imported module's own version wins over installed metadata
     (onnxruntime-gpu imports as `onnxruntime`, and a CPU build's metadata may sit beside it)."""
-    for module in ("numpy", "onnx", "onnxruntime"):  # the engine's own: imported, so their versions are read
+    reference = runtimes.reference()
+    for module in ("numpy", "onnx", *reference.modules):  # the engine's own: imported, so their versions are read
         importlib.import_module(module)
     out = {"python": platform.python_version()}
-    for dist in ("kompress-jobs", "onnx", "onnxruntime", "numpy", "torch", "transformers", "boto3", "openvino",
-                 "nncf"):
+    libraries = [lib for r in runtimes.all_runtimes() for lib in r.libraries]
+    for dist in dict.fromkeys(["kompress-jobs", "onnx", *libraries, "numpy", "torch", "transformers", "boto3"]):
         version = getattr(sys.modules.get(dist), "__version__", None)
         if version is None:
             try:
@@ -84,27 +181,19 @@ def _versions() -> dict[str, str]:
             except importlib.metadata.PackageNotFoundError:
                 continue
         out[dist] = str(version)
-    out["onnxruntimeProviders"] = ",".join(sys.modules["onnxruntime"].get_available_providers())
+    providers = getattr(sys.modules[reference.modules[0]], "get_available_providers", None)
+    if providers is not None:
+        out["onnxruntimeProviders"] = ",".join(providers())
     return out
 
 
-def new_report(loaded: LoadedSpec) -> OptimizationReport:
-    return OptimizationReport(
-        api_version=API_VERSION, name=loaded.name, started_at=_now(),
-        spec=loaded.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-        environment=_environment())
-
-
 def _environment() -> Environment:
-    """Where the run happened: the CPU and the cores it got, and how it was confined (user, read-only root)."""
-    cpu = None
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), None)
+    """Where the run happened: the CPU, its notable flags and the cores it got, and how it was confined (user,
+    read-only root)."""
     root_read_only = bool(os.statvfs("/").f_flag & os.ST_RDONLY) if hasattr(os, "statvfs") else None
     return Environment(platform=platform.platform(), machine=platform.machine(), seed=SEED, libraries=_versions(),
-                       cpu=cpu, threads=available_threads(), uid=os.getuid() if hasattr(os, "getuid") else None,
-                       root_read_only=root_read_only)
+                       cpu=cpu.cpu_model(), cpu_flags=cpu.notable_flags(), threads=cpu.available_threads(),
+                       uid=os.getuid() if hasattr(os, "getuid") else None, root_read_only=root_read_only)
 
 
 def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, approve: bool = False,
@@ -115,145 +204,169 @@ def run(loaded: LoadedSpec, output_dir: Path, *, output_uri: str | None = None, 
     progress = Progress(FIXED_STEPS + planned, quiet=quiet)
     meter = open_meter(spec.target.energy.method, spec.target.device, spec.target.energy.cpu_watts_per_core)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rep = new_report(loaded)
+    record = RunRecord(loaded, _now(), _environment())
     started = time.perf_counter()
     run_energy = Stopwatch(meter).__enter__()
-    code = ExitCode.RUNTIME_FAILURE
     with tempfile.TemporaryDirectory(prefix="kompress-") as tmp:
         try:
-            code = _run(loaded, rep, Path(tmp), output_dir, output_uri, progress, meter, approve, resource_uid,
-                        promote)
+            record.ending = _run(record, Path(tmp), output_dir, output_uri, progress, meter,
+                                 Options(approve, resource_uid, promote))
         except KompressError as err:
-            rep.outcome, rep.message, rep.error_kind = "failed", str(err), type(err).__name__
-            code = err.exit_code
+            record.ending = Ending("failed", str(err), err.exit_code, type(err).__name__)
         except MemoryError:
-            rep.outcome, rep.message = "failed", "out of memory (raise resources.memory)"
+            record.ending = Ending("failed", "out of memory (raise resources.memory)", ExitCode.RUNTIME_FAILURE)
         finally:
             run_energy.__exit__()
-            rep.finished_at = _now()
-            rep.duration_seconds = round(time.perf_counter() - started, 2)
-            rep.run_energy = RunEnergy(joules=run_energy.joules, method=meter.method)
-    _write_outputs(rep, output_dir, output_uri, progress)
-    return RunResult(rep, code, output_dir)
+            record.finished_at = _now()
+            record.duration_seconds = round(time.perf_counter() - started, 2)
+            record.run_energy = RunEnergy(joules=run_energy.joules, method=meter.method)
+    report = _write_outputs(record, output_dir, output_uri, progress)
+    return RunResult(report, record.ending.code, output_dir)
 
 
-def _run(loaded: LoadedSpec, rep: OptimizationReport, work: Path, output_dir: Path, output_uri: str | None,
-         progress: Progress, meter: Meter, approve: bool, resource_uid: str | None, promote: bool) -> ExitCode:
+@dataclass(frozen=True)
+class Options:
+    approve: bool
+    resource_uid: str | None
+    promote: bool
+
+
+def _run(record: RunRecord, work: Path, output_dir: Path, output_uri: str | None, progress: Progress,
+         meter: Meter, options: Options) -> Ending:
+    """The stages in order; each result goes into the record as soon as it exists (a failure keeps what came
+    before it)."""
+    loaded = record.loaded
     spec = loaded.spec
     checkpoints = Checkpoints(storage.open_store(output_uri, field="--output") if output_uri
                               else storage.LocalStore(output_dir))
-    _check_torch(spec)
-    ws, candidates = open_workspace(loaded, work, checkpoints, progress)
-    rep.model, rep.data = ws.model_facts, ws.data_facts
-    serving = ws.baseline.serving
+    _check_installed(spec)
+    record.prepared = prepared = open_workspace(loaded, work, checkpoints, progress)
+    ws = prepared.ws
     if spec.search is None:
         result = pipeline.apply(ws, spec.steps(), "pipeline", evaluate_steps=True, step_lines=True)
-        current, rep.steps = result.model, result.steps
+        record.optimized = Optimized(result.model, result.steps, ws.baseline.serving)
     else:
-        outcome = search.run(ws, spec.search, candidates, spec.gates, meter)
-        rep.search = outcome.report(spec.search.objective, len(candidates), ws.op_share)
+        outcome = search.run(ws, spec.search, prepared.candidates, spec.gates, meter)
+        record.search = outcome.report(spec.search.objective, len(prepared.candidates), ws.op_share)
         if outcome.model is None:  # every candidate failed, or none applies: the original stays
-            rep.outcome = "rejected"
-            rep.message = ("no candidate produced a model to measure; nothing promoted ("
-                           + ("; ".join(f"{t.name}: {t.message}" for t in outcome.trials)
-                              or "no built-in candidate applies to where this model's time goes: "
-                              + ", ".join(f"{op} {s:.0%}" for op, s in list(ws.op_share.items())[:4])) + ")")
-            rep.promotion = PromotionResult(promoted=False, reason="no candidate")
-            return ExitCode.GATES_REJECTED
-        current, rep.steps, serving = outcome.model, outcome.steps, outcome.serving
-        progress.info(f"search chose {outcome.trials[outcome.chosen or 0].name} on {serving.label} "
-                      f"({outcome.stopped})")
+            record.promotion = PromotionResult(promoted=False, reason="no candidate")
+            return Ending("rejected", _no_candidate_message(outcome, ws), ExitCode.GATES_REJECTED)
+        record.optimized = Optimized(outcome.model, outcome.steps, outcome.serving, record.search)
+        progress.info(f"search chose {outcome.trials[outcome.chosen or 0].name} on {outcome.serving.label} "
+                      f"({outcome.stopped}){_why_runtime(outcome, spec)}")
 
-    served, measured = _measure_result(ws, rep, current, serving, work, meter, progress)
-
+    record.final = final = _measure_result(ws, record.optimized, work, meter, progress)
     progress.step("applying gates")
-    block = result_block(measured.candidate, measured.comparison)
-    rep.gates = verdict = gates.evaluate(spec.gates, block, spec.search.objective if spec.search else None)
-    rep.warnings = gates.regressions(block)
-    for warning in rep.warnings:
+    block = result_block(final.optimized, final.comparison)
+    record.judged = judged = Judged(gates.evaluate(spec.gates, block, spec.search.objective if spec.search else None),
+                                    gates.regressions(block))
+    for warning in judged.warnings:
         progress.info(f"WARNING: the optimized model is {warning}")
-    _clear_model_outputs(output_dir)
-    final = model_files.copy_model(served, output_dir / serving_names(serving.runtime)[0])
-    exports: list[Path] = []
-    if spec.export is not None:
-        rep.export = _export(current, output_dir, ws, progress)
-        exports = [Path(f) for f in rep.export.files]
+    files = _write_model(record, output_dir, progress)
 
     progress.step("promoting")
-    rep.promotion = (_promote(loaded, rep, [*model_files.files_of(final), *exports], approve, resource_uid) if promote
-                     else PromotionResult(promoted=False, reason="left to the caller (--no-promote)"))
-    if not verdict.passed:
-        rep.outcome, rep.message = "rejected", _rejection(rep, verdict.failures)
-        return ExitCode.GATES_REJECTED
-    rep.outcome = "succeeded"
-    promo = rep.promotion
-    rep.message = f"promoted to {promo.uri}" if promo.uri else f"gates passed; not promoted ({promo.reason})"
-    return ExitCode.SUCCESS
+    record.promotion = (_promote(loaded, build_report(record), files, options) if options.promote
+                        else PromotionResult(promoted=False, reason="left to the caller (--no-promote)"))
+    if not judged.gates.passed:
+        return Ending("rejected", _rejection(record.search, judged.gates.failures), ExitCode.GATES_REJECTED)
+    promo = record.promotion
+    return Ending("succeeded", f"promoted to {promo.uri}" if promo.uri
+                  else f"gates passed; not promoted ({promo.reason})", ExitCode.SUCCESS)
 
 
-def _measure_result(ws: pipeline.Workspace, rep: OptimizationReport, current: Path, serving: Serving, work: Path,
-                    meter: Meter, progress: Progress) -> tuple[Path, Measured]:
-    """The final measurement of what will be served (for OpenVINO the IR written from `current`, not the ONNX
-    it came from), recorded in the report with the serving signature; returns the served model file."""
+def _no_candidate_message(outcome: search.SearchOutcome, ws: pipeline.Workspace) -> str:
+    return ("no candidate produced a model to measure; nothing promoted ("
+            + ("; ".join(f"{t.name}: {t.message}" for t in outcome.trials)
+               or "no built-in candidate applies to where this model's time goes: "
+               + ", ".join(f"{op} {s:.0%}" for op, s in list(ws.op_share.items())[:4])) + ")")
+
+
+def _why_runtime(outcome: search.SearchOutcome, spec: OptimizationSpec) -> str:
+    """Under auto, one clause on why the chosen runtime won (its measured gain over the other runtimes' best)."""
+    if not spec.target.searches_runtimes or outcome.chosen is None:
+        return ""
+    chosen = outcome.trials[outcome.chosen]
+    others = [t for t in outcome.trials if t.passed and t.runtime != chosen.runtime and t.gain is not None]
+    if not others:
+        return f"; the only runtime with a passing trial is {chosen.runtime}"
+    best = max(others, key=lambda t: t.gain or 0.0)
+    return (f"; {chosen.runtime} won: {chosen.gain or 0:.2f}x against {best.runtime}'s best passing "
+            f"{best.gain:.2f}x ({best.name})")
+
+
+def _measure_result(ws: pipeline.Workspace, optimized: Optimized, work: Path, meter: Meter,
+                    progress: Progress) -> FinalMeasurement:
+    """The final measurement of what will be served (the serving runtime's own file, written from the ONNX
+    result), with the serving signature."""
+    serving = optimized.serving
     progress.step(f"evaluating baseline ({ws.baseline.serving.label}) and optimized ({serving.label}) on "
                   f"{ws.evaluation.size} samples")
     ws.drop_torch_source()
-    served = current
-    if serving.runtime == "openvino":
-        from kompress.jobs.runtimes.openvino import save_ir
-
-        served = save_ir(current, work / "serve" / "model.xml", serving.precision or "f32")
+    served = serving.engine.served_model(optimized.model, work / "serve", serving.precision)
     measured = measure_variant(ws.baseline, served, MeasurePlan.final(ws.spec.target), meter, progress,
                                serving=serving)
-    rep.baseline, rep.optimized, rep.comparison = measured.baseline, measured.candidate, measured.comparison
-    rep.signature = ServingSignature(inputs=_tensors(current, "input"), outputs=_tensors(current, "output"),
-                                     runtime=serving.runtime, precision=measured.candidate.precision,
-                                     format="openvino-ir" if serving.runtime == "openvino" else "onnx")
-    return served, measured
+    signature = ServingSignature(inputs=_tensors(optimized.model, "input"),
+                                 outputs=_tensors(optimized.model, "output"), runtime=serving.runtime,
+                                 precision=measured.candidate.precision, format=serving.engine.layout.format)
+    return FinalMeasurement(served, measured.baseline, measured.candidate, measured.comparison, signature)
 
 
-MODEL_OUTPUTS = ("model.onnx", "model.onnx.data", "model.xml", "model.bin", *ORT_FILES)
-"""The model files a run writes into its output folder (a previous run's are removed first, so the folder
-never mixes two runs' models)."""
+def model_outputs() -> list[str]:
+    """The model files a run may write into its output folder (a previous run's are removed first, so the
+    folder never mixes two runs' models): every runtime's graph and companion, and its exports."""
+    return list(dict.fromkeys(name for r in runtimes.all_runtimes()
+                              for name in (r.layout.graph, r.layout.companion, *r.export_files())))
 
 
-def _clear_model_outputs(output_dir: Path) -> None:
-    for name in MODEL_OUTPUTS:
+def _write_model(record: RunRecord, output_dir: Path, progress: Progress) -> list[Path]:
+    """The served model (and spec.export's artifacts) into the output folder; returns every file promoted."""
+    assert record.final is not None and record.optimized is not None and record.prepared is not None
+    for name in model_outputs():
         (output_dir / name).unlink(missing_ok=True)
+    serving = record.optimized.serving
+    final = model_files.copy_model(record.final.served, output_dir / serving.engine.layout.graph)
+    exports: list[Path] = []
+    export = record.prepared.ws.spec.export
+    if export is not None:
+        record.export = _export(export.format, record.optimized.model, output_dir, record.prepared.ws, serving,
+                                progress)
+        exports = [Path(f) for f in record.export.files]
+    return [*model_files.files_of(final), *exports]
 
 
-def _export(model: Path, output_dir: Path, ws: pipeline.Workspace, progress: Progress) -> ExportReport:
-    """spec.export: the ORT format model beside the served one; an export that does not reproduce the ONNX
-    model's outputs fails the run (it would be promoted beside it)."""
-    progress.info("exporting the ORT format model (model.ort) and its reduced-operator config")
-    exported = export_ort(model, output_dir, evaluate.latency_feeds(ws.evaluation, ws.spec.target))
-    if not exported.matches_onnx:
-        raise RuntimeFailure(f"export ort: model.ort's outputs differ from the ONNX model's by "
+def _export(fmt: str, model: Path, output_dir: Path, ws: pipeline.Workspace, serving: Serving,
+            progress: Progress) -> ExportReport:
+    """spec.export, written by the serving runtime beside the served model; an export that does not reproduce
+    the model's outputs fails the run (it would be promoted beside it)."""
+    progress.info(f"exporting {fmt} with {serving.runtime}")
+    exported: ExportReport = serving.engine.export(fmt, model, output_dir,
+                                                   evaluate.latency_feeds(ws.evaluation, ws.spec.target))
+    if exported.matches_onnx is False:
+        raise RuntimeFailure(f"export {fmt}: the exported model's outputs differ from the ONNX model's by "
                              f"{exported.max_abs_difference:.3g}; nothing promoted")
     for line in exported.mobile_usability:
         progress.info(f"mobile usability: {line}")
     return exported
 
 
-def _check_torch(spec: OptimizationSpec) -> None:
-    """Before anything is fetched: a spec that needs PyTorch fails at once, in one line, where the engine has
-    only its ONNX half (the slim image). A search's torch candidates fail as trials instead (pipeline.apply)."""
+def _check_installed(spec: OptimizationSpec) -> None:
+    """Before anything is fetched: a spec that needs PyTorch or a runtime this install lacks fails at once, in
+    one line (the slim image). A search's torch candidates fail as trials instead (pipeline.apply)."""
     if spec.model.format in ("huggingface", "torch-export"):
         require_torch(f"a {spec.model.format} model (exported to ONNX with PyTorch)", field="model.format")
     for i, (name, config) in enumerate(spec.steps()):
-        if techmod.get(name).stage_of(config) == "torch":
+        if catalog.get(name).stage_of(config) == "torch":
             how = " (structured, or with finetune)" if name == "prune" else ""
             require_torch(f"technique '{name}'{how}", field=f"techniques[{i}]")
-    if spec.target.runtime == "openvino":
-        require_openvino("openvino", field="target.runtime")
+    if not spec.target.searches_runtimes:
+        runtimes.resolve(spec.target.runtime).require("this spec", field="target.runtime")
 
 
-def _rejection(rep: OptimizationReport, failures: list[str]) -> str:
+def _rejection(search_report: SearchReport | None, failures: list[str]) -> str:
     """Why nothing is promoted; a search where no trial beat the original says so in those words."""
-    search = rep.search
-    if search and search.trials and not any(
-            t.metrics and not any(f.startswith("noRegression") for f in t.failures) for t in search.trials):
-        return (f"no candidate improved {search.objective}; nothing promoted (the original stays the best: "
+    if search_report and search_report.trials and not any(
+            t.metrics and not any(f.startswith("noRegression") for f in t.failures) for t in search_report.trials):
+        return (f"no candidate improved {search_report.objective}; nothing promoted (the original stays the best: "
                 + "; ".join(failures) + ")")
     return "gates failed: " + "; ".join(failures)
 
@@ -262,11 +375,10 @@ def _tensors(model: Path, kind: str) -> list[TensorSpec]:
     return [TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in model_io.tensor_specs(model, kind)]
 
 
-def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints,
-                   progress: Progress) -> tuple[pipeline.Workspace, list[Candidate]]:
+# long: the fetch -> prepare -> split -> profile -> candidates -> baseline sequence reads best in one place
+def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints, progress: Progress) -> Prepared:
     """Fetch and prepare the model and data, split the rows, run the baseline once; the search candidates
-    (given or built in) come back too. The workspace carries the facts for the report (model_facts,
-    data_facts)."""
+    (given or built in) and the facts for the report come back too."""
     spec = loaded.spec
     np.random.seed(SEED)
     progress.step(f"fetching model {spec.model.uri} and data {spec.data.uri}")
@@ -285,34 +397,37 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints,
                            evaluation_samples=evaluation.size, calibration_samples=calibration.size,
                            calibration_overlaps_evaluation=overlap, labels=dataset.labels is not None)
     op_share = _op_profile(source.onnx_path, evaluation, spec, progress) if spec.search else {}
-    candidates = ((spec.search.candidates or default_candidates(source.format, source.metadata,
-                                                                spec.target.device, op_share, spec.target.runtime))
-                  if spec.search else [])
-    if spec.search and spec.target.runtime == "auto" and not openvino_installed():
-        progress.info("WARNING: target.runtime auto, but OpenVINO is not installed here (the slim image): only "
-                      "ONNX Runtime is searched (install the extra `openvino`, or use the full image)")
+    candidates = ((spec.search.candidates or default_candidates(source.format, source.metadata, spec.target,
+                                                                op_share)) if spec.search else [])
+    if spec.search and spec.target.searches_runtimes:
+        skipped = [r for r in runtimes.all_runtimes() if spec.target.device in r.devices
+                   and r not in searched_runtimes(spec.target)]
+        for r in skipped:
+            progress.info(f"WARNING: target.runtime auto, but {r.name} is not installed here (the slim image): "
+                          f"it is not searched (install the extra `{r.extra}`, or use the full image)")
     steps = spec.steps() + [s for c in candidates for s in c.steps()]
     train = (_training_rows(loaded, work, source.inputs, calibration, overlap, data_facts)
-             if any(techmod.get(n).stage_of(c) == "torch" for n, c in steps)
+             if any(catalog.get(n).stage_of(c) == "torch" for n, c in steps)
              and dataset.feed_plan.is_batch_first else None)  # torch steps refuse data.inputs (pipeline)
     baseline = Baseline.open(source.onnx_path, evaluation, spec.model, spec.target, progress)
     ws = pipeline.Workspace(spec, source, model_local, calibration, evaluation, train, baseline, checkpoints,
                             [source.sha256, dataset.sha256, data_facts.train_sha256], progress, work, SEED,
-                            model_facts=model_facts, data_facts=data_facts, op_share=op_share)
-    return ws, candidates
+                            op_share=op_share)
+    return Prepared(ws, candidates, model_facts, data_facts)
 
 
 def _op_profile(model: Path, evaluation: datamod.Dataset, spec: OptimizationSpec,
                 progress: Progress) -> dict[str, float]:
-    """Where the baseline's time goes per op type (what a search quantizes, and what it can expect to gain)."""
-    share = op_profile.profile(model, evaluate.latency_feeds(evaluation, spec.target), spec.target)
+    """Where the baseline's time goes per op type, on the reference runtime's profiler (what a search
+    quantizes, and what it can expect to gain)."""
+    share = evaluate.op_profile(model, evaluation, spec.target, Serving.reference())
     top = ", ".join(f"{op} {s:.0%}" for op, s in list(share.items())[:6])
     progress.info(f"baseline profile: {top}")
     return share
 
 
-def _training_rows(loaded: LoadedSpec, work: Path, inputs: list, calibration: datamod.Dataset, overlap: bool,
-                   facts: DataFacts) -> dict[str, np.ndarray] | None:
+def _training_rows(loaded: LoadedSpec, work: Path, inputs: list[datamod.InputSpec], calibration: datamod.Dataset,
+                   overlap: bool, facts: DataFacts) -> dict[str, np.ndarray] | None:
     """Rows for techniques that train: data.trainUri when set, else the calibration rows (never the
     evaluation rows, so a trained model is not scored on what it learned from). Records them in `facts`."""
     spec = loaded.spec
@@ -332,50 +447,56 @@ def _training_rows(loaded: LoadedSpec, work: Path, inputs: list, calibration: da
     return out
 
 
-def _promote(loaded: LoadedSpec, rep: OptimizationReport, files: list[Path], approve: bool,
-             resource_uid: str | None) -> PromotionResult:
+def _promote(loaded: LoadedSpec, report: OptimizationReport, files: list[Path], options: Options) -> PromotionResult:
     promo_spec = loaded.spec.promotion
     if promo_spec is None:
         return PromotionResult(promoted=False, reason="no promotion configured")
-    if rep.gates is None or not rep.gates.passed:
+    if report.gates is None or not report.gates.passed:
         return PromotionResult(promoted=False, policy=promo_spec.policy, reason="gates failed")
-    if promo_spec.awaiting_approval(approve):
+    if promo_spec.awaiting_approval(options.approve):
         return PromotionResult(promoted=False, policy="manual", reason="awaiting approval (policy: manual)")
-    return registry.promote_report(rep, [str(f) for f in files], promo_spec, resource_uid)
+    return registry.promote_report(report, [str(f) for f in files], promo_spec, options.resource_uid)
 
 
-def _write_outputs(rep: OptimizationReport, output_dir: Path, output_uri: str | None, progress: Progress) -> None:
+def _write_outputs(record: RunRecord, output_dir: Path, output_uri: str | None,
+                   progress: Progress) -> OptimizationReport:
+    """report.json, report.html and the plots into the output folder (and the output URI): the report is
+    built once from the record; its artifacts name the files written."""
     progress.step(f"writing the report to {output_uri or output_dir}")
-    plot_path = (_try_plot("plot", lambda: report_plot.plot(rep, output_dir / "report.png")) if rep.optimized
+    report = build_report(record)
+    plot_path = (_try_plot("plot", lambda: report_plot.plot(report, output_dir / "report.png")) if report.optimized
                  else None)
-    search_plot = (_try_plot("search plot", lambda: search.plot(rep.search.trials, output_dir / "search.png"))
-                   if rep.search else None)
-    report.write_html(rep, plot_path, output_dir / "report.html", search_plot)
-    model = next((output_dir / n for n in ("model.xml", "model.onnx") if (output_dir / n).exists()), None)
-    files = {"model": model if rep.optimized else None,
-             "report_json": output_dir / "report.json", "report_html": output_dir / "report.html",
-             "plot": plot_path, "search_plot": search_plot}
+    search_plot = (_try_plot("search plot", lambda: report_plot.search_plot(report.search.trials,  # type: ignore[union-attr]
+                                                                            output_dir / "search.png"))
+                   if report.search else None)
+    model = next((output_dir / n for n in model_outputs() if n.endswith((".xml", ".onnx"))
+                  and (output_dir / n).exists()), None) if report.optimized else None
     base = output_uri.rstrip("/") if output_uri else None
-    rep.artifacts = Artifacts(**{k: (f"{base}/{f.name}" if base else str(f)) for k, f in files.items() if f})
-    uploads: list[Path] = []
-    if files["model"] is not None:
-        uploads = model_files.files_of(files["model"])
-        rep.artifacts.model_files = [f"{base}/{f.name}" if base else str(f) for f in uploads]
-        if rep.export is not None:
-            exported = [Path(f) for f in rep.export.files]
-            rep.artifacts.exports = [f"{base}/{f.name}" if base else str(f) for f in exported]
-            uploads += exported
-    report.write_json(rep, output_dir / "report.json")
+
+    def where(f: Path) -> str:
+        return f"{base}/{f.name}" if base else str(f)
+
+    files = {"model": model, "report_json": output_dir / "report.json", "report_html": output_dir / "report.html",
+             "plot": plot_path, "search_plot": search_plot}
+    uploads = model_files.files_of(model) if model is not None else []
+    exported = [Path(f) for f in report.export.files] if model is not None and report.export else []
+    artifacts = Artifacts(**{k: where(f) for k, f in files.items() if f},
+                          model_files=[where(f) for f in uploads], exports=[where(f) for f in exported])
+    report = report.model_copy(update={"artifacts": artifacts})
+    render.write_html(report, plot_path, output_dir / "report.html", search_plot)
+    render.write_json(report, output_dir / "report.json")
     if output_uri:
         store = storage.open_store(output_uri, field="--output")
-        for f in [*uploads, *(output_dir / n for n in ("report.png", "search.png", "report.html", "report.json"))]:
+        for f in [*uploads, *exported,
+                  *(output_dir / n for n in ("report.png", "search.png", "report.html", "report.json"))]:
             if f.exists():
                 store.put_file(f.name, f)
+    return report
 
 
 def _try_plot(what: str, draw: object) -> Path | None:
     try:
-        return draw()  # type: ignore[operator]
+        return draw()  # type: ignore[operator,no-any-return]
     except Exception as err:  # a plot is an extra: the report stands without it
         print(f"kompress: {what} skipped: {err}", file=sys.stderr)
         return None

@@ -17,10 +17,12 @@ from pydantic import ValidationError
 from kompress.jobs import gates
 from kompress.jobs.errors import ExitCode
 from kompress.jobs.report.model import PromotionResult, ResultBlock, RunSummary
-from kompress.jobs.spec.document import OptimizationSpec, PromotionSpec
+from kompress.jobs.spec.document import OptimizationSpec
+from kompress.jobs.spec.sections import PromotionSpec
 from kompress.operator import conditions, pod_trouble, policy
 from kompress.operator.jobspec import build_job, job_name, run_key
 from kompress.operator.settings import Settings
+from kompress.operator.status import ModelOptimizationStatus
 
 FINAL = ("Succeeded", "Rejected", "Failed")
 PROMOTION_RETRY_SECONDS = 30.0
@@ -377,7 +379,9 @@ def promoted(obs: Observed, asked: Decision, result: PromotionResult | str) -> D
 
 
 def wanted_status(obs: Observed, decision: Decision) -> dict[str, Any]:
-    """The status `decision` asks for: its phase, fields, message and its outcome's conditions."""
+    """The status `decision` asks for: its phase, fields, message and its outcome's conditions. Checked against
+    the typed status model (the CRD's status schema is generated from it): a field the CRD lacks, which the
+    apiserver would silently prune, or a value of the wrong type raises here instead."""
     values = {"message": decision.message or "", "job": obs.job_name} | decision.values
     conds = conditions.apply(list(obs.status.get("conditions", [])), decision.outcome, obs.generation, obs.now,
                              **values)
@@ -385,6 +389,7 @@ def wanted_status(obs: Observed, decision: Decision) -> dict[str, Any]:
                               **decision.fields}
     if decision.message is not None:
         status["message"] = decision.message
+    ModelOptimizationStatus.model_validate(status)
     return status
 
 

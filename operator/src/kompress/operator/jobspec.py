@@ -16,9 +16,9 @@ import kopf
 from kompress.jobs.errors import ExitCode
 
 # GROUP/PLURAL/VERSION are re-exported: other operator modules import them from here.
-from kompress.jobs.spec.document import GROUP as GROUP
-from kompress.jobs.spec.document import PLURAL as PLURAL
-from kompress.jobs.spec.document import VERSION as VERSION
+from kompress.jobs.spec.base import GROUP as GROUP
+from kompress.jobs.spec.base import PLURAL as PLURAL
+from kompress.jobs.spec.base import VERSION as VERSION
 from kompress.jobs.spec.document import OptimizationSpec
 from kompress.operator.settings import Settings
 

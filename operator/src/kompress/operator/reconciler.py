@@ -22,7 +22,7 @@ from kompress.jobs.io import storage
 from kompress.jobs.registry import repository as registry
 from kompress.jobs.report import render as report
 from kompress.jobs.report.model import PromotionResult
-from kompress.jobs.spec.document import PromotionSpec
+from kompress.jobs.spec.sections import PromotionSpec
 from kompress.operator import conditions, metrics
 from kompress.operator.decide import (
     FINAL,

@@ -13,7 +13,7 @@ Light on purpose (pydantic only, like the engine's report model): the operator i
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -21,8 +21,6 @@ from pydantic.alias_generators import to_camel
 from kompress.jobs.report.model import MetricsBlock, ResultBlock
 
 Phase = Literal["Pending", "Running", "Evaluating", "Succeeded", "Rejected", "Failed"]
-PHASES: list[str] = list(get_args(Phase))
-CONDITION_TYPES = ("Accepted", "JobRunning", "Evaluated", "GatesPassed", "Promoted", "Ready", "Stalled")
 
 # Descriptions of the engine's flat blocks, for fields the engine's report model leaves without a docstring
 # (crd.status_schema uses one only where the engine gives none: a docstring there wins).

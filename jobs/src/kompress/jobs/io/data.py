@@ -11,15 +11,30 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from kompress.jobs.errors import InvalidInputError
 from kompress.jobs.io.model_files import sha256_file
 
-if TYPE_CHECKING:
-    from kompress.jobs.spec.document import InputEntry
+
+class DeclaredConstant(Protocol):
+    """data.inputs.<name>.constant as the spec gives it (spec.sections.InputConstant)."""
+
+    zeros: list[int] | None
+    value: float | None
+    dtype: str | None
+
+    def dims(self) -> tuple[int, ...]: ...
+
+
+class DeclaredInput(Protocol):
+    """data.inputs.<name> as the spec gives it (spec.sections.InputEntry): io reads the spec's shape, it does
+    not import the spec (which sits above io in the data path)."""
+
+    batch_axis: int | None
+    constant: DeclaredConstant | None
 
 LABELS = "labels"
 
@@ -143,7 +158,7 @@ def load_npz(path: Path, field: str = "data.uri") -> Dataset:
 
 
 def conform(data: Dataset, inputs: list[InputSpec], field: str = "data.uri",
-            declared: Mapping[str, InputEntry] | None = None) -> Dataset:
+            declared: Mapping[str, DeclaredInput] | None = None) -> Dataset:
     """Check every model input has a matching array (name, rank, fixed dims, castable dtype) or a constant in
     `declared` (data.inputs); drop extras. The result carries the plan that turns its rows into feeds."""
     declared = declared or {}
@@ -190,7 +205,7 @@ def conform(data: Dataset, inputs: list[InputSpec], field: str = "data.uri",
     return Dataset(out, data.labels, data.sha256, data.path, InputPlan(tuple(feeds)))
 
 
-def plan_feeds(inputs: list[InputSpec], declared: Mapping[str, InputEntry]) -> list[Feed]:
+def plan_feeds(inputs: list[InputSpec], declared: Mapping[str, DeclaredInput]) -> list[Feed]:
     """One Feed per model input, from the spec's data.inputs (checked against the model's input specs)."""
     names = [s.name for s in inputs]
     for name in declared:
@@ -219,7 +234,7 @@ def plan_feeds(inputs: list[InputSpec], declared: Mapping[str, InputEntry]) -> l
     return feeds
 
 
-def _constant(spec: InputSpec, entry: InputEntry, field: str) -> np.ndarray:
+def _constant(spec: InputSpec, entry: DeclaredInput, field: str) -> np.ndarray:
     """The constant of data.inputs.<name>, in the model's type and checked against its declared shape."""
     const = entry.constant
     assert const is not None

@@ -17,7 +17,8 @@ import numpy as np
 from kompress.jobs.errors import InvalidInputError, require_torch
 from kompress.jobs.io import model_files, onnx_utils
 from kompress.jobs.io.data import InputSpec
-from kompress.jobs.spec.document import ModelSpec
+from kompress.jobs.spec.sections import ModelSpec
+from kompress.jobs.tasks import registry as tasks
 
 OPSET = 17
 
@@ -165,8 +166,8 @@ def load_huggingface(folder: Path, task: str, samples: dict[str, np.ndarray] | N
                                 "(pytorch_model.bin) are not loaded, for safety", field="model.uri")
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-        auto = (transformers.AutoModelForSequenceClassification if task == "classification"
-                else transformers.AutoModel)
+        head = tasks.get(task).hf_head
+        auto = transformers.AutoModelForSequenceClassification if head == "logits" else transformers.AutoModel
         # Eager attention exports the plain MatMul/Softmax pattern that ONNX Runtime fuses into Attention.
         model = auto.from_pretrained(folder, local_files_only=True, use_safetensors=True,
                                      trust_remote_code=False, attn_implementation="eager").eval()
@@ -185,14 +186,14 @@ def load_huggingface(folder: Path, task: str, samples: dict[str, np.ndarray] | N
         args = tuple(torch.from_numpy(np.asarray(samples[n][:2], dtype=np.int64)) for n in names)
     else:
         args = tuple(torch.ones((2, 16), dtype=torch.int64) for _ in names)
-    if task == "embedding":
+    if head == "pooled":
         module, output = _MeanPooled.build(model, _has_normalize(folder)), "sentence_embedding"
-    elif task == "classification":
+    elif head == "logits":
         module, output = _OutputSelector.build(model, "logits", names), "logits"
     else:
         module, output = _OutputSelector.build(model, "last_hidden_state", names), "last_hidden_state"
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes[output] = {0: "batch"} if task != "generic" else {0: "batch", 1: "sequence"}
+    axes[output] = {0: "batch"} if head != "sequence" else {0: "batch", 1: "sequence"}
     meta = {"hf.model_type": str(config.model_type),
             "hf.num_attention_heads": str(getattr(config, "num_attention_heads", 0)),
             "hf.hidden_size": str(getattr(config, "hidden_size", 0)),

@@ -73,7 +73,7 @@ def load(fmt: str, local: Path, onnx_path: Path, task: str, samples: dict[str, n
     """The trainable module for a source model (see the module docstring for what each format gives)."""
     import torch
 
-    from kompress.jobs.runtimes.onnxruntime import available_threads
+    from kompress.jobs.cpu import available_threads
 
     torch.set_num_threads(available_threads())  # training threads within the pod's CPU limit
     torch.manual_seed(0)

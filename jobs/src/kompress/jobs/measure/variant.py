@@ -12,16 +12,17 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs import gates
-from kompress.jobs.io import model_files, onnx_utils
+from kompress.jobs.io import model_files
 from kompress.jobs.io.data import Dataset
-from kompress.jobs.measure import evaluate
+from kompress.jobs.measure import evaluate, timing
 from kompress.jobs.measure.energy import Meter
-from kompress.jobs.measure.evaluate import TimingPlan
+from kompress.jobs.measure.timing import TimingPlan
 from kompress.jobs.progress import Progress
 from kompress.jobs.report.model import Comparison, Quality, VariantMetrics
-from kompress.jobs.runtimes.base import Serving
-from kompress.jobs.runtimes.onnxruntime import open_session
-from kompress.jobs.spec.document import GatesSpec, ModelSpec, SearchSpec, TargetSpec
+from kompress.jobs.runtimes.registry import Serving
+from kompress.jobs.spec.document import SearchSpec
+from kompress.jobs.spec.sections import GatesSpec, ModelSpec, TargetSpec
+from kompress.jobs.tasks import registry as tasks
 
 STEP_LATENCY_RUNS = 30
 STEP_WARMUP_RUNS = 3
@@ -65,8 +66,9 @@ class Baseline:
     evaluation: Dataset
     model: ModelSpec
     target: TargetSpec
-    serving: Serving = field(default_factory=Serving)
-    """The runtime the original is measured with (the target's; ONNX Runtime for target.runtime auto)."""
+    serving: Serving = field(default_factory=Serving.reference)
+    """The runtime the original is measured with (the target's; the reference runtime for target.runtime
+    auto)."""
     _facts: dict[str, Any] = field(default_factory=dict)
     """What does not change between measurements (sha256, parameters, peak memory, placement)."""
 
@@ -74,7 +76,7 @@ class Baseline:
     def open(cls, path: Path, evaluation: Dataset, model: ModelSpec, target: TargetSpec,
              progress: Progress | None = None) -> Baseline:
         serving = target.serving()
-        session = open_session(path, target, serving=serving)
+        session = evaluate.open_variant(path, target, serving)
         outputs = evaluate.run_all(session, evaluation, model.output, progress, "baseline")
         return cls(path, session, outputs, evaluation, model, target, serving)
 
@@ -106,10 +108,11 @@ def measure_variant(base: Baseline, model: Path, plan: MeasurePlan, meter: Meter
     served by `serving` (default: the baseline's runtime)."""
     shown = progress if plan.show_progress else None
     serving = serving or base.serving
-    session = open_session(model, base.target, serving=serving)
+    session = evaluate.open_variant(model, base.target, serving)
     outputs = evaluate.run_all(session, base.evaluation, base.model.output, shown, "optimized")
-    base_q, cand_q = evaluate.quality(base.outputs, outputs, base.evaluation, base.model.task)
-    speed = evaluate.measure_speed({"baseline": base.session, "candidate": session}, base.evaluation,
+    task = tasks.get(base.model.task)
+    base_q, cand_q = task.quality(base.outputs, outputs, base.evaluation)
+    speed = timing.measure_speed({"baseline": base.session, "candidate": session}, base.evaluation,
                                    base.target, plan.timing, meter, shown)  # type: ignore[arg-type]
     candidate_precision = getattr(session, "precision", None)
     del session
@@ -117,7 +120,7 @@ def measure_variant(base: Baseline, model: Path, plan: MeasurePlan, meter: Meter
     baseline.precision = getattr(base.session, "precision", None)
     candidate = _variant(base, model, cand_q, speed["candidate"], plan, serving, cached=False)
     candidate.precision = candidate_precision
-    comparison = gates.comparison(baseline, candidate, base.model.task)
+    comparison = gates.comparison(baseline, candidate, task)
     comparison.speedup_spread = speedup_spread(speed["baseline"].round_medians, speed["candidate"].round_medians)
     return Measured(baseline, candidate, comparison)
 
@@ -132,7 +135,7 @@ def speedup_spread(baseline_rounds: list[float], candidate_rounds: list[float]) 
     return float(q3 - q1) / 2
 
 
-def _variant(base: Baseline, path: Path, quality: Quality, speed: evaluate.Speed, plan: MeasurePlan,
+def _variant(base: Baseline, path: Path, quality: Quality, speed: timing.Speed, plan: MeasurePlan,
              serving: Serving, cached: bool) -> VariantMetrics:
     def fact(name: str, compute: Any) -> Any:
         return base.fact(name, compute) if cached else compute()
@@ -143,18 +146,10 @@ def _variant(base: Baseline, path: Path, quality: Quality, speed: evaluate.Speed
                        runtime=serving.runtime)
     if plan.provenance:
         m.sha256 = fact("sha256", lambda: model_files.sha256_file(path))
-        m.parameters = fact("parameters", lambda: _parameters(path))
+        m.parameters = fact("parameters", lambda: serving.engine.parameters(path))
     if plan.peak_memory:
         m.peak_memory_bytes, m.peak_memory_of = fact(
             "peakMemory", lambda: evaluate.peak_memory(path, base.evaluation, base.target, serving))
     if plan.placement:
-        m.placement = fact("placement", lambda: evaluate.node_placement(path, base.evaluation, base.target))
+        m.placement = fact("placement", lambda: evaluate.node_placement(path, base.evaluation, base.target, serving))
     return m
-
-
-def _parameters(path: Path) -> int:
-    if path.suffix == ".xml":  # an OpenVINO IR
-        from kompress.jobs.runtimes.openvino import ir_parameters
-
-        return ir_parameters(path)
-    return onnx_utils.parameter_count(path)

@@ -26,8 +26,8 @@ from kompress.jobs.errors import InvalidInputError
 from kompress.jobs.io.data import InputSpec
 from kompress.jobs.io.storage import Store, is_s3, open_store
 from kompress.jobs.report.model import OptimizationReport, PromotionResult, TensorSpec
-from kompress.jobs.runtimes.base import serving_names
-from kompress.jobs.spec.document import PromotionSpec
+from kompress.jobs.runtimes import registry as runtimes
+from kompress.jobs.spec.sections import PromotionSpec
 
 MANIFEST = "kompress.json"
 CLAIMS = ".claims"
@@ -104,14 +104,15 @@ def _fixed(dim: Any) -> bool:
 
 
 def triton_config(model_name: str, inputs: list[TensorSpec] | list[InputSpec],
-                  outputs: list[TensorSpec] | list[InputSpec], runtime: str = "onnxruntime",
+                  outputs: list[TensorSpec] | list[InputSpec], runtime: str | None = None,
                   precision: str | None = None) -> str:
-    """config.pbtxt for the ONNX Runtime backend, or for the OpenVINO backend (runtime openvino) with the
-    inference precision the model was measured with, so it is served as measured.
+    """config.pbtxt for the serving runtime's Triton backend (default: the reference runtime's), with the
+    inference precision the model was measured with where the runtime takes one, so it is served as measured.
 
     Triton batches only when every input and output has a free first (batch) axis: then max_batch_size is
     TRITON_MAX_BATCH_SIZE, dims leave the batch axis out and requests are batched dynamically. A fixed first
     axis (e.g. an export with batch 1) or a scalar tensor means no batching: max_batch_size 0 and full dims."""
+    backend = runtimes.resolve(runtime).triton_backend(precision)
     tensors = [*inputs, *outputs]
     batching = all(len(t.shape) > 0 and not _fixed(t.shape[0]) for t in tensors)
 
@@ -127,7 +128,7 @@ def triton_config(model_name: str, inputs: list[TensorSpec] | list[InputSpec],
 
     config: dict[str, Any] = {
         "name": model_name,
-        **({"backend": "openvino"} if runtime == "openvino" else {"platform": "onnxruntime_onnx"}),
+        **{k: v for k, v in backend.items() if k != "parameters"},
         "max_batch_size": TRITON_MAX_BATCH_SIZE if batching else 0,
         "input": [tensor(i) for i in inputs],
         "output": [tensor(o) for o in outputs],
@@ -135,10 +136,8 @@ def triton_config(model_name: str, inputs: list[TensorSpec] | list[InputSpec],
     }
     if batching:
         config["dynamic_batching"] = {}
-    if runtime == "openvino":
-        config["parameters"] = [
-            {"key": "PERFORMANCE_HINT", "value": {"string_value": "LATENCY"}},
-            {"key": "INFERENCE_PRECISION_HINT", "value": {"string_value": precision or "f32"}}]
+    if "parameters" in backend:
+        config["parameters"] = backend["parameters"]
     return render_pbtxt(config)
 
 
@@ -156,7 +155,7 @@ def find_existing(store: Store, model: str, key: str) -> int | None:
 
 def promote(registry_uri: str, model: str, model_sources: Sequence[str], manifest: dict[str, Any], key: str,
             inputs: list[TensorSpec] | list[InputSpec], outputs: list[TensorSpec] | list[InputSpec],
-            runtime: str = "onnxruntime", precision: str | None = None) -> Promotion:
+            runtime: str | None = None, precision: str | None = None) -> Promotion:
     """Publish `model_sources` (the graph, then its external data or IR weights, then exports such as
     model.ort: local paths or s3:// URIs) as the next version, manifest last. Files already in S3 are copied by
     the S3 server (CopyObject, multipart copy for big ones) when the registry is in S3 too: the caller never
@@ -181,12 +180,13 @@ def promote(registry_uri: str, model: str, model_sources: Sequence[str], manifes
     return Promotion(f"{base}/{model}/{version}", version, created=True)
 
 
-def version_files(sources: Sequence[str], runtime: str = "onnxruntime") -> dict[str, str | Path]:
-    """Each source's name in the version: the graph is model.onnx (model.xml for OpenVINO); its companion
-    (an ONNX model's external data, `*.data`; an IR's weights, `*.bin`) right after it is model.onnx.data
-    (model.bin); any other file keeps its own name (exports: model.ort, required_operators.config)."""
-    graph, companion = serving_names(runtime)  # type: ignore[arg-type]
-    companion_suffix = ".bin" if runtime == "openvino" else ".data"
+def version_files(sources: Sequence[str], runtime: str | None = None) -> dict[str, str | Path]:
+    """Each source's name in the version, as the serving runtime lays it out: the graph is model.onnx
+    (model.xml for OpenVINO); its companion (an ONNX model's external data, `*.data`; an IR's weights,
+    `*.bin`) right after it is model.onnx.data (model.bin); any other file keeps its own name (exports:
+    model.ort, required_operators.config)."""
+    layout = runtimes.resolve(runtime).layout
+    graph, companion, companion_suffix = layout.graph, layout.companion, layout.companion_suffix
     files: dict[str, str | Path] = {}
     for i, src in enumerate(sources):
         base = src.rstrip("/").rsplit("/", 1)[-1]
@@ -246,7 +246,7 @@ def promote_report(report: OptimizationReport, model_sources: Sequence[str], pro
         "target": spec.get("target"), "model": spec.get("model"), "resource": resource_uid,
         # a search across runtimes can choose the same steps on another runtime (onnxruntime keys stay as before)
         **({"serving": [report.signature.runtime, report.signature.precision]}
-           if report.signature.runtime != "onnxruntime" else {}),
+           if not runtimes.get(report.signature.runtime).reference else {}),
     })
     manifest = {
         "name": report.name, "resourceUid": resource_uid,

@@ -89,10 +89,11 @@ class VariantMetrics(ReportPart):
     peak_memory_bytes: int | None = None
     peak_memory_of: Literal["host", "gpu"] | None = None
     placement: Placement | None = None
-    runtime: Literal["onnxruntime", "openvino"] | None = None
-    """The runtime that ran it."""
+    runtime: str | None = None
+    """The runtime that ran it (a registered runtime's name)."""
     precision: str | None = None
-    """OpenVINO: the inference precision it actually compiled with (f32, bf16, f16)."""
+    """The inference precision the runtime actually compiled it with (f32, bf16, f16), for runtimes that take
+    one."""
 
 
 class Comparison(ReportPart):
@@ -228,10 +229,10 @@ class Trial(ReportPart):
     """The trial this one repairs (accuracy-aware fallback: the most sensitive nodes kept in float)."""
     kept_in_float: dict[str, str] = {}
     """Nodes the fallback left in float, and why (the activation each touches and its INT8 SQNR)."""
-    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    runtime: str
     """The runtime the trial was measured with (and the chosen one is served with)."""
     precision: str | None = None
-    """OpenVINO's inference precision for the trial."""
+    """The runtime's inference precision for the trial (runtimes that take one)."""
 
 
 class SearchReport(ReportPart):
@@ -288,6 +289,9 @@ class Environment(ReportPart):
     libraries: dict[str, str]
     cpu: str | None = None
     """The CPU's model name (timings are only comparable on the same CPU)."""
+    cpu_flags: list[str] = []
+    """The CPU's flags that decide which kernels are fast (VNNI, AMX, AVX512-BF16...): ratios between
+    runtimes and precisions differ with them, whatever the model name says."""
     threads: int | None = None
     """Cores the run may use: affinity capped by the cgroup's CPU quota (a pod's CPU limit)."""
     uid: int | None = None
@@ -306,11 +310,12 @@ class ServingSignature(ReportPart):
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    runtime: str
     """The runtime the model is served with (as it was measured)."""
     precision: str | None = None
-    """OpenVINO's inference precision it was measured with (the serving config sets the same)."""
-    format: Literal["onnx", "openvino-ir"] = "onnx"
+    """The runtime's inference precision it was measured with (the serving config sets the same)."""
+    format: str
+    """The served format (the runtime's layout: onnx, openvino-ir)."""
 
 
 class PromotionResult(ReportPart):
@@ -338,7 +343,8 @@ class Artifacts(ReportPart):
 class ExportReport(ReportPart):
     """What spec.export wrote, and whether it checked out."""
 
-    format: Literal["ort"]
+    format: str
+    """The export format (spec.export.format)."""
     files: list[str]
     matches_onnx: bool | None = None
     """The exported model gives the same outputs as the ONNX model on the latency batch."""

@@ -1,11 +1,11 @@
 """The run report's picture (report.png): baseline vs optimized, drawn with matplotlib (an engine extra, so
-it lives apart from the light report code the operator reads)."""
+it lives apart from the light report code the operator reads), and the search's trials (search.png)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kompress.jobs.report.model import OptimizationReport
+from kompress.jobs.report.model import OptimizationReport, Trial
 
 
 def plot(typed: OptimizationReport, path: Path) -> Path:
@@ -47,3 +47,40 @@ def plot(typed: OptimizationReport, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def search_plot(trials: list[Trial], path: Path) -> Path | None:
+    """Quality vs latency of every measured trial, the Pareto front drawn, the chosen one marked."""
+    points = [t for t in trials if t.metrics]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    use_acc = all(t.metrics.accuracy is not None for t in points)  # type: ignore[union-attr]
+    metric = "accuracy" if use_acc else "cosine_similarity"
+    xs = [t.metrics.latency_p50_seconds * 1e3 for t in points]  # type: ignore[union-attr,operator]
+    ys = [getattr(t.metrics, metric) for t in points]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t, x, y in zip(points, xs, ys, strict=True):
+        color = "#2ca02c" if t.status == "passed" else "#d62728"
+        ax.scatter([x], [y], s=120 if t.chosen else 40, color=color,
+                   edgecolors="black" if t.chosen else "none", zorder=3)
+        ax.annotate(t.name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front, best_y = [], -float("inf")
+    for x, y in sorted(zip(xs, ys, strict=True)):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#888", zorder=1, label="Pareto front")
+    ax.set_xlabel("latency p50 (ms)")
+    ax.set_ylabel("accuracy" if use_acc else "cosine similarity")
+    ax.set_title("search trials (green: passes the gates; large: chosen)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+

@@ -1,71 +1,197 @@
-"""The runtimes a variant can be measured and served with, and which one a variant uses.
-
-Light on purpose (no ONNX Runtime or OpenVINO import): the spec, the catalog and the registry read it. The
-sessions themselves are in `ort_sessions` (ONNX Runtime) and `openvino_sessions` (OpenVINO)."""
+"""What every runtime is to kompress: the protocol a runtime module implements, the session it opens, and
+`Serving` (a runtime and the precision it computes in). Light on purpose: no runtime library is imported
+here; each runtime module imports its own library inside its functions, so a missing optional install is
+one clear line naming the extra."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from kompress.jobs.errors import InvalidInputError
+import numpy as np
 
-Runtime = Literal["onnxruntime", "openvino"]
-RUNTIMES: tuple[Runtime, ...] = ("onnxruntime", "openvino")
-Precision = Literal["f32", "bf16", "f16"]
-OPENVINO_MODULES = ("openvino", "nncf")
+from kompress.jobs.errors import InvalidInputError, RuntimeFailure
+
+if TYPE_CHECKING:
+    from kompress.jobs.techniques.traits import ModelTraits
+
+STANDARD_ONNX = "onnx"
+"""The graph dialect every ONNX reader takes: standard ONNX operators (QDQ and QOperator INT8 included)."""
+ORT_CONTRIB = "onnx+com.microsoft"
+"""ONNX with ONNX Runtime's contrib ops (fused Attention, QAttention, MatMulNBits): a technique that writes
+them says so, and only a runtime that reads this dialect can serve its result."""
+
+
+class TensorArg(Protocol):
+    """An input or output as a session describes it: name and shape (a dynamic dimension is a string)."""
+
+    name: str
+    shape: Sequence[int | str | None]
+
+
+class Session(Protocol):
+    """A model ready to run, with ONNX Runtime's InferenceSession interface (the small part measurement uses),
+    so every timing treats every runtime the same way."""
+
+    def run(self, output_names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
+    def get_inputs(self) -> Sequence[TensorArg]: ...
+    def get_outputs(self) -> Sequence[TensorArg]: ...
 
 
 @dataclass(frozen=True)
-class Serving:
-    """How a variant runs: the runtime, and for OpenVINO the inference precision it is compiled with (the
-    plugin's default on a CPU with bf16 is bf16, which changes the outputs: what is measured is what is
-    served, so the precision is always named)."""
+class SessionTarget:
+    """Where a session runs: the device, the intra-op threads and the inference precision (None: the
+    graph's own types)."""
 
-    runtime: Runtime = "onnxruntime"
-    precision: Precision | None = None
-    """OpenVINO's INFERENCE_PRECISION_HINT (None for ONNX Runtime: the graph's own types decide)."""
-
-    def __post_init__(self) -> None:
-        if self.runtime == "openvino" and self.precision is None:
-            object.__setattr__(self, "precision", "f32")
-        if self.runtime == "onnxruntime":
-            object.__setattr__(self, "precision", None)
-
-    @property
-    def label(self) -> str:
-        return self.runtime if self.precision is None else f"{self.runtime} {self.precision}"
+    device: str
+    threads: int
+    precision: str | None = None
 
 
-def openvino_installed() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in OPENVINO_MODULES)
+@dataclass(frozen=True)
+class ServingLayout:
+    """How a registry version holds a model this runtime serves."""
+
+    graph: str
+    """The graph's file name in a version (model.onnx, model.xml)."""
+    companion: str
+    """The file that goes with the graph (external data, IR weights)."""
+    companion_suffix: str
+    """How a source file is recognised as the companion (.data, .bin)."""
+    format: str
+    """The served format's name in the report and the manifest (onnx, openvino-ir)."""
 
 
-def require_openvino(what: str, *, field: str | None = None) -> None:
-    """A one-line InvalidInputError (exit 2) when `what` needs OpenVINO and this install lacks it (the slim
-    image, or an install without the `openvino` extra). Imports nothing."""
-    missing = [m for m in OPENVINO_MODULES if importlib.util.find_spec(m) is None]
-    if missing:
-        raise InvalidInputError(
-            f"{what} needs OpenVINO (extra `openvino`: kompress-jobs[openvino], in [engine] and the full image); "
-            f"this install has no {', '.join(missing)}", field=field)
+class Runtime:
+    """One inference runtime. Subclasses set the class attributes and implement `open`; the rest has
+    defaults that suit a runtime reading standard ONNX on the CPU. Register an instance with
+    `kompress.jobs.runtimes.register`."""
 
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    """One line for the spec's description of target.runtime."""
+    modules: ClassVar[tuple[str, ...]] = ()
+    """Python modules it needs (checked with find_spec, never imported to check)."""
+    extra: ClassVar[str] = ""
+    """The kompress-jobs extra that installs them."""
+    libraries: ClassVar[tuple[str, ...]] = ()
+    """Distributions whose versions the report's environment records."""
+    devices: ClassVar[frozenset[str]] = frozenset({"cpu"})
+    precisions: ClassVar[tuple[str, ...]] = ()
+    """Inference precisions it can be asked for (the first is the default); () = the graph's own types."""
+    reads: ClassVar[frozenset[str]] = frozenset({STANDARD_ONNX})
+    """Graph dialects it loads (a technique that writes another dialect cannot be served by it)."""
+    exports: ClassVar[frozenset[str]] = frozenset()
+    """spec.export formats it can write beside the served model."""
+    static_quantizer: ClassVar[str] = "onnxruntime"
+    """quantize backend `auto` picks for static INT8 of a model this runtime serves."""
+    layout: ClassVar[ServingLayout] = ServingLayout("model.onnx", "model.onnx.data", ".data", "onnx")
+    reference: ClassVar[bool] = False
+    """The runtime a baseline is measured with when none is named (exactly one registered runtime)."""
+    catalog_recipes: ClassVar[bool] = False
+    """Whether the technique catalog's built-in recipes are searched on it (they may hold steps only the
+    reference runtime reads; a runtime adds its own through `search_recipes`)."""
 
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU computes in bfloat16 natively (AMX or AVX512-BF16), where OpenVINO's bf16 precision
-    is a speedup; elsewhere OpenVINO emulates it or falls back to f32, and a bf16 candidate is not worth a
-    trial."""
-    with contextlib.suppress(OSError):
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("flags")), [])
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    return False
+    # ------------------------------------------------------------------ install
 
+    def missing_modules(self) -> list[str]:
+        return [m for m in self.modules if importlib.util.find_spec(m) is None]
 
-def serving_names(runtime: Runtime) -> tuple[str, str]:
-    """The model's file names in an output folder and a registry version: the graph and its companion (the
-    external data of an ONNX model over 2 GB; the weights of an OpenVINO IR)."""
-    return ("model.xml", "model.bin") if runtime == "openvino" else ("model.onnx", "model.onnx.data")
+    def installed(self) -> bool:
+        return not self.missing_modules()
+
+    def require(self, what: str, *, field: str | None = None) -> None:
+        """A one-line InvalidInputError (exit 2) when `what` needs this runtime and this install lacks it."""
+        missing = self.missing_modules()
+        if missing:
+            raise InvalidInputError(
+                f"{what} needs the {self.name} runtime (extra `{self.extra}`: kompress-jobs[{self.extra}], in "
+                f"[engine] and the full image); this install has no {', '.join(missing)}", field=field)
+
+    # ------------------------------------------------------------------ precision
+
+    def precision(self, asked: str | None) -> str | None:
+        """The precision a session computes in: the asked one, else the runtime's default (None when the
+        runtime runs the graph's own types)."""
+        if not self.precisions:
+            return None
+        return asked or self.precisions[0]
+
+    # ------------------------------------------------------------------ sessions
+
+    def open(self, path: Path, target: SessionTarget, *, profile_prefix: str | None = None) -> Session:
+        raise NotImplementedError
+
+    def served_model(self, onnx_path: Path, workdir: Path, precision: str | None) -> Path:
+        """The file this runtime serves for an ONNX model (an ONNX runtime serves it as is)."""
+        return onnx_path
+
+    def parameters(self, path: Path) -> int | None:
+        """Weight elements in a served model file (None: not counted for this format)."""
+        return None
+
+    def peak_memory(self, path: Path, feeds: Mapping[str, np.ndarray], target: SessionTarget) -> tuple[int, str]:
+        """Peak memory to load the model and run `feeds`, in a fresh process (`memprobe`, which calls
+        `probe_memory` there), and whose memory it is: the GPU's on a GPU target (where NVML reads it), else
+        the host's resident set."""
+        with tempfile.TemporaryDirectory() as tmp:
+            npz = Path(tmp) / "feeds.npz"
+            np.savez(npz, **feeds)
+            cmd = [sys.executable, "-m", "kompress.jobs.runtimes.memprobe", str(path), str(npz), str(target.threads),
+                   target.device, self.name, *((target.precision,) if target.precision else ())]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        if proc.returncode != 0:
+            raise RuntimeFailure(f"memory probe failed for {path.name}: {proc.stderr.strip().splitlines()[-1:]}")
+        probe = json.loads(proc.stdout)
+        if "gpuBytes" in probe:
+            return int(probe["gpuBytes"]), "gpu"
+        return int(probe["peakBytes"]), "host"
+
+    def probe_memory(self, path: Path, feeds: Mapping[str, np.ndarray], target: SessionTarget) -> None:
+        """Load and run the model in this (fresh) process; the memory probe reads the resident set around it."""
+        session = self.open(path, target)
+        for _ in range(3):
+            session.run(None, dict(feeds))
+
+    def profile_ops(self, path: Path, feeds: Mapping[str, np.ndarray], target: SessionTarget,
+                    runs: int) -> dict[str, float] | None:
+        """Mean kernel time per call (microseconds) per op type, largest first; None when the runtime has no
+        per-op profiler."""
+        return None
+
+    def placement(self, path: Path, feeds: Mapping[str, np.ndarray], target: SessionTarget) -> Any:
+        """Which device ran each node (a report Placement), where the runtime can say; None otherwise."""
+        return None
+
+    # ------------------------------------------------------------------ serving
+
+    def triton_backend(self, precision: str | None) -> dict[str, Any]:
+        """The config.pbtxt fields that pick this runtime's Triton backend (and its parameters)."""
+        raise NotImplementedError
+
+    def export(self, fmt: str, model: Path, out_dir: Path, feeds: Mapping[str, np.ndarray]) -> Any:
+        """Write spec.export `fmt` beside the served model; returns a report ExportReport."""
+        raise InvalidInputError(f"export format {fmt} is not written by runtime {self.name}", field="export.format")
+
+    def export_files(self) -> tuple[str, ...]:
+        """Names of every file `export` may write (cleared from an output folder before a run)."""
+        return ()
+
+    # ------------------------------------------------------------------ search
+
+    def search_recipes(self, traits: ModelTraits, *, pinned: bool) -> list[dict[str, Any]]:
+        """Candidates (as the spec writes them) this runtime adds to a built-in search beyond the catalog's;
+        `pinned`: several runtimes are searched, so each candidate names its runtime."""
+        return []
+
+    def expected_gain(self, precision: str | None, quantizes: bool, objective: str, traits: ModelTraits) -> float:
+        """Prior gain of serving with this runtime at `precision` relative to the reference runtime (orders
+        trials only; measurements decide)."""
+        return 1.0

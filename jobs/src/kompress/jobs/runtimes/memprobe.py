@@ -1,12 +1,15 @@
 """Child process for peak-memory measurement: prints the resident-set growth caused by loading and running
 a model (VmHWM after, minus VmRSS before), so each variant is measured in a clean address space. On a GPU
 target it also prints the GPU memory the model took (NVML's used memory after the runs minus before the
-session; ONNX Runtime's CUDA arena keeps what it reserved, so after is the peak), where NVML is available."""
+session; ONNX Runtime's CUDA arena keeps what it reserved, so after is the peak), where NVML is available.
+
+Usage: python -m kompress.jobs.runtimes.memprobe MODEL FEEDS.npz THREADS DEVICE RUNTIME [PRECISION]"""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def _status_kb(field: str) -> int:
@@ -28,32 +31,22 @@ def _gpu_used_bytes() -> int | None:
 
 
 def main(argv: list[str]) -> None:
-    import numpy as np
-    import onnxruntime as ort
+    import importlib
 
-    model, feeds_path, threads, device, *served = argv  # served: "openvino" and its precision
+    import numpy as np
+
+    from kompress.jobs.runtimes.base import SessionTarget
+    from kompress.jobs.runtimes.registry import get
+
+    model, feeds_path, threads, device, runtime_name, *precision = argv
     with np.load(feeds_path, allow_pickle=False) as npz:
         feeds = {k: npz[k] for k in npz.files}
-    if served and served[0] == "openvino":
-        import openvino as ov
-
-        from kompress.jobs.runtimes.openvino import cpu_config
-
-        core = ov.Core()  # loaded before the baseline reading: the runtime's own libraries are not the model's
-        before = _status_kb("VmRSS")
-        request = core.compile_model(model, "CPU", cpu_config(int(threads), served[1])).create_infer_request()
-        for _ in range(3):
-            request.infer(feeds)
-        print(json.dumps({"peakBytes": (_status_kb("VmHWM") - before) * 1024}))
-        return
+    runtime = get(runtime_name)
+    for module in runtime.modules:  # the runtime's own libraries are loaded before the baseline reading
+        importlib.import_module(module)
     gpu_before = _gpu_used_bytes() if device == "gpu" else None
     before = _status_kb("VmRSS")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(model, options, providers=providers)
-    for _ in range(3):
-        session.run(None, feeds)
+    runtime.probe_memory(Path(model), feeds, SessionTarget(device, int(threads), precision[0] if precision else None))
     result = {"peakBytes": (_status_kb("VmHWM") - before) * 1024}
     gpu_after = _gpu_used_bytes() if gpu_before is not None else None
     if gpu_before is not None and gpu_after is not None:

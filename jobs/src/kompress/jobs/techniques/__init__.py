@@ -1,7 +1,3 @@
-"""Compression techniques: a light catalog (`catalog.py`, configs in `configs.py`) that the spec, the CRD and
-the search read, and one implementation module per technique, imported only when the technique is applied."""
-
-from kompress.jobs.techniques.base import StepResult
-from kompress.jobs.techniques.catalog import BERT_LIKE, Stage, Technique, all_techniques, get, names
-
-__all__ = ["BERT_LIKE", "Stage", "StepResult", "Technique", "all_techniques", "get", "names"]
+"""Compression techniques and the pipeline that applies them: the light catalog (`catalog.py`, configs in
+`configs.py`, model traits in `traits.py`) that the spec, the CRD and the search read, one implementation
+module per technique (imported only when applied), and `pipeline.py`. May import spec, io, runtimes, measure."""

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from kompress.jobs.runtimes.base import ORT_CONTRIB, STANDARD_ONNX
 from kompress.jobs.spec.base import SpecModel
 from kompress.jobs.techniques.configs import (
     DistillConfig,
@@ -28,6 +29,17 @@ from kompress.jobs.techniques.configs import (
     PruneConfig,
     QATConfig,
     QuantizeConfig,
+)
+from kompress.jobs.techniques.traits import (
+    CONV_INTEGER_GAIN,
+    CONV_OPS,
+    INT8_KERNEL_GAIN,
+    MATMUL_OPS,
+    MIN_SHARE,
+    PER_TENSOR_EDGE,
+    QUANTIZABLE_HEAVY,
+    ModelTraits,
+    amdahl,
 )
 
 if TYPE_CHECKING:
@@ -42,36 +54,6 @@ Recipe = tuple[str, list[Step]]
 ApplyFn = Callable[[Any, Any, "StepContext"], "StepResult"]
 GainFn = Callable[[Any, str, "ModelTraits"], float]
 """(config, objective, the model's traits) -> expected gain factor of one step."""
-
-ALL_RUNTIMES = frozenset({"onnxruntime", "openvino"})
-ORT_ONLY = frozenset({"onnxruntime"})
-
-BERT_LIKE = frozenset({"albert", "bert", "camembert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta"})
-"""Hugging Face model types whose encoder layout ONNX Runtime's "bert" fusions understand: graphOptimize's
-`modelType: auto` fuses them, and the built-in candidates treat them as transformers."""
-
-
-@dataclass(frozen=True)
-class ModelTraits:
-    """What the built-in candidates and their expected gains depend on: the model's format and load-time
-    metadata, the target device, and where the baseline's time goes (op type -> share of node time, from
-    ONNX Runtime's profiler; empty when not profiled)."""
-
-    format: str
-    metadata: Mapping[str, str]
-    device: str
-    op_share: Mapping[str, float] = field(default_factory=dict)
-
-    def share(self, ops: frozenset[str]) -> float:
-        return sum(s for op, s in self.op_share.items() if op in ops)
-
-    @property
-    def transformer(self) -> bool:
-        return self.metadata.get("hf.model_type", "") in BERT_LIKE
-
-    @property
-    def hidden_layers(self) -> int:
-        return int(self.metadata.get("hf.num_hidden_layers", 0) or 0)
 
 
 def _no_candidates(model: ModelTraits) -> list[Recipe]:
@@ -97,15 +79,15 @@ class Technique:
     stage: Stage | Callable[[Any], Stage] = "onnx"
     last_torch_step: bool = False
     """True when no torch step may follow (e.g. QAT leaves a fake-quantized module that must be exported)."""
-    runtimes: frozenset[str] | Callable[[Any], frozenset[str]] = ALL_RUNTIMES
-    """The runtimes that can run the graph this step writes (OpenVINO reads standard ONNX, QDQ and dynamic
-    INT8, but not ONNX Runtime's contrib ops)."""
+    writes: str | Callable[[Any], str] = STANDARD_ONNX
+    """The graph dialect this step writes: a runtime serves the result only if it reads that dialect
+    (OpenVINO reads standard ONNX, QDQ and dynamic INT8, but not ONNX Runtime's contrib ops)."""
 
     def stage_of(self, config: Any) -> Stage:
         return self.stage(config) if callable(self.stage) else self.stage
 
-    def runtimes_of(self, config: Any) -> frozenset[str]:
-        return self.runtimes(config) if callable(self.runtimes) else self.runtimes
+    def writes_of(self, config: Any) -> str:
+        return self.writes(config) if callable(self.writes) else self.writes
 
     def load(self) -> ApplyFn:
         """The implementation (imports its module, and with it the heavy libraries it needs)."""
@@ -213,31 +195,6 @@ def _qat_candidates(model: ModelTraits) -> list[Recipe]:
 
 # ---- quantize ----
 
-CONV_OPS = frozenset({"Conv", "FusedConv", "ConvTranspose"})
-MATMUL_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention", "MultiHeadAttention"})
-QUANTIZABLE_HEAVY = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
-"""The compute-heavy op types ONNX Runtime's static quantizer turns into int8 kernels."""
-INT8_KERNEL_GAIN = 2.0
-"""Prior speedup of an op ONNX Runtime runs on int8 kernels (about 2x FP32 on VNNI/AMX CPUs; not measured
-per machine: the trials measure)."""
-CONV_INTEGER_GAIN = 0.4
-"""Dynamic INT8 turns Conv into ConvInteger plus run-time activation quantization: 0.2-0.5x
-(measured by the design notes on this kind of CPU; a prior here, not re-measured per machine)."""
-PER_TENSOR_EDGE = 1.05
-"""One scale per tensor is a little cheaper to apply than one per channel (the prior's 2.1 vs 2.0)."""
-MIN_SHARE = 0.05
-"""Below this share of the baseline's time in the ops a recipe changes, it is not worth a trial (Amdahl: at
-most ~5% faster). Above it, the candidates are ranked by expected gain, so the small ones run last. (At 0.1,
-the PP-OCR recognizer's GEMMs, ~10% of its time, fell on either side between runs, and with them its only
-promotable recipe, dynamic INT8 at 1.10x.)"""
-
-
-def amdahl(parts: list[tuple[float, float]]) -> float:
-    """Whole-model gain when each (share of time, speedup of that share) changes and the rest stays."""
-    changed = sum(share for share, _ in parts)
-    return 1.0 / max(1e-6, (1.0 - changed) + sum(share / gain for share, gain in parts))
-
-
 def _quantize_gain(config: QuantizeConfig, objective: str, model: ModelTraits) -> float:
     if config.method == "weightOnly":
         return 6.0 if objective == "size" else 1.2
@@ -253,10 +210,10 @@ def _quantize_gain(config: QuantizeConfig, objective: str, model: ModelTraits) -
     return amdahl([(matmul, INT8_KERNEL_GAIN * per_tensor), (conv, conv_gain * per_tensor)])
 
 
-def _quantize_runtimes(config: QuantizeConfig) -> frozenset[str]:
+def _quantize_writes(config: QuantizeConfig) -> str:
     """INT4 weight-only writes MatMulNBits, an ONNX Runtime contrib op; INT8 (QDQ, QOperator, dynamic) is
     standard ONNX that OpenVINO reads too."""
-    return ORT_ONLY if config.method == "weightOnly" else ALL_RUNTIMES
+    return ORT_CONTRIB if config.method == "weightOnly" else STANDARD_ONNX
 
 
 def _quantize_candidates(model: ModelTraits) -> list[Recipe]:
@@ -298,7 +255,7 @@ _CATALOG: dict[str, Technique] = {t.name: t for t in (
     Technique("fp16", Fp16Config, "Convert weights and compute to float16.",
               f"{_PACKAGE}.fp16", "fp16", _fp16_gain, _fp16_candidates),
     Technique("graphOptimize", GraphOptimizeConfig, "ONNX Runtime graph optimization and transformer fusion.",
-              f"{_PACKAGE}.graph_optimize", "graph_optimize", _graph_optimize_gain, runtimes=ORT_ONLY),
+              f"{_PACKAGE}.graph_optimize", "graph_optimize", _graph_optimize_gain, writes=ORT_CONTRIB),
     Technique("prune", PruneConfig, "Magnitude (unstructured) or structured pruning (channels, FFN neurons, "
               "attention heads), with optional recovery fine-tuning.",
               f"{_PACKAGE}.prune", "prune", _prune_gain, stage=_prune_stage),
@@ -306,7 +263,7 @@ _CATALOG: dict[str, Technique] = {t.name: t for t in (
               f"{_PACKAGE}.qat", "qat", _qat_gain, _qat_candidates, stage="torch", last_torch_step=True),
     Technique("quantize", QuantizeConfig, "INT8/INT4 quantization with ONNX Runtime's quantizer or NNCF.",
               f"{_PACKAGE}.quantize", "quantize", _quantize_gain, _quantize_candidates,
-              runtimes=_quantize_runtimes),
+              writes=_quantize_writes),
 )}
 
 _CANDIDATE_ORDER = ("quantize", "fp16", "prune", "distill", "qat", "graphOptimize")

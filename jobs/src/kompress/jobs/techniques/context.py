@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kompress.jobs.runtimes import registry as runtimes
+
 if TYPE_CHECKING:
     from kompress.jobs.io.checkpoints import Checkpoints
     from kompress.jobs.io.data import InputPlan
@@ -27,13 +29,13 @@ class StepContext:
     device: str = "cpu"
     progress: Progress | None = None
     task: str = "generic"
-    """model.task: embedding, classification or generic (what distillation losses match)."""
+    """model.task, a registered task's name (what distillation losses match: `tasks.registry.get(task)`)."""
     train: dict[str, np.ndarray] | None = None
     """Training/transfer rows for techniques that train (inputs, plus `labels` when the data has them)."""
     checkpoints: Checkpoints | None = None
     """Where this step keeps resumable state (None: nothing is kept)."""
     seed: int = 0
-    runtime: str = "onnxruntime"
+    runtime: str = field(default_factory=lambda: runtimes.reference().name)
     """The runtime that will serve the result (what `quantize`'s backend auto picks from)."""
     input_plan: InputPlan | None = None
     """How calibration rows become the model's feeds (data.inputs: batch axes, constants); None: every input

@@ -25,6 +25,7 @@ from kompress.jobs.io import models as model_io
 from kompress.jobs.io import storage, torch_model
 from kompress.jobs.io.checkpoints import Checkpoints
 from kompress.jobs.io.torch_model import TorchModel
+from kompress.jobs.tasks import registry as tasks
 from kompress.jobs.techniques import training
 from kompress.jobs.techniques.base import StepResult, training_rows
 from kompress.jobs.techniques.configs import DistillConfig, StudentSpec
@@ -232,7 +233,7 @@ def distill(model: TorchModel, config: DistillConfig, ctx: StepContext) -> StepR
     if not data or not len(next(iter(data.values()))):
         raise InvalidInputError("distillation needs transfer rows (data.trainUri or calibration rows)",
                                 field="data.trainUri")
-    labels_used = ctx.task == "classification" and "labels" in data
+    labels_used = tasks.get(ctx.task).logits and "labels" in data
     if not labels_used:
         data = {k: v for k, v in data.items() if k != "labels"}
     both_hf = teacher.origin == student.model.origin == "huggingface"

@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kompress.jobs.cpu import available_threads
 from kompress.jobs.io import onnx_utils
-from kompress.jobs.runtimes.onnxruntime import available_threads
 from kompress.jobs.techniques import layer_norm
 from kompress.jobs.techniques.base import StepResult
-from kompress.jobs.techniques.catalog import BERT_LIKE
 from kompress.jobs.techniques.configs import GraphOptimizeConfig
 from kompress.jobs.techniques.context import StepContext
+from kompress.jobs.techniques.traits import BERT_LIKE
 
 
 def graph_optimize(model_path: Path, config: GraphOptimizeConfig, ctx: StepContext) -> StepResult:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from kompress.jobs import techniques as techmod
 from kompress.jobs.errors import InvalidInputError, KompressError, RuntimeFailure, require_torch
 from kompress.jobs.io import model_files, onnx_utils, torch_model
 from kompress.jobs.io.checkpoints import Checkpoints, fingerprint
@@ -21,10 +20,11 @@ from kompress.jobs.io.models import SourceModel
 from kompress.jobs.io.torch_model import TorchModel
 from kompress.jobs.measure.variant import Baseline, MeasurePlan, measure_variant
 from kompress.jobs.progress import Progress
-from kompress.jobs.report.model import DataFacts, ModelFacts, StepReport
-from kompress.jobs.runtimes.base import Serving
+from kompress.jobs.report.model import StepReport
+from kompress.jobs.runtimes.registry import Serving
 from kompress.jobs.spec.base import SpecModel
 from kompress.jobs.spec.document import OptimizationSpec
+from kompress.jobs.techniques import catalog as techmod
 from kompress.jobs.techniques.context import StepContext
 
 
@@ -44,8 +44,6 @@ class Workspace:
     progress: Progress
     work: Path
     seed: int
-    model_facts: ModelFacts | None = None
-    data_facts: DataFacts | None = None
     op_share: dict[str, float] = field(default_factory=dict)
     """Share of the baseline's time per op type (a search's profile; empty otherwise)."""
     keep_torch_source: bool = False

@@ -22,6 +22,7 @@ from kompress.jobs.errors import InvalidInputError
 from kompress.jobs.io import onnx_utils
 from kompress.jobs.io.checkpoints import Checkpoints
 from kompress.jobs.io.torch_model import TorchModel, to_tensors
+from kompress.jobs.tasks import registry as tasks
 from kompress.jobs.techniques.base import StepResult, training_rows
 from kompress.jobs.techniques.configs import PruneConfig, TrainingConfig
 from kompress.jobs.techniques.context import StepContext
@@ -142,7 +143,7 @@ def _recover(student: TorchModel, teacher: TorchModel, config: TrainingConfig, d
         probe = teacher.module(*to_tensors({k: v[:2] for k, v in rows.items()}, names))
     labels = data.get("labels")
     # labels help classifiers only: integer class ids that index the output's classes
-    if (labels is not None and ctx.task != "embedding" and probe.ndim == 2 and labels.dtype.kind in "iu"
+    if (labels is not None and not tasks.get(ctx.task).embeddings and probe.ndim == 2 and labels.dtype.kind in "iu"
             and labels.ndim == 1 and len(labels) >= n and int(labels[:n].max(initial=0)) < probe.shape[1]):
         rows["labels"] = labels[:n].astype(np.int64)
     cached = n * probe[0].numel() * 4 <= _TEACHER_CACHE_BYTES

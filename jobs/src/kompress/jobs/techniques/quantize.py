@@ -9,12 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from kompress.jobs.errors import RuntimeFailure
+from kompress.jobs.errors import RuntimeFailure, require_modules
 from kompress.jobs.io import model_files, onnx_utils
 from kompress.jobs.io.data import InputPlan
+from kompress.jobs.runtimes import registry as runtimes
 from kompress.jobs.techniques.base import StepResult
 from kompress.jobs.techniques.configs import QuantizeConfig
 from kompress.jobs.techniques.context import StepContext
+
+ORT_QUANTIZER = "onnxruntime"
+"""onnxruntime.quantization: the quantizer for dynamic, weight-only and (for ONNX Runtime) static INT8."""
 
 
 class _CalibrationReader:
@@ -133,20 +137,20 @@ def _static(model_path: Path, out: Path, config: QuantizeConfig, ctx: StepContex
 def _backend(config: QuantizeConfig, ctx: StepContext) -> str:
     if config.backend != "auto":
         return config.backend
-    return "nncf" if ctx.runtime == "openvino" and config.method == "static" else "onnxruntime"
+    # static INT8 with the quantizer of the runtime that serves the result (NNCF's QDQ is what OpenVINO's CPU
+    # plugin fuses); dynamic and weight-only INT8 are ONNX Runtime's quantizer's alone
+    return runtimes.get(ctx.runtime).static_quantizer if config.method == "static" else ORT_QUANTIZER
 
 
 def _nncf(model_path: Path, out: Path, config: QuantizeConfig, ctx: StepContext) -> dict[str, object]:
     """NNCF's post-training quantization of the ONNX model (its ONNX backend: QDQ where OpenVINO's CPU plugin
     fuses int8 kernels), calibrated on the data; Hugging Face transformers get NNCF's transformer preset
     (SmoothQuant, float softmax and layer norms). `opTypes` and `excludeNodes` become NNCF's ignored scope."""
-    from kompress.jobs.runtimes.base import require_openvino
-
-    require_openvino("quantize backend nncf", field="techniques.quantize.backend")
+    require_modules("quantize backend nncf", ("nncf", "openvino"), "openvino", field="techniques.quantize.backend")
     import nncf
     import onnx
 
-    from kompress.jobs.techniques.catalog import BERT_LIKE
+    from kompress.jobs.techniques.traits import BERT_LIKE
 
     model = onnx.load(str(model_path))
     ignored = set(config.exclude_nodes)

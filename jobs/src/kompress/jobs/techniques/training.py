@@ -15,6 +15,7 @@ import numpy as np
 
 from kompress.jobs.io.checkpoints import Checkpoints
 from kompress.jobs.progress import Progress
+from kompress.jobs.tasks import registry as tasks
 from kompress.jobs.techniques.configs import TrainingConfig
 
 Batch = dict[str, np.ndarray]
@@ -129,7 +130,7 @@ def distillation_loss(student_out: Any, teacher_out: Any, task: str, temperature
     present); mean squared error plus cosine distance for embeddings and other real-valued outputs."""
     import torch.nn.functional as F
 
-    if task == "classification" or (labels is not None and student_out.ndim == 2):
+    if tasks.get(task).logits or (labels is not None and student_out.ndim == 2):
         t = temperature
         soft = F.kl_div(F.log_softmax(student_out / t, dim=-1), F.softmax(teacher_out / t, dim=-1),
                         reduction="batchmean") * t * t

@@ -1,0 +1,90 @@
+"""The registered runtimes, and `Serving` (a runtime and its precision). The built-in runtimes are listed in
+BUILTIN (one entry per module); a plugin (or a test) registers its own with `register`. Everything outside
+`runtimes/` asks this module about a runtime: nothing else compares a runtime's name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.runtimes import onnxruntime, openvino
+from kompress.jobs.runtimes.base import Runtime
+
+AUTO = "auto"
+"""target.runtime auto: a search chooses among every installed runtime that can serve the model."""
+
+BUILTIN: tuple[Runtime, ...] = (onnxruntime.RUNTIME, openvino.RUNTIME)
+_REGISTRY: dict[str, Runtime] = {}
+
+
+def register(runtime: Runtime) -> Runtime:
+    """Add a runtime (a name already registered is replaced: a test's fake, or a plugin's override)."""
+    if runtime.reference and any(r.reference and r.name != runtime.name for r in _REGISTRY.values()):
+        raise ValueError(f"runtime {runtime.name} claims to be the reference, but one is registered already")
+    _REGISTRY[runtime.name] = runtime
+    return runtime
+
+
+def unregister(name: str) -> None:
+    if name in {r.name for r in BUILTIN}:
+        raise ValueError(f"{name} is a built-in runtime")
+    _REGISTRY.pop(name, None)
+
+
+for _runtime in BUILTIN:
+    register(_runtime)
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Runtime:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InvalidInputError(f"unknown runtime {name!r}; registered runtimes: {', '.join(_REGISTRY)}",
+                                field="target.runtime") from None
+
+
+def all_runtimes() -> list[Runtime]:
+    return list(_REGISTRY.values())
+
+
+def reference() -> Runtime:
+    """The runtime a baseline is measured with unless the spec names another (ONNX Runtime)."""
+    return next(r for r in _REGISTRY.values() if r.reference)
+
+
+def installed() -> list[Runtime]:
+    return [r for r in _REGISTRY.values() if r.installed()]
+
+
+def resolve(name: str | None) -> Runtime:
+    """target.runtime as given (None, or auto: the reference runtime, which the baseline is measured with)."""
+    return reference() if name in (None, AUTO) else get(name)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How a variant runs: the runtime, and the inference precision it computes in (None for a runtime that
+    runs the graph's own types). A runtime with precisions always names one: a CPU default such as OpenVINO's
+    bf16 changes the outputs, and what is measured is what is served."""
+
+    runtime: str
+    precision: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", get(self.runtime).precision(self.precision))
+
+    @classmethod
+    def reference(cls) -> Serving:
+        return cls(reference().name)
+
+    @property
+    def engine(self) -> Runtime:
+        return get(self.runtime)
+
+    @property
+    def label(self) -> str:
+        return self.runtime if self.precision is None else f"{self.runtime} {self.precision}"

@@ -1,0 +1,253 @@
+"""The spec's sections that the rest of the engine reads (model, data, target, gates, promotion, resources):
+a leaf below io, runtimes' users and tasks' users. Runtime, task, precision and export names are checked
+against the registered runtimes and tasks, so a new runtime or task touches its own module only."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from kompress.jobs.cpu import available_threads
+from kompress.jobs.runtimes import registry as runtimes
+from kompress.jobs.runtimes.base import SessionTarget
+from kompress.jobs.runtimes.registry import Serving
+from kompress.jobs.spec.base import SpecModel
+from kompress.jobs.spec.names import ExportFormat, PrecisionName, RuntimeChoice, TaskName
+
+
+class ModelSpec(SpecModel):
+    uri: Annotated[str, Field(min_length=1)]
+    """Where the model is: a local path, package://<python-package>/<path>, or s3://bucket/key (a file or a prefix)."""
+    format: Literal["onnx", "huggingface", "torch-export"] | None = None
+    """onnx (a .onnx file), huggingface (a model directory with safetensors weights) or torch-export (a .pt2
+    archive). Detected from the URI when omitted."""
+    task: TaskName = "generic"
+    """What the model is for, one of the registered tasks: embedding (outputs are compared by cosine
+    similarity; Hugging Face models are exported with mean pooling), classification (outputs are logits,
+    compared by top-1), generic (raw outputs compared by cosine similarity)."""
+    output: str | None = None
+    """Name of the model output that quality is measured on (default: the first output)."""
+
+
+InputDtype = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
+
+
+class InputConstant(SpecModel):
+    """A model input that is the same for every sample: zeros of a shape, or one number (a scalar, or filling
+    `shape`)."""
+
+    # the same rule for the API server (the CRD generator copies x-kubernetes-validations from the schema)
+    model_config = SpecModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [{
+        "rule": "has(self.zeros) != has(self.value)",
+        "message": "set exactly one of constant.zeros or constant.value"}]}}
+
+    zeros: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=16)] | None = None
+    """Zeros of this shape, e.g. [2, 1, 128] (an empty list: a scalar zero)."""
+    value: float | None = None
+    """One number: the constant is this scalar, or an array of `shape` filled with it."""
+    shape: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=16)] | None = None
+    """With `value`: the constant's shape (default: a scalar)."""
+    dtype: InputDtype | None = None
+    """Element type (default: the model input's type)."""
+
+    @model_validator(mode="after")
+    def zeros_or_value(self) -> InputConstant:
+        if (self.zeros is None) == (self.value is None):
+            raise ValueError("set exactly one of zeros (an array of zeros of that shape) or value (a number)")
+        if self.zeros is not None and self.shape is not None:
+            raise ValueError("shape goes with value; zeros is already a shape")
+        return self
+
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.zeros if self.zeros is not None else self.shape or ())
+
+
+class InputEntry(SpecModel):
+    """How one model input is fed: where its batch axis is, and/or a constant that is not in the .npz."""
+
+    model_config = SpecModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [{
+        "rule": "has(self.batchAxis) || has(self.constant)", "message": "give batchAxis, constant or both"}]}}
+
+    batch_axis: Annotated[int, Field(ge=0, le=15)] | None = None
+    """The model's batch axis of this input (default 0). Arrays in the .npz are stored samples-first; a batch
+    of rows is moved to this axis. A constant with a batch axis is given for batch 1 and repeated along it to
+    the batch size; without one it is fed as is."""
+    constant: InputConstant | None = None
+    """The input is this constant, fed with every call (not read from the .npz)."""
+
+    @model_validator(mode="after")
+    def says_something(self) -> InputEntry:
+        if self.batch_axis is None and self.constant is None:
+            raise ValueError("give batchAxis, constant or both")
+        const = self.constant
+        if const is not None and self.batch_axis is not None:
+            dims = const.dims()
+            if self.batch_axis >= len(dims):
+                raise ValueError(f"batchAxis {self.batch_axis} is beyond the constant's rank {len(dims)} "
+                                 f"(shape {list(dims)}){'; a scalar has no batch axis' if not dims else ''}")
+            if dims[self.batch_axis] != 1:
+                raise ValueError(f"a constant with a batchAxis is given for batch 1: its axis {self.batch_axis} "
+                                 f"is {dims[self.batch_axis]} (shape {list(dims)})")
+        return self
+
+
+class DataSpec(SpecModel):
+    uri: Annotated[str, Field(min_length=1)]
+    """A .npz file with one array per model input (first axis = samples) and optional `labels`."""
+    inputs: dict[str, InputEntry] = {}
+    """Model inputs that are not batch-first or not in the .npz, by input name: `{batchAxis: 1}` for an input
+    whose batch axis is not the first, `{constant: {zeros: [2, 1, 128]}, batchAxis: 1}` or
+    `{constant: {value: 16000, dtype: int64}}` for an input that is the same for every sample. Inputs not
+    named here are read from the .npz, batch-first. Outputs are always taken as batch-first."""
+    calibration_samples: Annotated[int, Field(ge=1, le=100_000)] = 256
+    """Samples used to calibrate static quantization."""
+    evaluation_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    """Samples used to measure quality (capped at what the file holds)."""
+    train_uri: str | None = None
+    """Training or transfer data for techniques that train (prune recovery, distill, qat): a .npz like `uri`,
+    labels optional. Default: the calibration rows of `uri`, which never overlap the evaluation rows."""
+    train_samples: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    """Training samples used at most."""
+
+
+class EnergySpec(SpecModel):
+    method: Literal["auto", "rapl", "nvml", "estimate"] = "auto"
+    """auto: NVML on GPU, RAPL where /sys/class/powercap is readable, else an estimate from CPU time."""
+    cpu_watts_per_core: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    """Power drawn by one busy core, used by the estimate method."""
+
+
+class TargetSpec(SpecModel):
+    device: Literal["cpu", "gpu"] = "cpu"
+    """Where the model will be served and measured."""
+    runtime: RuntimeChoice | None = None
+    """Inference runtime the model is measured, gated and served with, one of the registered runtimes:
+    onnxruntime (CPU or CUDA; the default), openvino (CPU; served as an OpenVINO IR), or auto (a search only:
+    each candidate names its runtime, the best that passes every gate wins; the baseline is the original on
+    the reference runtime, ONNX Runtime)."""
+    precision: PrecisionName | None = None
+    """The runtime's inference precision, for runtimes that take one (OpenVINO's INFERENCE_PRECISION_HINT;
+    default f32): f32 computes what the graph says; bf16 is OpenVINO's default on CPUs with AMX or
+    AVX512-BF16 and changes the outputs, so it is measured, gated and served as named. ONNX Runtime runs the
+    graph's own types (use the fp16 technique)."""
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """Intra-op threads for measurement (default: all cores available to the process)."""
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 1
+    """Batch size for the latency measurement."""
+    throughput_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    """Batch size for the throughput measurement."""
+    warmup_iterations: Annotated[int, Field(ge=0, le=10_000)] = 10
+    """Runs discarded before timing."""
+    iterations: Annotated[int, Field(ge=5, le=100_000)] = 100
+    """Timed runs per variant (interleaved in rounds between baseline and optimized)."""
+    energy: EnergySpec = EnergySpec()
+    """How energy is measured."""
+
+    @property
+    def searches_runtimes(self) -> bool:
+        """target.runtime auto: a search chooses the runtime."""
+        return self.runtime == runtimes.AUTO
+
+    def serving(self) -> Serving:
+        """How the target serves a model unless a search candidate says otherwise (unset or auto: the
+        reference runtime every runtime is compared with)."""
+        runtime = runtimes.resolve(self.runtime)
+        return Serving(runtime.name, self.precision if runtime.precisions else None)
+
+    def session(self, serving: Serving) -> SessionTarget:
+        """Where a session for `serving` runs: this target's device and threads, the serving's precision."""
+        return SessionTarget(self.device, self.threads or available_threads(), serving.precision)
+
+
+class GatesSpec(SpecModel):
+    no_regression: bool = True
+    """The result must beat the original by more than the measurement's own noise (the spread of the
+    interleaved rounds): a search on its objective (latency, size or energy), a fixed pipeline on at least one
+    of them. A model that is not better than the original is never promoted; false turns this guard off."""
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Largest allowed drop of the quality metric: accuracy with labels; for a classifier without labels
+    1 - top-1 agreement with the original; else 1 - mean cosine similarity."""
+    min_cosine_similarity: Annotated[float, Field(ge=-1, le=1)] | None = None
+    """Smallest allowed mean cosine similarity between optimized and baseline outputs."""
+    min_speedup: Annotated[float, Field(gt=0)] | None = None
+    """Smallest allowed baseline/optimized ratio of median latency."""
+    min_size_reduction: Annotated[float, Field(gt=0)] | None = None
+    """Smallest allowed baseline/optimized ratio of model file size."""
+    max_latency_p95_seconds: Annotated[float, Field(gt=0)] | None = None
+    """Largest allowed 95th-percentile latency of the optimized model."""
+    max_energy_per_inference_joules: Annotated[float, Field(gt=0)] | None = None
+    """Largest allowed energy per inference of the optimized model."""
+    max_peak_memory_bytes: Annotated[int, Field(gt=0)] | None = None
+    """Largest allowed peak memory to load and run the optimized model: GPU memory on a GPU target, the
+    host's resident set on a CPU one."""
+
+
+class PromotionSpec(SpecModel):
+    registry: Annotated[str, Field(min_length=1)]
+    """Model repository root (local path or s3://bucket/prefix); versions go to <registry>/<modelName>/<n>/."""
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+    """Name of the model in the repository (Triton model name)."""
+    policy: Literal["auto", "manual"] = "auto"
+    """auto: promote when every gate passes; manual: promote only once `approved` is true."""
+    approved: bool = False
+    """Approval for policy: manual (declarative, so it can live in Git). Changing it does not rerun the Job."""
+
+    def awaiting_approval(self, approved_now: bool = False) -> bool:
+        """True while policy: manual still waits for an approval (`approved`, or `--approve` on a local run):
+        the one rule the engine and the operator both apply."""
+        return self.policy == "manual" and not (self.approved or approved_now)
+
+
+class Toleration(SpecModel):
+    key: str | None = None
+    """Taint key."""
+    operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal."""
+    value: str | None = None
+    """Taint value."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect."""
+
+
+class ResourcesSpec(SpecModel):
+    cpu: str = "2"
+    """CPU request and limit of the Job (Kubernetes quantity)."""
+    memory: str = "4Gi"
+    """Memory request and limit of the Job (Kubernetes quantity)."""
+    gpu: Annotated[int, Field(ge=0, le=64)] = 0
+    """nvidia.com/gpu limit of the Job."""
+    node_selector: dict[str, str] = {}
+    """Node selector of the Job's pod."""
+    tolerations: list[Toleration] = []
+    """Tolerations of the Job's pod."""
+    runtime_class_name: str | None = None
+    """RuntimeClass of the Job's pod (e.g. nvidia)."""
+    service_account_name: str | None = None
+    """Service account of the Job's pod."""
+    image: str | None = None
+    """Engine image override."""
+    timeout_seconds: Annotated[int, Field(ge=10, le=7 * 86400)] = 86400
+    """Longest the whole run may take, retries included (the Job's activeDeadlineSeconds); then it fails with
+    reason DeadlineExceeded."""
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def quantity(cls, value: str) -> str:
+        if not re.fullmatch(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$", value):
+            raise ValueError(f"expected a Kubernetes quantity such as 500m, 2 or 4Gi, got {value!r}")
+        return value
+
+
+class SecretRef(SpecModel):
+    name: Annotated[str, Field(min_length=1)]
+    """Secret in the namespace with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (optionally AWS_ENDPOINT_URL)."""
+
+
+class ExportSpec(SpecModel):
+    format: ExportFormat
+    """An export format of the serving runtime. ort (ONNX Runtime): the ONNX Runtime format model
+    (`model.ort`, for ONNX Runtime Mobile and minimal builds) with the reduced-operator config such a build
+    needs (`required_operators.config`), and ONNX Runtime's mobile usability check in the report. Written and
+    promoted beside the served model."""

@@ -1,0 +1,28 @@
+"""embedding: one vector per sample (token outputs mean-pooled over the attention mask), compared by cosine
+similarity; Hugging Face folders are exported with mean pooling (+ normalization when the folder says so)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kompress.jobs.io.data import Dataset
+from kompress.jobs.tasks.base import Task
+
+
+class Embedding(Task):
+    name = "embedding"
+    summary = ("outputs are compared by cosine similarity (Hugging Face models are exported with mean "
+               "pooling)")
+    hf_head = "pooled"
+    embeddings = True
+    top1_agreement = False
+
+    def sample_vectors(self, outputs: np.ndarray, data: Dataset) -> np.ndarray:
+        mask = data.inputs.get("attention_mask")
+        if outputs.ndim == 3 and mask is not None:
+            weights = mask[..., None].astype(np.float32)
+            return (outputs * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)  # type: ignore[no-any-return]
+        return super().sample_vectors(outputs, data)
+
+
+TASK = Embedding()
