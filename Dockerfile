@@ -47,7 +47,7 @@ RUN /opt/kompress/bin/pip install ${PIP_WHEELHOUSE:+--no-index --find-links "$PI
         --no-deps --force-reinstall ./jobs ./operator \
     && /opt/kompress/bin/pip check \
     && /opt/kompress/bin/kompress --help >/dev/null \
-    && /opt/kompress/bin/python -c "import kompress.jobs.spec, kompress.operator.handlers"
+    && /opt/kompress/bin/python -c "import kompress.jobs.spec.document, kompress.jobs.runner, kompress.operator.handlers"
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="kompress" \

@@ -103,8 +103,7 @@ def measure(p: Prepared, variants: dict[str, tuple[Path, Any]], threads: int, ba
     """One row per variant (quality on the evaluation rows, latency from one interleaved timing run), and how
     the latency was timed."""
     from kompress.jobs.io import model_files
-    from kompress.jobs.measure import evaluate
-    from kompress.jobs.measure import timing
+    from kompress.jobs.measure import evaluate, timing
     from kompress.jobs.measure.evaluate import open_variant
     from kompress.jobs.tasks import registry as tasks
 

@@ -54,9 +54,9 @@ def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
 
 
 def test_no_import_cycles() -> None:
-    """Imports inside functions count (a lazy import that dodges a cycle is still a cycle); imports under
-    `if TYPE_CHECKING:` do not (they never run)."""
-    graph = grimp.build_graph("kompress.jobs", "kompress.operator", exclude_type_checking_imports=True,
+    """Every import counts: inside functions (a lazy import that dodges a cycle is still a cycle) and under
+    `if TYPE_CHECKING:` (a type a module needs is a dependency a reader must follow)."""
+    graph = grimp.build_graph("kompress.jobs", "kompress.operator", exclude_type_checking_imports=False,
                               cache_dir=None)
     assert len(graph.modules) > 40
     assert _cycles(graph) == []
@@ -77,6 +77,35 @@ def test_operator_loads_no_ml_library() -> None:
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {banned!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"the operator loads {out.strip()}"
+
+
+def _runtime_name_comparisons(names: set[str]) -> list[str]:
+    """Comparisons with a runtime's name (==, !=, in, not in) and Literal types spelling one, outside
+    runtimes/: what a runtime is able to do is asked of the runtime, never inferred from its name."""
+    found = []
+    for src in SOURCES:
+        for path in sorted(src.rglob("*.py")):
+            if "runtimes" in path.relative_to(src).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Compare):
+                    parts = [node.left, *node.comparators]
+                elif isinstance(node, ast.Subscript) and getattr(node.value, "id", "") == "Literal":
+                    parts = [node.slice]
+                else:
+                    continue
+                spelled = {c.value for part in parts for c in ast.walk(part)
+                           if isinstance(c, ast.Constant) and c.value in names}
+                if spelled:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {sorted(spelled)}")
+    return found
+
+
+def test_no_runtime_name_is_compared_outside_runtimes() -> None:
+    from kompress.jobs.runtimes import registry
+
+    assert len(registry.names()) >= 2
+    assert _runtime_name_comparisons(set(registry.names())) == []
 
 
 def _long_functions() -> list[str]:

@@ -105,7 +105,8 @@ class Comparison(ReportPart):
     accuracy_drop: float
     """Drop of `quality_metric`: accuracy with labels; for a classifier without labels 1 - top-1 agreement;
     else 1 - mean cosine similarity."""
-    quality_metric: Literal["accuracy", "top1Agreement", "cosineSimilarityMean"]
+    quality_metric: str
+    """The metric the drop is measured on (the task's: accuracy, top1Agreement, cosineSimilarityMean, ...)."""
     speedup_spread: float | None = None
     """The measurement's own noise on `speedup`: half the interquartile range of the per-round
     baseline/result latency ratios (a result must beat the baseline by more than this)."""

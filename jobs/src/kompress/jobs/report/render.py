@@ -87,7 +87,7 @@ def table_rows(report: OptimizationReport) -> list[tuple[str, str, str]]:
 
 
 def _served(variant: Any) -> str:
-    return " ".join(p for p in (variant.runtime or "onnxruntime", variant.precision) if p)
+    return " ".join(p for p in (variant.runtime, variant.precision) if p)
 
 
 def console_table(report: OptimizationReport) -> str:
@@ -139,7 +139,7 @@ def _search_section(report: dict[str, Any], search_plot: Path | None) -> list[st
                    else f"cosine {m['cosineSimilarity']:.4f}" if "cosineSimilarity" in m else "")
         verdict = t["status"] + (" (chosen)" if t.get("chosen") else "")
         why = "; ".join(t.get("failures") or []) or t.get("message") or ""
-        served = " ".join(p for p in (t.get("runtime", "onnxruntime"), t.get("precision")) if p)
+        served = " ".join(p for p in (t.get("runtime"), t.get("precision")) if p)
         parts.append(f"<tr><td>{esc(t['name'])}</td><td>{esc(served)}</td><td>{t['expectedGain']:.2f}x</td>"
                      f"<td>{'' if t.get('gain') is None else format(t['gain'], '.2f') + 'x'}</td>"
                      f"<td>{_ms(m['latencyP50Seconds']) if m else ''}</td>"

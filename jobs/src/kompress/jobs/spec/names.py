@@ -51,6 +51,12 @@ def _exports() -> list[str]:
     return sorted({f for r in runtimes.all_runtimes() for f in r.exports})
 
 
+def _quantizers() -> list[str]:
+    """quantize's backends: auto, and the static quantizer of every registered runtime (ONNX Runtime's own
+    quantizer, NNCF)."""
+    return ["auto", *dict.fromkeys(r.static_quantizer for r in runtimes.all_runtimes())]
+
+
 def _runtime_names() -> list[str]:
     return runtimes.names()
 
@@ -61,6 +67,7 @@ RuntimeChoice = Annotated[str, RegisteredName("runtime", _runtime_choices)]
 TaskName = Annotated[str, RegisteredName("task", tasks.names)]
 PrecisionName = Annotated[str, RegisteredName("precision", _precisions)]
 ExportFormat = Annotated[str, RegisteredName("export format", _exports)]
+QuantizerName = Annotated[str, RegisteredName("quantize backend", _quantizers)]
 
 
 def runtime_summaries() -> str:

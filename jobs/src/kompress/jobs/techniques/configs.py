@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from kompress.jobs.spec.base import SpecModel
+from kompress.jobs.spec.names import QuantizerName
 
 __all__ = ["DistillConfig", "DistillTraining", "Fp16Config", "GraphOptimizeConfig", "PruneConfig", "QATConfig",
            "QuantizeConfig", "StudentSpec", "TrainingConfig"]
@@ -189,7 +190,7 @@ class QuantizeConfig(SpecModel):
     method: Literal["dynamic", "static", "weightOnly"] = "dynamic"
     """dynamic: weights INT8 offline, activations quantized at run time; static: both offline, calibrated on
     the data (QDQ); weightOnly: INT4 weights for MatMul (MatMulNBits), activations stay float."""
-    backend: Literal["auto", "onnxruntime", "nncf"] = "auto"
+    backend: QuantizerName = "auto"
     """Who quantizes: onnxruntime (ONNX Runtime's quantizer), nncf (OpenVINO NNCF's post-training
     quantization, static only: QDQ placed where OpenVINO fuses it into int8 kernels, with its transformer
     preset for Hugging Face transformers); auto: nncf for a model served by OpenVINO, else onnxruntime."""
