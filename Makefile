@@ -10,7 +10,7 @@ export KOMPRESS_CACHE ?= $(HOME)/.cache/kompress
 # kompress-operator); the root project ties them together with the dev tools. One command installs all three.
 ENGINE_EXTRAS = engine,minilm,digits
 
-.PHONY: install servers demo test bench lint
+.PHONY: install servers demo test bench lint typecheck fast
 
 install:
 	$(PIP) install --quiet -c constraints.txt --config-settings editable_mode=compat \
@@ -28,7 +28,8 @@ servers:
 demo: install
 	HF_HUB_OFFLINE=1 kompress run
 
-test: install servers
+# The checks that fail fast run before the servers and the image are built: ruff, mypy, the code-shape/spec/CRD tests.
+test: install lint typecheck fast servers
 	KOMPRESS_REQUIRE_MINIO=1 $(PYTHON) -m pytest
 
 bench: install
@@ -42,3 +43,12 @@ bench: install
 lint:
 	$(PIP) install --quiet -c constraints.txt ruff
 	$(PYTHON) -m ruff check .
+
+# mypy over the engine and the operator (strict on the spec, the report and the runtime/task protocols:
+# pyproject's [tool.mypy]); needs the installed stack for the libraries' types.
+typecheck: install
+	$(PYTHON) -m mypy -p kompress.jobs -p kompress.operator
+
+# seconds: import cycles, function length, runtime names, the spec and the CRD's drift
+fast: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_code_shape.py tests/test_spec.py tests/test_crd.py

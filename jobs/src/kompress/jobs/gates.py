@@ -73,7 +73,7 @@ def no_regression(result: ResultBlock, objective: str | None) -> GateResult:
     """The result beats the original beyond noise on the objective (a fixed pipeline: on any of them)."""
     gains = _gains(result)
     names = [objective] if objective else list(gains)
-    improved = [n for n in names if gains[n][0] is not None and gains[n][0] > 1.0 + gains[n][1]]
+    improved = [n for n in names if (gain := gains[n][0]) is not None and gain > 1.0 + gains[n][1]]
     best = max(names, key=lambda n: (gains[n][0] or 0.0) - gains[n][1])
     measured, noise = gains[best]
     shown = ", ".join(f"{n} x{_fmt(gains[n][0])}" + (f" (noise ±{gains[n][1]:.2g})" if gains[n][1] else "")

@@ -46,11 +46,12 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's credentials, shared with the reconciler's client. Runs after startup, and again whenever kopf
     re-authenticates: the one Reconciler (which per-object memos share) then switches to the fresh client."""
     info = kopf.login_with_service_account(**kwargs)
-    if info is not None and in_cluster_server():
+    server = in_cluster_server()
+    if info is not None and server:
         # kopf names the API server https://kubernetes.default.svc, which needs cluster DNS; client-go's
         # in-cluster config uses the address the kubelet puts in every pod's environment (found on a real node
         # without CoreDNS: the operator pod was up and could not reach the API)
-        info = dataclasses.replace(info, server=in_cluster_server())
+        info = dataclasses.replace(info, server=server)
     info = info or kopf.login_with_kubeconfig(**kwargs)
     if info is not None:
         api = KubeClient.from_kopf(info)

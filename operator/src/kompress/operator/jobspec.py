@@ -70,7 +70,7 @@ def build_job(obj: dict[str, Any], spec: OptimizationSpec, settings: Settings) -
     }
     # the resource owns its Job (controller, blockOwnerDeletion): garbage collection deletes it with the resource;
     # not kopf.adopt, which would also copy the resource's labels (e.g. Argo CD's tracking label) onto the Job
-    kopf.append_owner_reference(job, owner=obj)
+    kopf.append_owner_reference(job, owner=obj)  # type: ignore[arg-type]  # kopf reads a plain dict as a Body
     if settings.job_ttl_seconds is not None:
         job["spec"]["ttlSecondsAfterFinished"] = settings.job_ttl_seconds
     return job

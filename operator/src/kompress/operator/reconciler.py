@@ -125,7 +125,8 @@ class Reconciler:
             await self.api.merge_patch(resource_path(meta["namespace"], meta["name"]) + "/status", {"status": patch})
         for note in notes:
             if isinstance(note, Event):
-                kopf.event(obs.body, type=note.type, reason=note.reason, message=note.message)
+                kopf.event(obs.body, type=note.type,  # type: ignore[arg-type]  # a plain dict as kopf's Body
+                           reason=note.reason, message=note.message)
             else:
                 metrics.count(note.metric, note.labels)
         self._mirror(obs, old | status)

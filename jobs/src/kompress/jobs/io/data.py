@@ -22,9 +22,12 @@ from kompress.jobs.io.model_files import sha256_file
 class DeclaredConstant(Protocol):
     """data.inputs.<name>.constant as the spec gives it (spec.sections.InputConstant)."""
 
-    zeros: list[int] | None
-    value: float | None
-    dtype: str | None
+    @property
+    def zeros(self) -> list[int] | None: ...
+    @property
+    def value(self) -> float | None: ...
+    @property
+    def dtype(self) -> str | None: ...
 
     def dims(self) -> tuple[int, ...]: ...
 
@@ -33,8 +36,10 @@ class DeclaredInput(Protocol):
     """data.inputs.<name> as the spec gives it (spec.sections.InputEntry): io reads the spec's shape, it does
     not import the spec (which sits above io in the data path)."""
 
-    batch_axis: int | None
-    constant: DeclaredConstant | None
+    @property
+    def batch_axis(self) -> int | None: ...
+    @property
+    def constant(self) -> DeclaredConstant | None: ...
 
 LABELS = "labels"
 
@@ -95,7 +100,8 @@ class InputPlan:
             if f.constant is None:
                 part = rows[f.name][index]
                 batch = len(part)
-                out[f.name] = part if f.batch_axis == 0 else np.ascontiguousarray(np.moveaxis(part, 0, f.batch_axis))
+                out[f.name] = (part if not f.batch_axis else
+                               np.ascontiguousarray(np.moveaxis(part, 0, f.batch_axis)))
         for f in self.feeds:
             if f.constant is not None:
                 out[f.name] = (f.constant if f.batch_axis is None
@@ -246,7 +252,7 @@ def _constant(spec: InputSpec, entry: DeclaredInput, field: str) -> np.ndarray:
         raise InvalidInputError(f"the constant is {dtype.name}, the model expects {np.dtype(want).name}",
                                 field=f"{field}.constant.dtype")
     dims = const.dims()
-    array = (np.zeros(dims, dtype) if const.zeros is not None else np.full(dims, const.value, dtype)).astype(want)
+    array: np.ndarray = (np.zeros(dims, dtype) if const.zeros is not None else np.full(dims, const.value, dtype)).astype(want)
     if len(dims) != len(spec.shape):
         raise InvalidInputError(f"the constant has shape {list(dims)}, rank {len(dims)}; the model's input has rank "
                                 f"{len(spec.shape)} (shape {list(spec.shape)})", field=f"{field}.constant")

@@ -175,7 +175,7 @@ def load_huggingface(folder: Path, task: str, samples: dict[str, np.ndarray] | N
         raise InvalidInputError(f"{folder.name} is not a loadable Hugging Face model: "
                                 f"{str(err).splitlines()[0]}", field="model.uri") from None
     accepted = list(inspect.signature(model.forward).parameters)
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+    names: list[str] = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
     if samples and not set(samples) <= set(names):
         names = [n for n in names if n in samples]
     if "input_ids" not in names or "attention_mask" not in names:
@@ -271,5 +271,7 @@ def _export_torch_export(path: Path, workdir: Path) -> tuple[Path, dict[str, str
     out = workdir / "source" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx_program = torch.onnx.export(program, dynamo=True, optimize=True)
+    if onnx_program is None:
+        raise InvalidInputError("torch.onnx.export returned no program for the .pt2 archive", field="model.uri")
     onnx_program.save(str(out))
     return out, {"export.from": "torch-export"}

@@ -249,13 +249,13 @@ class Store:
     def write(self, rel: str, data: bytes) -> None: ...
     def put_file(self, rel: str, path: Path) -> None:
         """Copy a local file to ``rel`` (whole or not at all), without reading it into memory."""
-        ...
+        raise NotImplementedError
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         """Write ``rel`` only if it does not exist; True when this call created it."""
-        ...
+        raise NotImplementedError
     def list(self, rel: str) -> list[str]:
         """Names directly under ``rel`` (files and folders)."""
-        ...
+        raise NotImplementedError
     def publish(self, files: dict[str, Path | str], manifest: bytes, manifest_name: str, rel: str) -> None:
         """Publish ``files`` (name -> local path or s3:// URI) and the manifest under ``rel`` so that a version
         with a manifest is whole: local, one rename of a staged folder; S3, the manifest last. S3 sources are

@@ -89,7 +89,7 @@ def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, p
             _latency_block(sess, lat_feeds, block, timings[name], meter if energy_per_block else None, lat_batch)
         if bar:
             bar.update(1)
-    if plan.energy and not energy_per_block:
+    if plan.energy and not energy_per_block and meter is not None:
         _energy_in_blocks(sessions, lat_feeds, lat_batch, meter, timings)
     thr_batch = min(target.throughput_batch_size, data.size)
     if plan.throughput:
@@ -99,7 +99,8 @@ def measure_speed(sessions: dict[str, Any], data: Dataset, target: TargetSpec, p
     method = (f"{rounds} rounds of {block} consecutive calls per variant (after one untimed call), variants "
               "alternating block by block")
     over = (f"latency blocks of {block} consecutive calls" if energy_per_block
-            else f"{ROUNDS} alternating blocks of {meter.block_seconds:g} s per variant" if plan.energy else "")
+            else f"{ROUNDS} alternating blocks of {meter.block_seconds:g} s per variant" if plan.energy and meter
+            else "")
     return {name: _speed(t, lat_batch, method, thr_batch if plan.throughput else None,
                          meter if plan.energy else None, over) for name, t in timings.items()}
 

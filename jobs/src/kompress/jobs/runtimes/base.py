@@ -32,8 +32,10 @@ them says so, and only a runtime that reads this dialect can serve its result.""
 class TensorArg(Protocol):
     """An input or output as a session describes it: name and shape (a dynamic dimension is a string)."""
 
-    name: str
-    shape: Sequence[int | str | None]
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[int | str | None]: ...
 
 
 class Session(Protocol):
@@ -143,7 +145,7 @@ class Runtime:
         the host's resident set."""
         with tempfile.TemporaryDirectory() as tmp:
             npz = Path(tmp) / "feeds.npz"
-            np.savez(npz, **feeds)
+            np.savez(npz, **dict(feeds))  # type: ignore[arg-type]
             cmd = [sys.executable, "-m", "kompress.jobs.runtimes.memprobe", str(path), str(npz), str(target.threads),
                    target.device, self.name, *((target.precision,) if target.precision else ())]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)

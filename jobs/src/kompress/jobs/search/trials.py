@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, cast
 
 from kompress.jobs import gates
 from kompress.jobs.errors import KompressError, RuntimeFailure
@@ -25,10 +26,13 @@ from kompress.jobs.report.model import GateVerdict, ResultBlock, SearchReport, S
 from kompress.jobs.runtimes.registry import Serving
 from kompress.jobs.search import sensitivity
 from kompress.jobs.search.candidates import expected_gain
+from kompress.jobs.spec.base import SpecModel
 from kompress.jobs.spec.document import Candidate, SearchSpec
 from kompress.jobs.spec.sections import GatesSpec
 from kompress.jobs.techniques import pipeline
 from kompress.jobs.techniques.pipeline import Workspace
+
+Objective = Literal["latency", "size", "energy"]
 
 
 @dataclass
@@ -42,7 +46,7 @@ class SearchOutcome:
     serving: Serving = field(default_factory=Serving.reference)
     """The runtime (and precision) of the chosen trial."""
 
-    def report(self, objective: str, candidates: int, op_share: dict[str, float]) -> SearchReport:
+    def report(self, objective: Objective, candidates: int, op_share: dict[str, float]) -> SearchReport:
         return SearchReport(objective=objective, candidates=candidates, stopped=self.stopped, chosen=self.chosen,
                             trials=self.trials, profile=dict(list(op_share.items())[:12]))
 
@@ -169,9 +173,8 @@ class Search:
         ws.progress.step(f"trial {len(self.done) + 1}: {cand.label()} (expected {expected:.2f}x {objective})")
         t0 = time.perf_counter()
         techniques = [s.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
-                      for s in cand.techniques]
+                      for s in cast("list[SpecModel]", cand.techniques)]
         serving = cand.serving(ws.spec.target)
-        served = {"runtime": serving.runtime, "precision": serving.precision}
         try:
             result = pipeline.apply(ws, cand.steps(), f"trial-{key}", evaluate_steps=False, step_lines=False,
                                     serving=serving)
@@ -180,7 +183,8 @@ class Search:
             ws.progress.info(f"trial {cand.label()}: error: {err}")
             return Trial(key=key, index=rank, name=cand.label(), expected_gain=expected, techniques=techniques,
                          status="error", passed=False, message=str(err),
-                         duration_seconds=round(time.perf_counter() - t0, 2), **served)
+                         duration_seconds=round(time.perf_counter() - t0, 2), runtime=serving.runtime,
+                         precision=serving.precision)
         for f in model_files.files_of(result.model):
             self.store.put_file(f"trial-{key}/{f.name.replace(result.model.name, 'model.onnx')}", f)
         ws.progress.info(f"trial {cand.label()}: {objective} gain {gain:.2f}x, "
@@ -188,7 +192,8 @@ class Search:
         return Trial(key=key, index=rank, name=cand.label(), expected_gain=expected, techniques=techniques,
                      status="passed" if verdict.passed else "rejected", passed=verdict.passed, gain=gain,
                      metrics=block, failures=verdict.failures, steps=result.steps,
-                     duration_seconds=round(time.perf_counter() - t0, 2), **served)
+                     duration_seconds=round(time.perf_counter() - t0, 2), runtime=serving.runtime,
+                     precision=serving.precision)
 
     def _fallback(self, cand: Candidate, trial: Trial, expected: float) -> list[Trial]:
         """Accuracy-aware fallback (Intel Neural Compressor's idea, on our measured gates): keep the nodes

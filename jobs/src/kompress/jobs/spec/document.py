@@ -56,7 +56,7 @@ def _technique_step_model() -> type[SpecModel]:
     return create_model(
         "TechniqueStep",
         __base__=SpecModel,
-        __validators__={"exactly_one": model_validator(mode="before")(exactly_one)},
+        __validators__={"exactly_one": model_validator(mode="before")(exactly_one)},  # type: ignore[dict-item]
         **fields,
     )
 

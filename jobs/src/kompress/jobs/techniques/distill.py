@@ -88,7 +88,7 @@ def _derive_layers(teacher: TorchModel, spec: StudentSpec, ctx: StepContext) -> 
     for new_index, layer in enumerate(kept):
         for module in layer.modules():  # caches and masks index layers by position
             if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new_index
+                setattr(module, "layer_idx", new_index)  # noqa: B010 (a torch attribute mypy cannot see)
     setattr(parent, path.rpartition(".")[2], kept)
     config = student.hf_model.config
     config.num_hidden_layers = spec.layers

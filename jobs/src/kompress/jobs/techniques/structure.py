@@ -249,7 +249,7 @@ def _consumer_energy(graph: Any, group: Any, stats: dict[Any, Any], total: int) 
             continue
         sums, count = stats[m]
         mean_sq = sums / max(1, count)
-        w = m.weight.detach().double()
+        w = m.weight.detach().double()  # type: ignore[attr-defined]
         column = w.pow(2).transpose(0, 1).reshape(w.shape[1], -1).sum(1)
         if len(mean_sq) != len(column):
             continue
