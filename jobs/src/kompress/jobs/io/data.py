@@ -252,7 +252,8 @@ def _constant(spec: InputSpec, entry: DeclaredInput, field: str) -> np.ndarray:
         raise InvalidInputError(f"the constant is {dtype.name}, the model expects {np.dtype(want).name}",
                                 field=f"{field}.constant.dtype")
     dims = const.dims()
-    array: np.ndarray = (np.zeros(dims, dtype) if const.zeros is not None else np.full(dims, const.value, dtype)).astype(want)
+    filled = np.zeros(dims, dtype) if const.zeros is not None else np.full(dims, const.value, dtype)
+    array: np.ndarray = filled.astype(want)
     if len(dims) != len(spec.shape):
         raise InvalidInputError(f"the constant has shape {list(dims)}, rank {len(dims)}; the model's input has rank "
                                 f"{len(spec.shape)} (shape {list(spec.shape)})", field=f"{field}.constant")
