@@ -99,7 +99,7 @@ def test_s3_promotion_is_idempotent_and_versioned(s3: Any, model_file: Path) -> 
 PROMOTE_IN_A_CHILD = r"""
 import json, sys
 import botocore.client
-from kompress.jobs.spec import PromotionSpec
+from kompress.jobs.spec.sections import PromotionSpec
 from kompress.operator.reconciler import promote_run
 
 calls = []  # every S3 operation this process makes, with its key

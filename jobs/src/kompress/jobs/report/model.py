@@ -230,8 +230,9 @@ class Trial(ReportPart):
     """The trial this one repairs (accuracy-aware fallback: the most sensitive nodes kept in float)."""
     kept_in_float: dict[str, str] = {}
     """Nodes the fallback left in float, and why (the activation each touches and its INT8 SQNR)."""
-    runtime: str
-    """The runtime the trial was measured with (and the chosen one is served with)."""
+    runtime: str = "onnxruntime"
+    """The runtime the trial was measured with (and the chosen one is served with; a record without one is
+    from before runtimes were named: the reference runtime)."""
     precision: str | None = None
     """The runtime's inference precision for the trial (runtimes that take one)."""
 
@@ -311,11 +312,12 @@ class ServingSignature(ReportPart):
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    runtime: str
-    """The runtime the model is served with (as it was measured)."""
+    runtime: str = "onnxruntime"
+    """The runtime the model is served with, as it was measured (a report without one is from before runtimes
+    were named: the reference runtime)."""
     precision: str | None = None
     """The runtime's inference precision it was measured with (the serving config sets the same)."""
-    format: str
+    format: str = "onnx"
     """The served format (the runtime's layout: onnx, openvino-ir)."""
 
 
