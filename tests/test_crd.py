@@ -117,11 +117,12 @@ def test_names_and_scope(manifest: dict[str, Any], version: dict[str, Any]) -> N
 
 def test_printer_columns(version: dict[str, Any]) -> None:
     cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(cols) == ["Phase", "Model", "Speedup", "Size ratio", "Accuracy drop", "Promoted", "Age"]
+    assert list(cols) == ["Phase", "Model", "Speedup", "Size ratio", "Accuracy drop", "Runtime", "Promoted", "Age"]
     expected = {
         "Phase": (".status.phase", "string"), "Model": (".spec.model.uri", "string"),
         "Speedup": (".status.result.speedup", "number"), "Size ratio": (".status.result.sizeReduction", "number"),
         "Accuracy drop": (".status.result.accuracyDrop", "number"), "Promoted": (".status.promotedTo", "string"),
+        "Runtime": (".status.result.runtime", "string"),
         "Age": (".metadata.creationTimestamp", "date"),
     }
     for name, (path, type_) in expected.items():
@@ -220,7 +221,7 @@ def test_status_schema(root: dict[str, Any]) -> None:
     for name in ("startedAt", "finishedAt"):
         assert status[name]["format"] == "date-time", name
     metrics = {"latencyP50Seconds", "latencyP95Seconds", "latencyP99Seconds", "throughputPerSecond", "sizeBytes",
-               "peakMemoryBytes", "energyPerInferenceJoules", "accuracy", "cosineSimilarity"}
+               "peakMemoryBytes", "energyPerInferenceJoules", "accuracy", "cosineSimilarity", "runtime", "precision"}
     assert set(status["baseline"]["properties"]) == metrics
     assert set(status["result"]["properties"]) == metrics | {
         "speedup", "speedupSpread", "sizeReduction", "energyReduction", "accuracyDrop", "qualityMetric",

@@ -55,13 +55,20 @@ def test_a_spec_its_runtime_cannot_serve_is_refused_naming_the_field(change: dic
     assert path in problems and words in problems[path], problems
 
 
-def test_a_candidate_on_another_runtime_needs_runtime_auto() -> None:
-    doc = _digits(techniques=None, search={"candidates": [{"runtime": "openvino", "precision": "bf16"}]})
+def test_a_candidate_on_another_runtime_needs_the_runtime_unpinned() -> None:
+    """A named target.runtime pins the search; unset or auto, candidates may name any runtime that serves the
+    target."""
+    doc = _digits(techniques=None, search={"candidates": [{"runtime": "openvino", "precision": "bf16"}]},
+                  target={"runtime": "onnxruntime"})
     del doc["spec"]["techniques"]
     problems = _problems(doc)
     assert "search.candidates[0].runtime openvino differs from target.runtime onnxruntime" in problems["spec"]
+    for target in ({"runtime": "auto"}, {}):
+        doc["spec"]["target"] = target
+        spec = parse_document(doc).spec
+        assert spec.searches_runtimes and spec.search_runtimes() == ["onnxruntime", "openvino"]
+        assert spec.search.candidates[0].label() == "openvino+bf16"  # type: ignore[union-attr]
     doc["spec"]["target"] = {"runtime": "auto"}
-    assert parse_document(doc).spec.search.candidates[0].label() == "openvino+bf16"  # type: ignore[union-attr]
     doc["spec"]["search"]["candidates"][0].pop("runtime")  # a precision on ONNX Runtime would be ignored: refused
     assert ("candidates[0].precision is a runtime's inference precision, but the candidate runs on onnxruntime"
             in _problems(doc)["spec"])
@@ -202,3 +209,45 @@ def test_openvino_without_openvino_fails_in_one_line(tmp_path: Path) -> None:
     assert out.returncode == ExitCode.INVALID_INPUT, out.stderr
     assert "target.runtime: this spec needs the openvino runtime (extra `openvino`" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_pinned_search_that_promotes_nothing_names_the_runtimes_it_did_not_search(tmp_path: Path) -> None:
+    """A named target.runtime stays pinned (every trial on it); when nothing is promoted, the message says which
+    installed runtime was not searched and how to search it, without measuring it."""
+    doc = _digits(techniques=None, search={"candidates": [{"techniques": [{"quantize": {"method": "static"}}]}],
+                                           "trialIterations": 10})
+    del doc["spec"]["techniques"]
+    doc["spec"]["target"].update(runtime="onnxruntime", iterations=20)
+    doc["spec"]["gates"] = {"minSpeedup": 100.0}  # no INT8 recipe is 100x: nothing is promoted
+    doc["spec"]["promotion"]["registry"] = str(tmp_path / "registry")
+    proc = run_cli("run", str(write_spec(tmp_path / "pinned.yaml", doc)), "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == ExitCode.GATES_REJECTED, proc.stdout[-3000:] + proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {t["runtime"] for t in report["search"]["trials"]} == {"onnxruntime"}
+    assert report["message"].endswith("; runtime pinned to onnxruntime; openvino is installed and was not searched: "
+                                      "leave target.runtime unset or set auto to search it"), report["message"]
+    assert not (tmp_path / "registry").exists() or not any((tmp_path / "registry").rglob("model.*"))
+
+
+def test_a_search_with_no_runtime_named_searches_every_installed_runtime() -> None:
+    """target.runtime unset: a search chooses among every installed runtime that serves the target (as auto);
+    a fixed pipeline runs on the reference runtime; a GPU target has one runtime; an export narrows the search
+    to the runtimes that write it."""
+    from kompress.jobs.search.candidates import default_candidates, searched_runtimes
+
+    doc = _digits(techniques=None, search={})
+    del doc["spec"]["techniques"]
+    spec = parse_document(doc).spec
+    assert spec.target.runtime is None and spec.searches_runtimes and spec.pinned_runtime is None
+    searched = searched_runtimes(spec)
+    assert [r.name for r in searched] == ["onnxruntime", "openvino"]
+    built = default_candidates("onnx", {}, spec.target, {"Conv": 0.5, "Gemm": 0.3}, searched)
+    assert {c.runtime for c in built} == {"onnxruntime", "openvino"}  # each names its runtime
+    assert not parse_document(_digits()).spec.searches_runtimes  # a fixed pipeline
+    doc["spec"]["export"] = {"format": "ort"}
+    assert parse_document(doc).spec.search_runtimes() == ["onnxruntime"]
+    doc["spec"].pop("export")
+    doc["spec"]["target"] = {"device": "gpu"}
+    assert parse_document(doc).spec.search_runtimes() == ["onnxruntime"]
+    doc["spec"]["target"] = {"runtime": "openvino"}
+    assert parse_document(doc).spec.pinned_runtime == "openvino"

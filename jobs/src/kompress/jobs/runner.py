@@ -250,7 +250,7 @@ def _run(record: RunRecord, work: Path, output_dir: Path, output_uri: str | None
         record.search = outcome.report(spec.search.objective, len(prepared.candidates), ws.op_share)
         if outcome.model is None:  # every candidate failed, or none applies: the original stays
             record.promotion = PromotionResult(promoted=False, reason="no candidate")
-            return Ending("rejected", _no_candidate_message(outcome, ws), ExitCode.GATES_REJECTED)
+            return Ending("rejected", _no_candidate_message(outcome, ws) + _unsearched(spec), ExitCode.GATES_REJECTED)
         record.optimized = Optimized(outcome.model, outcome.steps, outcome.serving, record.search)
         progress.info(f"search chose {outcome.trials[outcome.chosen or 0].name} on {outcome.serving.label} "
                       f"({outcome.stopped}){_why_runtime(outcome, spec)}")
@@ -268,7 +268,8 @@ def _run(record: RunRecord, work: Path, output_dir: Path, output_uri: str | None
     record.promotion = (_promote(loaded, build_report(record), files, options) if options.promote
                         else PromotionResult(promoted=False, reason="left to the caller (--no-promote)"))
     if not judged.gates.passed:
-        return Ending("rejected", _rejection(record.search, judged.gates.failures), ExitCode.GATES_REJECTED)
+        return Ending("rejected", _rejection(record.search, judged.gates.failures)
+                      + (_unsearched(spec) if spec.search else ""), ExitCode.GATES_REJECTED)
     promo = record.promotion
     return Ending("succeeded", f"promoted to {promo.uri}" if promo.uri
                   else f"gates passed; not promoted ({promo.reason})", ExitCode.SUCCESS)
@@ -281,9 +282,23 @@ def _no_candidate_message(outcome: search.SearchOutcome, ws: pipeline.Workspace)
                + ", ".join(f"{op} {s:.0%}" for op, s in list(ws.op_share.items())[:4])) + ")")
 
 
+def _unsearched(spec: OptimizationSpec) -> str:
+    """When a search pinned to one runtime promotes nothing: one line naming the installed runtimes it did not
+    search (no extra measurement)."""
+    pinned = spec.pinned_runtime
+    if pinned is None:
+        return ""
+    others = [r.name for r in runtimes.installed() if r.name != pinned and spec.target.device in r.devices]
+    if not others:
+        return ""
+    return (f"; runtime pinned to {pinned}; {', '.join(others)} {'is' if len(others) == 1 else 'are'} installed and "
+            f"{'was' if len(others) == 1 else 'were'} not searched: leave target.runtime unset or set auto to search "
+            f"{'it' if len(others) == 1 else 'them'}")
+
+
 def _why_runtime(outcome: search.SearchOutcome, spec: OptimizationSpec) -> str:
     """Under auto, one clause on why the chosen runtime won (its measured gain over the other runtimes' best)."""
-    if not spec.target.searches_runtimes or outcome.chosen is None:
+    if not spec.searches_runtimes or outcome.chosen is None:
         return ""
     chosen = outcome.trials[outcome.chosen]
     others = [t for t in outcome.trials if t.passed and t.runtime != chosen.runtime and t.gain is not None]
@@ -358,7 +373,7 @@ def _check_installed(spec: OptimizationSpec) -> None:
         if catalog.get(name).stage_of(config) == "torch":
             how = " (structured, or with finetune)" if name == "prune" else ""
             require_torch(f"technique '{name}'{how}", field=f"techniques[{i}]")
-    if not spec.target.searches_runtimes:
+    if not spec.searches_runtimes:
         runtimes.resolve(spec.target.runtime).require("this spec", field="target.runtime")
 
 
@@ -397,14 +412,17 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints, pro
                            evaluation_samples=evaluation.size, calibration_samples=calibration.size,
                            calibration_overlaps_evaluation=overlap, labels=dataset.labels is not None)
     op_share = _op_profile(source.onnx_path, evaluation, spec, progress) if spec.search else {}
+    searched = searched_runtimes(spec) if spec.search else []
     candidates = ((spec.search.candidates or default_candidates(source.format, source.metadata, spec.target,
-                                                                op_share)) if spec.search else [])
-    if spec.search and spec.target.searches_runtimes:
-        skipped = [r for r in runtimes.all_runtimes() if spec.target.device in r.devices
-                   and r not in searched_runtimes(spec.target)]
-        for r in skipped:
-            progress.info(f"WARNING: target.runtime auto, but {r.name} is not installed here (the slim image): "
-                          f"it is not searched (install the extra `{r.extra}`, or use the full image)")
+                                                                op_share, searched)) if spec.search else [])
+    if spec.search and spec.searches_runtimes:
+        progress.info(f"searching runtimes: {', '.join(r.name for r in searched)}"
+                      + ("" if spec.target.runtime else " (target.runtime unset: every installed runtime)"))
+        for name in spec.search_runtimes():
+            r = runtimes.get(name)
+            if r not in searched:
+                progress.info(f"WARNING: {r.name} is not installed here (the slim image): it is not searched "
+                              f"(install the extra `{r.extra}`, or use the full image)")
     steps = spec.steps() + [s for c in candidates for s in c.steps()]
     train = (_training_rows(loaded, work, source.inputs, calibration, overlap, data_facts)
              if any(catalog.get(n).stage_of(c) == "torch" for n, c in steps)

@@ -264,6 +264,8 @@ def printer_columns() -> list[dict[str, Any]]:
          "description": "Baseline/optimized ratio of model file size."},
         {"name": "Accuracy drop", "type": "number", "jsonPath": ".status.result.accuracyDrop",
          "description": "Drop of the quality metric."},
+        {"name": "Runtime", "type": "string", "jsonPath": ".status.result.runtime",
+         "description": "The runtime serving the result (a search's choice when target.runtime is unset or auto)."},
         {"name": "Promoted", "type": "string", "jsonPath": ".status.promotedTo",
          "description": "Registry location of the promoted version."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

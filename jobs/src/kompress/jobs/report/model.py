@@ -149,6 +149,10 @@ class MetricsBlock(ReportPart):
     energy_per_inference_joules: float | None = None
     accuracy: float | None = None
     cosine_similarity: float | None = None
+    runtime: str | None = None
+    """The runtime that ran it (and, for the result, serves it)."""
+    precision: str | None = None
+    """The runtime's inference precision, for runtimes that take one."""
 
 
 class ResultBlock(MetricsBlock):
@@ -177,6 +181,7 @@ def metrics_block(m: VariantMetrics) -> dict[str, Any]:
         "energy_per_inference_joules": m.energy.joules_per_inference if m.energy else None,
         "accuracy": m.quality.accuracy,
         "cosine_similarity": fidelity.cosine_similarity_mean if fidelity else 1.0,
+        "runtime": m.runtime, "precision": m.precision,
     }
 
 

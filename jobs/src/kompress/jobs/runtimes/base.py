@@ -80,7 +80,8 @@ class Runtime:
     summary: ClassVar[str]
     """One line for the spec's description of target.runtime."""
     modules: ClassVar[tuple[str, ...]] = ()
-    """Python modules it needs (checked with find_spec, never imported to check)."""
+    """Python modules it needs, its own library first (checked with find_spec, never imported to check; the
+    memory probe loads the first before its baseline reading)."""
     extra: ClassVar[str] = ""
     """The kompress-jobs extra that installs them."""
     libraries: ClassVar[tuple[str, ...]] = ()

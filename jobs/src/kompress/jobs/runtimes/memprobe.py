@@ -42,8 +42,8 @@ def main(argv: list[str]) -> None:
     with np.load(feeds_path, allow_pickle=False) as npz:
         feeds = {k: npz[k] for k in npz.files}
     runtime = get(runtime_name)
-    for module in runtime.modules:  # the runtime's own libraries are loaded before the baseline reading
-        importlib.import_module(module)
+    if runtime.modules:  # the runtime's own library is loaded before the baseline reading: it is not the model's
+        importlib.import_module(runtime.modules[0])
     gpu_before = _gpu_used_bytes() if device == "gpu" else None
     before = _status_kb("VmRSS")
     runtime.probe_memory(Path(model), feeds, SessionTarget(device, int(threads), precision[0] if precision else None))

@@ -13,32 +13,36 @@ from typing import Any
 from kompress.jobs.runtimes import registry as runtimes
 from kompress.jobs.runtimes.base import Runtime
 from kompress.jobs.runtimes.registry import Serving
-from kompress.jobs.spec.document import Candidate
+from kompress.jobs.spec.document import Candidate, OptimizationSpec
 from kompress.jobs.spec.sections import TargetSpec
 from kompress.jobs.techniques import catalog
 from kompress.jobs.techniques.traits import ModelTraits
 
 
-def searched_runtimes(target: TargetSpec) -> list[Runtime]:
-    """The runtimes a search tries: the target's, or (auto) every installed one that runs on its device
-    (an install without a runtime's extra, such as the slim image without OpenVINO, searches the others
-    rather than spending trials on errors; the runner says so)."""
-    if not target.searches_runtimes:
-        return [runtimes.resolve(target.runtime)]
-    return [r for r in runtimes.all_runtimes() if target.device in r.devices and (r.reference or r.installed())]
+def searched_runtimes(spec: OptimizationSpec) -> list[Runtime]:
+    """The runtimes a search tries: the one target.runtime names, or (auto, or unset) every installed one
+    that can serve the target (an install without a runtime's extra, such as the slim image without
+    OpenVINO, searches the others rather than spending trials on errors; the runner says so)."""
+    chosen = [runtimes.get(name) for name in spec.search_runtimes()]
+    if not spec.searches_runtimes:
+        return chosen
+    return [r for r in chosen if r.reference or r.installed()]
 
 
 def default_candidates(fmt: str, metadata: Mapping[str, str], target: TargetSpec,
-                       op_share: Mapping[str, float] | None = None) -> list[Candidate]:
+                       op_share: Mapping[str, float] | None = None,
+                       searched: list[Runtime] | None = None) -> list[Candidate]:
     """Built-in recipes for the model at hand and the runtimes searched: the catalog's recipes (INT8 variants
     for every model, FP16 too on a GPU, for Hugging Face transformers also layer distillation followed by
     fused INT8, for ONNX CNN/MLP models QAT) on runtimes that take them, and each runtime's own (OpenVINO:
     NNCF's INT8, bf16 on CPUs that compute in it, the original at f32 when choosing between runtimes). A
-    recipe that fails validation is an error here, never silently dropped."""
+    recipe that fails validation is an error here, never silently dropped. `searched`: the runtimes the
+    search chooses among (default: the one the target names, or the reference runtime)."""
     traits = ModelTraits(fmt, metadata, target.device, op_share or {})
-    pinned = target.searches_runtimes
+    searched = searched or [runtimes.resolve(target.runtime)]
+    pinned = len(searched) > 1 or target.runtime == runtimes.AUTO
     out: list[dict[str, Any]] = []
-    for runtime in searched_runtimes(target):
+    for runtime in searched:
         on = {"runtime": runtime.name} if pinned else {}
         if runtime.catalog_recipes:
             out += [{"name": name, "techniques": steps, **on} for name, steps in catalog.recipes(traits)]

@@ -165,6 +165,27 @@ class OptimizationSpec(SpecModel):
         """The fixed pipeline's steps (empty for a search)."""
         return [step_name_and_config(s) for s in self.techniques or []]
 
+    def search_runtimes(self) -> list[str]:
+        """The runtimes a search chooses among: target.runtime when it names one; for auto, or a search with
+        target.runtime unset, every registered runtime that runs on the target's device (and writes
+        spec.export's format, when one is asked). A fixed pipeline: the runtime that serves it."""
+        target = self.target
+        if self.search is None or target.runtime not in (None, runtimes.AUTO):
+            return [runtimes.resolve(target.runtime).name]
+        return [r.name for r in runtimes.all_runtimes() if target.device in r.devices
+                and (self.export is None or self.export.format in r.exports)]
+
+    @property
+    def searches_runtimes(self) -> bool:
+        """A search that chooses the runtime (auto, or target.runtime unset with more than one runtime able to
+        serve the target)."""
+        return self.target.runtime == runtimes.AUTO or len(self.search_runtimes()) > 1
+
+    @property
+    def pinned_runtime(self) -> str | None:
+        """The runtime target.runtime names (None when it is unset or auto)."""
+        return None if self.target.runtime in (None, runtimes.AUTO) else self.target.runtime
+
 
 def check_runtimes(spec: OptimizationSpec) -> None:
     """Every step runs on the runtime that will serve it (a step that writes a graph dialect the runtime does
@@ -172,7 +193,8 @@ def check_runtimes(spec: OptimizationSpec) -> None:
     device, the precision and the export. Asks the runtime registry; names no runtime."""
     target = spec.target
     runtime = runtimes.resolve(target.runtime)
-    if target.searches_runtimes:
+    searches = spec.searches_runtimes
+    if target.runtime == runtimes.AUTO:
         on_device = [r.name for r in runtimes.all_runtimes() if target.device in r.devices]
         if len(on_device) < 2:
             raise ValueError(f"target.runtime auto searches across runtimes, but only {', '.join(on_device)} runs "
@@ -184,7 +206,7 @@ def check_runtimes(spec: OptimizationSpec) -> None:
         serve = [r.name for r in runtimes.all_runtimes() if target.device in r.devices]
         raise ValueError(f"target.runtime {runtime.name} does not run on a {target.device} target (a "
                          f"{target.device} target runs {' or '.join(serve)})")
-    if target.precision is not None and not target.searches_runtimes and not runtime.precisions:
+    if target.precision is not None and not searches and not runtime.precisions:
         raise ValueError(f"target.precision is a runtime's inference precision; {runtime.name} runs the graph's "
                          "own types (use the fp16 technique, or a runtime with precisions: "
                          + ", ".join(r.name for r in runtimes.all_runtimes() if r.precisions) + ")")
@@ -200,16 +222,20 @@ def check_runtimes(spec: OptimizationSpec) -> None:
                  [(f"search.candidates[{i}].techniques", c.steps(), c.serving(target))
                   for i, c in enumerate(candidates)])
     for where, steps, serving in pipelines:
-        if not target.searches_runtimes and serving.runtime != runtime.name:
+        if not searches and serving.runtime != runtime.name:
             raise ValueError(f"{where.removesuffix('.techniques')}.runtime {serving.runtime} differs from "
-                             f"target.runtime {runtime.name} (set target.runtime auto to search across runtimes)")
+                             f"target.runtime {runtime.name} (set target.runtime auto, or leave it unset, to search "
+                             "across runtimes)")
+        if searches and serving.runtime not in spec.search_runtimes():
+            raise ValueError(f"{where.removesuffix('.techniques')}.runtime {serving.runtime} cannot serve this "
+                             f"target (the runtimes searched: {', '.join(spec.search_runtimes())})")
         for i, (name, config) in enumerate(steps):
             dialect = catalog.get(name).writes_of(config)
             if dialect not in runtimes.get(serving.runtime).reads:
                 readers = sorted(r.name for r in runtimes.all_runtimes() if dialect in r.reads)
                 raise ValueError(f"{where}[{i}] {name} writes a graph only {' or '.join(readers)} runs, "
                                  f"but this pipeline is served by {serving.runtime}")
-    if spec.export is not None and (target.searches_runtimes or spec.export.format not in runtime.exports):
+    if spec.export is not None and spec.export.format not in runtime.exports and not searches:
         writers = sorted(r.name for r in runtimes.all_runtimes() if spec.export.format in r.exports)
         raise ValueError(f"export format {spec.export.format} is written by {' or '.join(writers)}; "
                          f"target.runtime is {target.runtime or runtime.name}")

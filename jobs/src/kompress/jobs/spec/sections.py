@@ -124,9 +124,10 @@ class TargetSpec(SpecModel):
     """Where the model will be served and measured."""
     runtime: RuntimeChoice | None = None
     """Inference runtime the model is measured, gated and served with, one of the registered runtimes:
-    onnxruntime (CPU or CUDA; the default), openvino (CPU; served as an OpenVINO IR), or auto (a search only:
-    each candidate names its runtime, the best that passes every gate wins; the baseline is the original on
-    the reference runtime, ONNX Runtime)."""
+    onnxruntime (CPU or CUDA), openvino (CPU; served as an OpenVINO IR), or auto (a search only: each
+    candidate names its runtime, the best that passes every gate wins; the baseline is the original on the
+    reference runtime, ONNX Runtime). Unset: a search tries every installed runtime that runs on the target's
+    device (as auto), a fixed pipeline runs on onnxruntime. Named: pinned to that runtime."""
     precision: PrecisionName | None = None
     """The runtime's inference precision, for runtimes that take one (OpenVINO's INFERENCE_PRECISION_HINT;
     default f32): f32 computes what the graph says; bf16 is OpenVINO's default on CPUs with AMX or
@@ -144,11 +145,6 @@ class TargetSpec(SpecModel):
     """Timed runs per variant (interleaved in rounds between baseline and optimized)."""
     energy: EnergySpec = EnergySpec()
     """How energy is measured."""
-
-    @property
-    def searches_runtimes(self) -> bool:
-        """target.runtime auto: a search chooses the runtime."""
-        return self.runtime == runtimes.AUTO
 
     def serving(self) -> Serving:
         """How the target serves a model unless a search candidate says otherwise (unset or auto: the
