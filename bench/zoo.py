@@ -96,14 +96,12 @@ ACCURACY_GATE = {"maxAccuracyDrop": 0.01}
 
 
 def cpu_name() -> str:
-    """The CPU the figures were measured on (latency ratios differ by microarchitecture, e.g. VNNI)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU the figures were measured on, with the flags that change which kernels are fast (latency ratios
+    differ by microarchitecture: VNNI, AVX512-BF16, AMX), whatever its model name says."""
+    from kompress.jobs.cpu import cpu_model, notable_flags
+
+    flags = " ".join(notable_flags()) or "no VNNI/BF16/AMX"
+    return f"{cpu_model() or platform.processor() or platform.machine()} ({flags})"
 
 
 def data_files(data: Path, models: list[str]) -> list[Path]:
@@ -300,7 +298,10 @@ def run_model(name: str, data: Path, work: Path, registry: Path, timeout: float,
         print(f"{name}: skipped, {skip}", file=sys.stderr, flush=True)
         return {"model": name, "outcome": "skipped", "exitCode": None, "wallSeconds": None, "message": skip}
     doc = zoo_spec(zoo, data, registry) if zoo else example_spec(name, registry)
-    doc["spec"]["target"]["runtime"] = runtime
+    if runtime == "unset":  # what a new user's `search: {}` gets: every installed runtime is searched
+        doc["spec"]["target"].pop("runtime", None)
+    else:
+        doc["spec"]["target"]["runtime"] = runtime
     spec_file = work / f"{name}.yaml"
     spec_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"{name}: kompress run {spec_file} ...", file=sys.stderr, flush=True)
@@ -320,8 +321,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zoo.json")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per kompress run")
     parser.add_argument("--keep", type=Path, help="keep specs, run outputs and the registry here")
-    parser.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino", "auto"],
-                        help="target.runtime of every spec (auto: the search also tries OpenVINO's recipes)")
+    parser.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino", "auto", "unset"],
+                        help="target.runtime of every spec (auto, or unset as a new user leaves it: the search "
+                             "also tries OpenVINO's recipes)")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in DEFAULT_MODELS]
