@@ -1,4 +1,4 @@
-"""Rendering a run's report: report.json (the typed contract of report_model), report.html (for people,
+"""Rendering a run's report: report.json (the typed contract of report.model), report.html (for people,
 with a plot), the compact summary for a Job's termination message, and the console table."""
 
 from __future__ import annotations

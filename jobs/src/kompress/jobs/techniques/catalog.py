@@ -166,7 +166,7 @@ def _prune_gain(config: PruneConfig, objective: str, model: ModelTraits) -> floa
     return 1.0 / max(0.05, 1.0 - 0.7 * config.sparsity)
 
 
-# No built-in candidates: the recipes search.py listed ("ffn-pruned-25%+int8", "ffn-pruned-50%+int8",
+# No built-in candidates: the recipes the search once listed ("ffn-pruned-25%+int8", "ffn-pruned-50%+int8",
 # "channels-pruned-50%+int8-static") never ran, because '%' fails Candidate's name pattern and the candidate was
 # dropped without a word. Adding them (under valid names) adds pruning trials with recovery training to every
 # default search: a behaviour change, left for a deliberate decision.
