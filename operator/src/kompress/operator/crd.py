@@ -34,7 +34,7 @@ import yaml
 from kompress.jobs.spec.base import GROUP, KIND, PLURAL, SHORT_NAME, VERSION
 from kompress.jobs.spec.document import OptimizationSpec, TechniqueStep
 from kompress.jobs.techniques import catalog as techniques
-from kompress.operator.status import FALLBACK_DESCRIPTIONS, ModelOptimizationStatus
+from kompress.operator.status import ModelOptimizationStatus
 
 SINGULAR = "modeloptimization"
 SHORT_NAMES = [SHORT_NAME]
@@ -234,15 +234,8 @@ def status_schema() -> dict[str, Any]:
 
     Status is observed state: no defaults (the apiserver would write them into every status), and no
     ``x-kubernetes-preserve-unknown-fields`` (every field the operator writes is typed). The engine's flat
-    blocks get a description from ``status.FALLBACK_DESCRIPTIONS`` only where the engine's model has none."""
+    blocks carry their own descriptions (attribute docstrings in its report model)."""
     raw = ModelOptimizationStatus.model_json_schema(by_alias=True)
-    for name, descriptions in FALLBACK_DESCRIPTIONS.items():
-        props = raw["$defs"][name]["properties"]
-        unknown = set(descriptions) - set(props)
-        if unknown:
-            raise CRDSchemaError(f"status: FALLBACK_DESCRIPTIONS[{name!r}] names unknown fields {sorted(unknown)}")
-        for field, text in descriptions.items():
-            props[field].setdefault("description", text)
     return _Converter(raw, defaults=False).convert(raw, "status")
 
 

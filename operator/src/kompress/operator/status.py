@@ -22,38 +22,6 @@ from kompress.jobs.report.model import MetricsBlock, ResultBlock
 
 Phase = Literal["Pending", "Running", "Evaluating", "Succeeded", "Rejected", "Failed"]
 
-# Descriptions of the engine's flat blocks, for fields the engine's report model leaves without a docstring
-# (crd.status_schema uses one only where the engine gives none: a docstring there wins).
-METRIC_DESCRIPTIONS: dict[str, str] = {
-    "latencyP50Seconds": "Median latency at target.batchSize.",
-    "latencyP95Seconds": "95th-percentile latency.",
-    "latencyP99Seconds": "99th-percentile latency.",
-    "throughputPerSecond": "Inferences per second at target.throughputBatchSize.",
-    "sizeBytes": "Size of the model file(s).",
-    "peakMemoryBytes": "Peak memory to load and run the model.",
-    "energyPerInferenceJoules": "Energy per inference (see result.energyMethod).",
-    "accuracy": "Accuracy on the labelled evaluation set.",
-    "cosineSimilarity": "Mean cosine similarity of the outputs to the baseline's (1 for the baseline itself).",
-}
-RESULT_DESCRIPTIONS: dict[str, str] = {
-    "speedup": "Baseline/optimized ratio of median latency.",
-    "speedupSpread": "The measurement's noise on speedup: half the interquartile range of the per-round latency "
-    "ratios.",
-    "sizeReduction": "Baseline/optimized ratio of model file size.",
-    "energyReduction": "Baseline/optimized ratio of energy per inference.",
-    "accuracyDrop": "Drop of the quality metric (see qualityMetric).",
-    "qualityMetric": "What accuracyDrop is the drop of: accuracy (labels), top1Agreement (a classifier without "
-    "labels) or cosineSimilarityMean.",
-    "energyMethod": "How energy was measured: rapl, nvml or estimate.",
-    "runEnergyJoules": "Energy of the whole optimization run (same method).",
-    "durationSeconds": "Wall time of the whole optimization run.",
-}
-FALLBACK_DESCRIPTIONS: dict[str, dict[str, str]] = {
-    MetricsBlock.__name__: METRIC_DESCRIPTIONS,
-    ResultBlock.__name__: METRIC_DESCRIPTIONS | RESULT_DESCRIPTIONS,
-}
-
-
 class StatusPart(BaseModel):
     """camelCase in the resource, snake_case in Python; unknown fields are an error."""
 

@@ -141,14 +141,23 @@ class MetricsBlock(ReportPart):
     """One variant in the flat form the resource's status, the gates and Prometheus read."""
 
     latency_p50_seconds: float | None = None
+    """Median latency at target.batchSize."""
     latency_p95_seconds: float | None = None
+    """95th-percentile latency."""
     latency_p99_seconds: float | None = None
+    """99th-percentile latency."""
     throughput_per_second: float | None = None
+    """Inferences per second at target.throughputBatchSize."""
     size_bytes: int | None = None
+    """Size of the model file(s)."""
     peak_memory_bytes: int | None = None
+    """Peak memory to load and run the model."""
     energy_per_inference_joules: float | None = None
+    """Energy per inference (see result.energyMethod)."""
     accuracy: float | None = None
+    """Accuracy on the labelled evaluation set."""
     cosine_similarity: float | None = None
+    """Mean cosine similarity of the outputs to the baseline's (1 for the baseline itself)."""
     runtime: str | None = None
     """The runtime that ran it (and, for the result, serves it)."""
     precision: str | None = None
@@ -159,14 +168,24 @@ class ResultBlock(MetricsBlock):
     """The optimized variant's block plus the comparison and the run's own cost."""
 
     speedup: float | None = None
+    """Baseline/optimized ratio of median latency."""
     speedup_spread: float | None = None
+    """The measurement's noise on speedup: half the interquartile range of the per-round latency ratios."""
     size_reduction: float | None = None
+    """Baseline/optimized ratio of model file size."""
     energy_reduction: float | None = None
+    """Baseline/optimized ratio of energy per inference."""
     accuracy_drop: float | None = None
+    """Drop of the quality metric (see qualityMetric)."""
     quality_metric: str | None = None
+    """What accuracyDrop is the drop of, the task's metric: accuracy (labels), top1Agreement (a classifier
+    without labels), cosineSimilarityMean, ..."""
     energy_method: str | None = None
+    """How energy was measured: rapl, nvml or estimate."""
     run_energy_joules: float | None = None
+    """Energy of the whole optimization run (same method)."""
     duration_seconds: float | None = None
+    """Wall time of the whole optimization run."""
 
 
 def metrics_block(m: VariantMetrics) -> dict[str, Any]:
