@@ -6,7 +6,6 @@ into a local registry) without any other file knowing either name."""
 from __future__ import annotations
 
 import resource
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +118,6 @@ def test_a_registered_runtime_and_task_run_a_pipeline(plugins: tuple[OnnxReferen
     doc["spec"]["gates"] = {"noRegression": False, "maxAccuracyDrop": 0.05, "minSizeReduction": 2.0}
     doc["spec"]["promotion"]["registry"] = str(tmp_path / "registry")
     loaded = parse_document(doc)
-    started = time.perf_counter()
     result = runner.run(loaded, tmp_path / "out", quiet=True)
     report = result.report
     assert result.exit_code == 0, report.message
@@ -136,7 +134,6 @@ def test_a_registered_runtime_and_task_run_a_pipeline(plugins: tuple[OnnxReferen
     config = (tmp_path / "registry" / "digits" / "config.pbtxt").read_text()
     assert 'backend: "python"' in config  # the runtime's own serving layout
     assert (tmp_path / "registry" / "digits" / "1" / "model.onnx").exists()
-    assert time.perf_counter() - started < 300
 
 
 def test_the_spec_accepts_registered_names_only(plugins: tuple[OnnxReference, Probabilities]) -> None:

@@ -84,7 +84,6 @@ class Optimized:
     model: Path
     steps: list[StepReport]
     serving: Serving
-    search: SearchReport | None = None
 
 
 @dataclass
@@ -251,7 +250,7 @@ def _run(record: RunRecord, work: Path, output_dir: Path, output_uri: str | None
         if outcome.model is None:  # every candidate failed, or none applies: the original stays
             record.promotion = PromotionResult(promoted=False, reason="no candidate")
             return Ending("rejected", _no_candidate_message(outcome, ws) + _unsearched(spec), ExitCode.GATES_REJECTED)
-        record.optimized = Optimized(outcome.model, outcome.steps, outcome.serving, record.search)
+        record.optimized = Optimized(outcome.model, outcome.steps, outcome.serving)
         progress.info(f"search chose {outcome.trials[outcome.chosen or 0].name} on {outcome.serving.label} "
                       f"({outcome.stopped}){_why_runtime(outcome, spec)}")
 
@@ -487,8 +486,8 @@ def _write_outputs(record: RunRecord, output_dir: Path, output_uri: str | None,
     search_plot = (_try_plot("search plot", lambda: report_plot.search_plot(report.search.trials,  # type: ignore[union-attr]
                                                                             output_dir / "search.png"))
                    if report.search else None)
-    model = next((output_dir / n for n in model_outputs() if n.endswith((".xml", ".onnx"))
-                  and (output_dir / n).exists()), None) if report.optimized else None
+    graphs = dict.fromkeys(r.layout.graph for r in runtimes.all_runtimes())
+    model = next((output_dir / n for n in graphs if (output_dir / n).exists()), None) if report.optimized else None
     base = output_uri.rstrip("/") if output_uri else None
 
     def where(f: Path) -> str:

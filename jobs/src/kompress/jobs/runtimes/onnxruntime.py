@@ -10,7 +10,7 @@ import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +58,6 @@ class OnnxRuntime(Runtime):
     reference = True
     catalog_recipes = True
     static_quantizer = "onnxruntime"
-    EXPORT_FILES: ClassVar[tuple[str, ...]] = ort_export.ORT_FILES
 
     def open(self, path: Path, target: SessionTarget, *, profile_prefix: str | None = None) -> Session:
         """A session on the target's device and threads; a graph ONNX Runtime refuses is a clear error naming

@@ -6,58 +6,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kompress.jobs.errors import InvalidInputError
+from kompress.jobs.plugins import Registry
 from kompress.jobs.runtimes import onnxruntime, openvino
 from kompress.jobs.runtimes.base import Runtime
 
 AUTO = "auto"
 """target.runtime auto: a search chooses among every installed runtime that can serve the model."""
 
-BUILTIN: tuple[Runtime, ...] = (onnxruntime.RUNTIME, openvino.RUNTIME)
-_REGISTRY: dict[str, Runtime] = {}
+_RUNTIMES: Registry[Runtime] = Registry("runtime", "target.runtime", (onnxruntime.RUNTIME, openvino.RUNTIME))
+unregister, names, get, all_runtimes = _RUNTIMES.unregister, _RUNTIMES.names, _RUNTIMES.get, _RUNTIMES.all
 
 
 def register(runtime: Runtime) -> Runtime:
-    """Add a runtime (a name already registered is replaced: a test's fake, or a plugin's override)."""
-    if runtime.reference and any(r.reference and r.name != runtime.name for r in _REGISTRY.values()):
+    """Add a runtime (a name already registered is replaced: a test's fake, or a plugin's override); there is
+    one reference runtime."""
+    if runtime.reference and any(r.reference and r.name != runtime.name for r in all_runtimes()):
         raise ValueError(f"runtime {runtime.name} claims to be the reference, but one is registered already")
-    _REGISTRY[runtime.name] = runtime
-    return runtime
-
-
-def unregister(name: str) -> None:
-    if name in {r.name for r in BUILTIN}:
-        raise ValueError(f"{name} is a built-in runtime")
-    _REGISTRY.pop(name, None)
-
-
-for _runtime in BUILTIN:
-    register(_runtime)
-
-
-def names() -> list[str]:
-    return list(_REGISTRY)
-
-
-def get(name: str) -> Runtime:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise InvalidInputError(f"unknown runtime {name!r}; registered runtimes: {', '.join(_REGISTRY)}",
-                                field="target.runtime") from None
-
-
-def all_runtimes() -> list[Runtime]:
-    return list(_REGISTRY.values())
+    return _RUNTIMES.register(runtime)
 
 
 def reference() -> Runtime:
     """The runtime a baseline is measured with unless the spec names another (ONNX Runtime)."""
-    return next(r for r in _REGISTRY.values() if r.reference)
+    return next(r for r in all_runtimes() if r.reference)
 
 
 def installed() -> list[Runtime]:
-    return [r for r in _REGISTRY.values() if r.installed()]
+    return [r for r in all_runtimes() if r.installed()]
 
 
 def resolve(name: str | None) -> Runtime:

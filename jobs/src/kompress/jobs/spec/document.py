@@ -193,7 +193,7 @@ def check_runtimes(spec: OptimizationSpec) -> None:
     device, the precision and the export. Asks the runtime registry; names no runtime."""
     target = spec.target
     runtime = runtimes.resolve(target.runtime)
-    searches = spec.searches_runtimes
+    searched, searches = spec.search_runtimes(), spec.searches_runtimes
     if target.runtime == runtimes.AUTO:
         on_device = [r.name for r in runtimes.all_runtimes() if target.device in r.devices]
         if len(on_device) < 2:
@@ -226,9 +226,9 @@ def check_runtimes(spec: OptimizationSpec) -> None:
             raise ValueError(f"{where.removesuffix('.techniques')}.runtime {serving.runtime} differs from "
                              f"target.runtime {runtime.name} (set target.runtime auto, or leave it unset, to search "
                              "across runtimes)")
-        if searches and serving.runtime not in spec.search_runtimes():
+        if searches and serving.runtime not in searched:
             raise ValueError(f"{where.removesuffix('.techniques')}.runtime {serving.runtime} cannot serve this "
-                             f"target (the runtimes searched: {', '.join(spec.search_runtimes())})")
+                             f"target (the runtimes searched: {', '.join(searched)})")
         for i, (name, config) in enumerate(steps):
             dialect = catalog.get(name).writes_of(config)
             if dialect not in runtimes.get(serving.runtime).reads:

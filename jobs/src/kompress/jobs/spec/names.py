@@ -57,11 +57,7 @@ def _quantizers() -> list[str]:
     return ["auto", *dict.fromkeys(r.static_quantizer for r in runtimes.all_runtimes())]
 
 
-def _runtime_names() -> list[str]:
-    return runtimes.names()
-
-
-RuntimeName = Annotated[str, RegisteredName("runtime", _runtime_names)]
+RuntimeName = Annotated[str, RegisteredName("runtime", runtimes.names)]
 RuntimeChoice = Annotated[str, RegisteredName("runtime", _runtime_choices)]
 """A registered runtime, or auto."""
 TaskName = Annotated[str, RegisteredName("task", tasks.names)]
@@ -69,10 +65,3 @@ PrecisionName = Annotated[str, RegisteredName("precision", _precisions)]
 ExportFormat = Annotated[str, RegisteredName("export format", _exports)]
 QuantizerName = Annotated[str, RegisteredName("quantize backend", _quantizers)]
 
-
-def runtime_summaries() -> str:
-    return "; ".join(f"{r.name}: {r.summary}" for r in runtimes.all_runtimes())
-
-
-def task_summaries() -> str:
-    return "; ".join(f"{t.name}: {t.summary}" for t in tasks.all_tasks())
