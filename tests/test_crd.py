@@ -163,12 +163,13 @@ def test_required_and_optional_fields(spec: dict[str, Any]) -> None:
         in spec["x-kubernetes-validations"]
     props = spec["properties"]
     assert props["model"]["required"] == ["uri"]
-    assert props["model"]["properties"]["format"]["enum"] == ["onnx", "huggingface", "torch-export"]
+    assert props["model"]["properties"]["format"]["enum"] == ["onnx", "huggingface", "torch-export", "gguf"]
     assert "required" not in props["gates"]
     assert props["promotion"]["required"] == ["registry", "modelName"]
     assert props["promotion"]["properties"]["approved"] == {
         **props["promotion"]["properties"]["approved"], "type": "boolean", "default": False}
-    assert props["target"]["properties"]["runtime"]["enum"] == ["onnxruntime", "openvino", "auto"]
+    assert props["target"]["properties"]["runtime"]["enum"] == ["onnxruntime", "openvino", "onnxruntime-genai",
+                                                                 "openvino-genai", "auto"]
     assert props["resources"]["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string"}
 
 
@@ -221,11 +222,14 @@ def test_status_schema(root: dict[str, Any]) -> None:
     for name in ("startedAt", "finishedAt"):
         assert status[name]["format"] == "date-time", name
     metrics = {"latencyP50Seconds", "latencyP95Seconds", "latencyP99Seconds", "throughputPerSecond", "sizeBytes",
-               "peakMemoryBytes", "energyPerInferenceJoules", "accuracy", "cosineSimilarity", "runtime", "precision"}
+               "peakMemoryBytes", "energyPerInferenceJoules", "accuracy", "cosineSimilarity", "runtime", "precision",
+               # text-generation
+               "perplexity", "klDivergence", "tokenAgreement", "decodeTokensPerSecond", "timeToFirstTokenSeconds",
+               "energyPerTokenJoules"}
     assert set(status["baseline"]["properties"]) == metrics
     assert set(status["result"]["properties"]) == metrics | {
         "speedup", "speedupSpread", "sizeReduction", "energyReduction", "accuracyDrop", "qualityMetric",
-        "energyMethod", "runEnergyJoules", "durationSeconds"}
+        "energyMethod", "runEnergyJoules", "durationSeconds", "perplexityIncrease"}
     assert status["warnings"]["items"] == {"type": "string"}
     assert status["result"]["properties"]["sizeBytes"]["type"] == "integer"
     assert status["gates"]["properties"]["failures"]["items"] == {"type": "string"}
@@ -324,7 +328,9 @@ def test_crd_defaults_agree_with_pydantic(spec: dict[str, Any]) -> None:
         assert OptimizationSpec.model_validate(defaulted) == OptimizationSpec.model_validate(body), path.name
     required = {"distill": {"student": {"layers": 3}}}  # techniques whose config has a required field
     for name in techniques.names():
-        minimal = {"model": {"uri": "s3://m/x.onnx"}, "data": {"uri": "s3://d/x.npz"},
+        generative = techniques.get(name).stage == "generation"  # weightOnly: a causal language model's
+        minimal = {"model": {"uri": "s3://m/x.gguf", "task": "text-generation"} if generative
+                   else {"uri": "s3://m/x.onnx"}, "data": {"uri": "s3://d/x.npz"},
                    "techniques": [{name: required.get(name, {})}]}
         defaulted = crd.apply_defaults(spec, copy.deepcopy(minimal))
         assert defaulted["target"]["iterations"] == OptimizationSpec.model_validate(minimal).target.iterations

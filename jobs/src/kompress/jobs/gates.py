@@ -25,6 +25,8 @@ def comparison(baseline: VariantMetrics, optimized: VariantMetrics, task: Task) 
         energy_saved_ratio=1.0 - energies[1] / energies[0] if energies and energies[0] > 0 else None,
         memory_ratio=(optimized.peak_memory_bytes / baseline.peak_memory_bytes
                       if baseline.peak_memory_bytes and optimized.peak_memory_bytes else None),
+        perplexity_increase=(optimized.language.perplexity / baseline.language.perplexity - 1.0
+                             if optimized.language and baseline.language else None),
     )
 
 
@@ -37,6 +39,11 @@ GATE_FIELDS: dict[str, tuple[str, bool]] = {
     "maxLatencyP95Seconds": ("latency_p95_seconds", False),
     "maxEnergyPerInferenceJoules": ("energy_per_inference_joules", False),
     "maxPeakMemoryBytes": ("peak_memory_bytes", False),
+    "maxPerplexityIncrease": ("perplexity_increase", False),
+    "maxKLDivergence": ("kl_divergence", False),
+    "minTokenAgreement": ("token_agreement", True),
+    "minDecodeSpeedup": ("speedup", True),
+    "maxTimeToFirstTokenSeconds": ("time_to_first_token_seconds", False),
 }
 
 

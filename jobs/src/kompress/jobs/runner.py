@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kompress.jobs import cpu, gates
+from kompress.jobs import cpu, gates, generative_run
 from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure, require_torch
 from kompress.jobs.io import data as datamod
 from kompress.jobs.io import model_files, storage
@@ -58,6 +59,7 @@ from kompress.jobs.search import trials as search
 from kompress.jobs.search.candidates import default_candidates, searched_runtimes
 from kompress.jobs.spec.base import API_VERSION
 from kompress.jobs.spec.document import Candidate, LoadedSpec, OptimizationSpec
+from kompress.jobs.tasks import registry as tasks
 from kompress.jobs.techniques import catalog, pipeline
 
 SEED = 0
@@ -79,11 +81,12 @@ class Prepared:
 
 @dataclass
 class Optimized:
-    """What the fixed pipeline or the search produced: the model to measure, its steps, who serves it."""
+    """What the fixed pipeline or the search produced: the model to measure, its steps, who serves it (None:
+    a generative runtime, named in the final measurement's signature)."""
 
     model: Path
     steps: list[StepReport]
-    serving: Serving
+    serving: Serving | None
 
 
 @dataclass
@@ -119,6 +122,8 @@ class RunRecord:
     loaded: LoadedSpec
     started_at: str
     environment: Environment
+    model: ModelFacts | None = None
+    data: DataFacts | None = None
     prepared: Prepared | None = None
     search: SearchReport | None = None
     optimized: Optimized | None = None
@@ -149,7 +154,8 @@ def build_report(record: RunRecord, artifacts: Artifacts | None = None) -> Optim
         environment=record.environment, outcome=record.ending.outcome, message=record.ending.message,
         error_kind=record.ending.error_kind, finished_at=record.finished_at,
         duration_seconds=record.duration_seconds,
-        model=prepared.model if prepared else None, data=prepared.data if prepared else None,
+        model=record.model or (prepared.model if prepared else None),
+        data=record.data or (prepared.data if prepared else None),
         steps=steps, search=record.search,
         baseline=final.baseline if final else None, optimized=final.optimized if final else None,
         comparison=final.comparison if final else None, signature=final.signature if final else None,
@@ -238,8 +244,11 @@ def _run(record: RunRecord, work: Path, output_dir: Path, output_uri: str | None
     spec = loaded.spec
     checkpoints = Checkpoints(storage.open_store(output_uri, field="--output") if output_uri
                               else storage.LocalStore(output_dir))
+    if tasks.get(spec.model.task).generative:
+        return _run_generation(record, work, output_dir, progress, meter, options)
     _check_installed(spec)
     record.prepared = prepared = open_workspace(loaded, work, checkpoints, progress)
+    record.model, record.data = prepared.model, prepared.data
     ws = prepared.ws
     if spec.search is None:
         result = pipeline.apply(ws, spec.steps(), "pipeline", evaluate_steps=True, step_lines=True)
@@ -254,24 +263,74 @@ def _run(record: RunRecord, work: Path, output_dir: Path, output_uri: str | None
         progress.info(f"search chose {outcome.trials[outcome.chosen or 0].name} on {outcome.serving.label} "
                       f"({outcome.stopped}){_why_runtime(outcome, spec)}")
 
-    record.final = final = _measure_result(ws, record.optimized, work, meter, progress)
+    record.final = _measure_result(ws, record.optimized, work, meter, progress)
+    _judge(record, progress)
+    files = _write_model(record, output_dir, progress)
+    return _promote_and_end(record, files, options, progress)
+
+
+def _judge(record: RunRecord, progress: Progress) -> None:
+    """The gates on the final measurement, and the regressions said loudly even when the gates pass."""
+    assert record.final is not None
+    spec = record.loaded.spec
     progress.step("applying gates")
-    block = result_block(final.optimized, final.comparison)
+    block = result_block(record.final.optimized, record.final.comparison)
     record.judged = judged = Judged(gates.evaluate(spec.gates, block, spec.search.objective if spec.search else None),
                                     gates.regressions(block))
     for warning in judged.warnings:
         progress.info(f"WARNING: the optimized model is {warning}")
-    files = _write_model(record, output_dir, progress)
 
+
+def _promote_and_end(record: RunRecord, files: list[Path], options: Options, progress: Progress) -> Ending:
+    assert record.judged is not None
+    loaded, judged = record.loaded, record.judged
+    spec = loaded.spec
     progress.step("promoting")
     record.promotion = (_promote(loaded, build_report(record), files, options) if options.promote
                         else PromotionResult(promoted=False, reason="left to the caller (--no-promote)"))
     if not judged.gates.passed:
         return Ending("rejected", _rejection(record.search, judged.gates.failures)
-                      + (_unsearched(spec) if spec.search else ""), ExitCode.GATES_REJECTED)
+                      + (_unsearched(spec) if spec.search and not tasks.get(spec.model.task).generative else ""),
+                      ExitCode.GATES_REJECTED)
     promo = record.promotion
     return Ending("succeeded", f"promoted to {promo.uri}" if promo.uri
                   else f"gates passed; not promoted ({promo.reason})", ExitCode.SUCCESS)
+
+
+def _run_generation(record: RunRecord, work: Path, output_dir: Path, progress: Progress, meter: Meter,
+                    options: Options) -> Ending:
+    """text-generation: the generative stages (generative_run), then the same gates, report and promotion."""
+    result = generative_run.GenerationResult()
+    try:
+        generative_run.run(record.loaded.spec, work, progress, meter, result)
+    finally:
+        record.model, record.data, record.search = result.model, result.data, result.search
+    chosen, measured = result.chosen, result.measured
+    if chosen is None or measured is None or chosen.folder is None or result.signature is None:
+        record.promotion = PromotionResult(promoted=False, reason="no candidate")
+        return Ending("rejected", "no candidate passed every gate; nothing promoted (the original stays the best: "
+                      f"{result.message})", ExitCode.GATES_REJECTED)
+    record.optimized = Optimized(chosen.folder, result.steps, None)
+    record.final = FinalMeasurement(chosen.folder, measured.baseline, measured.candidate, measured.comparison,
+                                    result.signature)
+    _judge(record, progress)
+    files = _write_folder(record, output_dir)
+    return _promote_and_end(record, files, options, progress)
+
+
+SERVED_FOLDER = "model"
+"""A generative runtime's served folder inside the output folder."""
+
+
+def _write_folder(record: RunRecord, output_dir: Path) -> list[Path]:
+    """The served folder into <output>/model (a previous run's models are removed first); returns its files."""
+    assert record.final is not None
+    for name in model_outputs():
+        (output_dir / name).unlink(missing_ok=True)
+    target = output_dir / SERVED_FOLDER
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(record.final.served, target, symlinks=False)
+    return sorted(p for p in target.iterdir() if p.is_file())
 
 
 def _no_candidate_message(outcome: search.SearchOutcome, ws: pipeline.Workspace) -> str:
@@ -313,6 +372,7 @@ def _measure_result(ws: pipeline.Workspace, optimized: Optimized, work: Path, me
     """The final measurement of what will be served (the serving runtime's own file, written from the ONNX
     result), with the serving signature."""
     serving = optimized.serving
+    assert serving is not None
     progress.step(f"evaluating baseline ({ws.baseline.serving.label}) and optimized ({serving.label}) on "
                   f"{ws.evaluation.size} samples")
     ws.drop_torch_source()
@@ -338,6 +398,9 @@ def _write_model(record: RunRecord, output_dir: Path, progress: Progress) -> lis
     for name in model_outputs():
         (output_dir / name).unlink(missing_ok=True)
     serving = record.optimized.serving
+    assert serving is not None
+    for stale in (output_dir / SERVED_FOLDER,):
+        shutil.rmtree(stale, ignore_errors=True)
     final = model_files.copy_model(record.final.served, output_dir / serving.engine.layout.graph)
     exports: list[Path] = []
     export = record.prepared.ws.spec.export
@@ -486,16 +549,20 @@ def _write_outputs(record: RunRecord, output_dir: Path, output_uri: str | None,
     search_plot = (_try_plot("search plot", lambda: report_plot.search_plot(report.search.trials,  # type: ignore[union-attr]
                                                                             output_dir / "search.png"))
                    if report.search else None)
-    graphs = dict.fromkeys(r.layout.graph for r in runtimes.all_runtimes())
+    graphs = dict.fromkeys([*(r.layout.graph for r in runtimes.all_runtimes()), SERVED_FOLDER])
     model = next((output_dir / n for n in graphs if (output_dir / n).exists()), None) if report.optimized else None
     base = output_uri.rstrip("/") if output_uri else None
 
+    def rel(f: Path) -> str:
+        return f.relative_to(output_dir).as_posix() if f.is_relative_to(output_dir) else f.name
+
     def where(f: Path) -> str:
-        return f"{base}/{f.name}" if base else str(f)
+        return f"{base}/{rel(f)}" if base else str(f)
 
     files = {"model": model, "report_json": output_dir / "report.json", "report_html": output_dir / "report.html",
              "plot": plot_path, "search_plot": search_plot}
-    uploads = model_files.files_of(model) if model is not None else []
+    uploads = ([] if model is None else sorted(p for p in model.iterdir() if p.is_file()) if model.is_dir()
+               else model_files.files_of(model))
     exported = [Path(f) for f in report.export.files] if model is not None and report.export else []
     artifacts = Artifacts(**{k: where(f) for k, f in files.items() if f},
                           model_files=[where(f) for f in uploads], exports=[where(f) for f in exported])
@@ -507,7 +574,7 @@ def _write_outputs(record: RunRecord, output_dir: Path, output_uri: str | None,
         for f in [*uploads, *exported,
                   *(output_dir / n for n in ("report.png", "search.png", "report.html", "report.json"))]:
             if f.exists():
-                store.put_file(f.name, f)
+                store.put_file(rel(f), f)
     return report
 
 

@@ -26,6 +26,7 @@ from kompress.jobs.errors import InvalidInputError
 from kompress.jobs.io.data import InputSpec
 from kompress.jobs.io.storage import Store, is_s3, open_store
 from kompress.jobs.report.model import OptimizationReport, PromotionResult, TensorSpec
+from kompress.jobs.runtimes import genai_registry as generative
 from kompress.jobs.runtimes import registry as runtimes
 from kompress.jobs.spec.sections import PromotionSpec
 
@@ -174,9 +175,10 @@ def promote(registry_uri: str, model: str, model_sources: Sequence[str], manifes
         store.delete_tree(f"{model}/{version}")  # leftovers of an interrupted attempt at this claim
         store.publish(files, json.dumps(manifest, indent=2, sort_keys=True).encode(), MANIFEST,
                       f"{model}/{version}")
-    config = triton_config(model, inputs, outputs, runtime, precision).encode()
-    if store.read(f"{model}/config.pbtxt") != config:
-        store.write(f"{model}/config.pbtxt", config)
+    if runtime not in generative.names():  # a generative folder is served by its runtime's server, not Triton's
+        config = triton_config(model, inputs, outputs, runtime, precision).encode()
+        if store.read(f"{model}/config.pbtxt") != config:
+            store.write(f"{model}/config.pbtxt", config)
     return Promotion(f"{base}/{model}/{version}", version, created=True)
 
 
@@ -185,12 +187,13 @@ def version_files(sources: Sequence[str], runtime: str | None = None) -> dict[st
     (model.xml for OpenVINO); its companion (an ONNX model's external data, `*.data`; an IR's weights,
     `*.bin`) right after it is model.onnx.data (model.bin); any other file keeps its own name (exports:
     model.ort, required_operators.config)."""
-    layout = runtimes.resolve(runtime).layout
-    graph, companion, companion_suffix = layout.graph, layout.companion, layout.companion_suffix
+    folder = runtime in generative.names()  # a generative runtime's folder: every file keeps its name
+    layout = None if folder else runtimes.resolve(runtime).layout
     files: dict[str, str | Path] = {}
     for i, src in enumerate(sources):
         base = src.rstrip("/").rsplit("/", 1)[-1]
-        name = graph if i == 0 else companion if i == 1 and base.endswith(companion_suffix) else base
+        name = (base if layout is None else layout.graph if i == 0
+                else layout.companion if i == 1 and base.endswith(layout.companion_suffix) else base)
         if name in files or name == MANIFEST or not _SAFE_NAME.match(name):
             raise InvalidInputError(f"cannot promote {src!r} as {name!r} (a repeated or unsafe file name)",
                                     field="modelUri")
@@ -246,7 +249,8 @@ def promote_report(report: OptimizationReport, model_sources: Sequence[str], pro
         "target": spec.get("target"), "model": spec.get("model"), "resource": resource_uid,
         # a search across runtimes can choose the same steps on another runtime (onnxruntime keys stay as before)
         **({"serving": [report.signature.runtime, report.signature.precision]}
-           if not runtimes.get(report.signature.runtime).reference else {}),
+           if report.signature.runtime in generative.names()
+           or not runtimes.get(report.signature.runtime).reference else {}),
     })
     manifest = {
         "name": report.name, "resourceUid": resource_uid,
@@ -261,6 +265,15 @@ def promote_report(report: OptimizationReport, model_sources: Sequence[str], pro
         "serving": {"runtime": report.signature.runtime, "precision": report.signature.precision,
                     "format": report.signature.format},
     }
+    if report.signature.runtime in generative.names():  # what a language model's weights went through
+        manifest["lineage"] = {
+            "sourcePrecision": report.model.metadata.get("sourcePrecision"),
+            "floatReference": report.model.metadata.get("floatReference", "the source's own weights"),
+            "calibrationText": {"uri": report.data.uri, "sha256": report.data.sha256,
+                                "documents": report.data.text.calibration_documents if report.data.text else []},
+            "weights": [s.config | {"technique": s.technique, **s.details} for s in report.steps]
+            or [{"technique": "none", "precision": report.signature.precision}],
+        }
     result = promote(promotion.registry, promotion.model_name, model_sources, manifest, key,
                      report.signature.inputs, report.signature.outputs, report.signature.runtime,
                      report.signature.precision)

@@ -69,6 +69,39 @@ class Quality(ReportPart):
     """Agreement with the baseline (absent for the baseline itself)."""
 
 
+class LanguageQuality(ReportPart):
+    """A causal language model's quality on the evaluation text: its own perplexity, and for a variant its
+    agreement with the float model on the same token ids."""
+
+    perplexity: float
+    """exp(mean negative log-likelihood of each next token) over non-overlapping evaluation windows."""
+    evaluation_tokens: int
+    """Tokens predicted (windows x (data.text.sequenceLength - 1))."""
+    kl_divergence_mean: float | None = None
+    """Mean KL divergence of the next-token distribution from the float model's (nats)."""
+    kl_divergence_p99: float | None = None
+    """99th percentile of the per-token KL divergence."""
+    token_agreement: float | None = None
+    """Share of positions whose top-1 next token is the float model's."""
+    continuation_agreement: float | None = None
+    """Greedy continuations of the timing prompts: mean share of new tokens generated before the first one
+    that differs from the float model's."""
+
+
+class GenerationSpeed(ReportPart):
+    """Greedy generation at batch 1, as served (median over rounds, interleaved with the baseline)."""
+
+    time_to_first_token_seconds: float
+    """From handing over the prompt to the first new token."""
+    decode_tokens_per_second: float
+    """New tokens after the first, per second."""
+    prompt_tokens: int
+    new_tokens: int
+    rounds: int
+    energy_per_token_joules: float | None = None
+    """Energy per generated token while decoding."""
+
+
 class Placement(ReportPart):
     nodes_by_provider: dict[str, int]
     cpu_ops: dict[str, int]
@@ -94,6 +127,11 @@ class VariantMetrics(ReportPart):
     precision: str | None = None
     """The inference precision the runtime actually compiled it with (f32, bf16, f16), for runtimes that take
     one."""
+    language: LanguageQuality | None = None
+    """text-generation: perplexity and agreement with the float model."""
+    generation: GenerationSpeed | None = None
+    """text-generation: time to first token and decode speed (latencySeconds holds the per-token decode
+    times)."""
 
 
 class Comparison(ReportPart):
@@ -115,6 +153,8 @@ class Comparison(ReportPart):
     throughput_ratio: float | None = None
     energy_saved_ratio: float | None = None
     memory_ratio: float | None = None
+    perplexity_increase: float | None = None
+    """text-generation: relative perplexity increase over the float model (0.05 = 5%)."""
 
 
 # ------------------------------------------------------------------------------------------------- gates
@@ -162,6 +202,18 @@ class MetricsBlock(ReportPart):
     """The runtime that ran it (and, for the result, serves it)."""
     precision: str | None = None
     """The runtime's inference precision, for runtimes that take one."""
+    perplexity: float | None = None
+    """text-generation: perplexity on the evaluation text."""
+    kl_divergence: float | None = None
+    """text-generation: mean KL divergence of the next-token distributions from the float model's."""
+    token_agreement: float | None = None
+    """text-generation: share of positions whose top-1 next token is the float model's."""
+    decode_tokens_per_second: float | None = None
+    """text-generation: median decode speed at batch 1."""
+    time_to_first_token_seconds: float | None = None
+    """text-generation: median time to the first token at target.generation.promptTokens."""
+    energy_per_token_joules: float | None = None
+    """text-generation: energy per generated token."""
 
 
 class ResultBlock(MetricsBlock):
@@ -177,6 +229,8 @@ class ResultBlock(MetricsBlock):
     """Baseline/optimized ratio of energy per inference."""
     accuracy_drop: float | None = None
     """Drop of the quality metric (see qualityMetric)."""
+    perplexity_increase: float | None = None
+    """text-generation: relative perplexity increase over the float model."""
     quality_metric: str | None = None
     """What accuracyDrop is the drop of, the task's metric: accuracy (labels), top1Agreement (a classifier
     without labels), cosineSimilarityMean, ..."""
@@ -201,7 +255,21 @@ def metrics_block(m: VariantMetrics) -> dict[str, Any]:
         "accuracy": m.quality.accuracy,
         "cosine_similarity": fidelity.cosine_similarity_mean if fidelity else 1.0,
         "runtime": m.runtime, "precision": m.precision,
+        **_language_block(m),
     }
+
+
+def _language_block(m: VariantMetrics) -> dict[str, Any]:
+    lang, gen = m.language, m.generation
+    if lang is None and gen is None:
+        return {}
+    return {"perplexity": lang.perplexity if lang else None,
+            "kl_divergence": lang.kl_divergence_mean if lang else None,
+            "token_agreement": lang.token_agreement if lang else None,
+            "decode_tokens_per_second": gen.decode_tokens_per_second if gen else None,
+            "time_to_first_token_seconds": gen.time_to_first_token_seconds if gen else None,
+            "energy_per_token_joules": gen.energy_per_token_joules if gen else None,
+            "cosine_similarity": None}
 
 
 def result_block(m: VariantMetrics, cmp: Comparison, *, run_energy_joules: float | None = None,
@@ -209,6 +277,7 @@ def result_block(m: VariantMetrics, cmp: Comparison, *, run_energy_joules: float
     return ResultBlock(**metrics_block(m), speedup=cmp.speedup, speedup_spread=cmp.speedup_spread,
                        size_reduction=cmp.size_reduction, energy_reduction=cmp.energy_reduction,
                        accuracy_drop=cmp.accuracy_drop, quality_metric=cmp.quality_metric,
+                       perplexity_increase=cmp.perplexity_increase,
                        energy_method=m.energy.method if m.energy else None,
                        run_energy_joules=run_energy_joules, duration_seconds=duration_seconds)
 
@@ -220,7 +289,7 @@ class StepReport(ReportPart):
     """One technique step of a pipeline: what it cost, and (when evaluated) what it bought."""
 
     technique: str
-    stage: Literal["onnx", "torch"]
+    stage: Literal["onnx", "torch", "generation"]
     config: dict[str, Any]
     duration_seconds: float
     size_bytes: int | None = None
@@ -295,6 +364,18 @@ class ModelFacts(ReportPart):
     metadata: dict[str, str] = {}
 
 
+class TextFacts(ReportPart):
+    """text-generation: which documents calibrated and which evaluated (never the same), in tokens."""
+
+    calibration_documents: list[str]
+    evaluation_documents: list[str]
+    calibration_tokens: int
+    evaluation_tokens: int
+    sequence_length: int
+    tokenizer_adds_special_tokens: bool = False
+    """Whether BOS/EOS were added to the windows (no: the text's own tokens only)."""
+
+
 class DataFacts(ReportPart):
     uri: str
     sha256: str
@@ -306,6 +387,8 @@ class DataFacts(ReportPart):
     train_uri: str | None = None
     train_sha256: str | None = None
     train_samples: int | None = None
+    text: TextFacts | None = None
+    """text-generation: the calibration/evaluation split of the text."""
 
 
 class Environment(ReportPart):

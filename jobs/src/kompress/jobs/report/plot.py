@@ -4,6 +4,7 @@ it lives apart from the light report code the operator reads), and the search's 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kompress.jobs.report.model import OptimizationReport, Trial
 
@@ -18,6 +19,8 @@ def plot(typed: OptimizationReport, path: Path) -> Path:
 
     report = typed.to_json()
     b, o = report["baseline"], report["optimized"]
+    if "generation" in o and "generation" in b:
+        return _plot_generation(report, path)
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
     colors = ["#8c8c8c", "#1f77b4"]
     qs = ["p50", "p95", "p99"]
@@ -49,11 +52,73 @@ def plot(typed: OptimizationReport, path: Path) -> Path:
     return path
 
 
+def _plot_generation(report: dict[str, Any], path: Path) -> Path:
+    """A language model: decode tokens/s, time to first token, size and perplexity, float vs optimized."""
+    import matplotlib.pyplot as plt
+
+    b, o = report["baseline"], report["optimized"]
+    panels = [
+        ("decode (tok/s, batch 1)", b["generation"]["decodeTokensPerSecond"], o["generation"]["decodeTokensPerSecond"]),
+        (f"time to first token (ms, {o['generation']['promptTokens']}-token prompt)",
+         b["generation"]["timeToFirstTokenSeconds"] * 1e3, o["generation"]["timeToFirstTokenSeconds"] * 1e3),
+        ("size (MB)", b["sizeBytes"] / 1e6, o["sizeBytes"] / 1e6),
+        ("perplexity", b["language"]["perplexity"], o["language"]["perplexity"]),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    for ax, (title, bv, ov) in zip(axes, panels, strict=True):
+        ax.bar(["float", "optimized"], [bv, ov], color=["#8c8c8c", "#1f77b4"])
+        ax.set_title(title, fontsize=9)
+        for i, v in enumerate((bv, ov)):
+            ax.annotate(f"{v:.4g}", (i, v), ha="center", va="bottom", fontsize=8)
+    cmp = report["comparison"]
+    fig.suptitle(f"{report['name']}: decode x{cmp['speedup']:.2f}, perplexity {cmp.get('perplexityIncrease', 0):+.1%}, "
+                 f"size x{cmp['sizeReduction']:.2f}, verdict {report['outcome']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _generation_search_plot(points: list[Trial], path: Path) -> Path:
+    """Perplexity increase against decode speedup (each over its runtime's float model) for every trial; the
+    runtimes' own default recipes (the peers' defaults) drawn as stars."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    xs = [t.metrics.speedup or 0.0 for t in points]  # type: ignore[union-attr]
+    ys = [100 * (t.metrics.perplexity_increase or 0.0) for t in points]  # type: ignore[union-attr]
+    for t, x, y in zip(points, xs, ys, strict=True):
+        color = "#2ca02c" if t.status == "passed" else "#d62728"
+        peer = "default" in t.name
+        ax.scatter([x], [y], s=160 if t.chosen or peer else 45, color=color, marker="*" if peer else "o",
+                   edgecolors="black" if t.chosen else "none", zorder=3)
+        ax.annotate(t.name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front, best = [], float("inf")
+    for x, y in sorted(zip(xs, ys, strict=True), key=lambda p: -p[0]):
+        if y < best:
+            front.append((x, y))
+            best = y
+    ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#888", zorder=1, label="Pareto front")
+    ax.set_xlabel("decode speedup over the float model (same runtime)")
+    ax.set_ylabel("perplexity increase (%)")
+    ax.set_title("trials (green: passes the gates; large: chosen; star: the runtime's default recipe)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def search_plot(trials: list[Trial], path: Path) -> Path | None:
     """Quality vs latency of every measured trial, the Pareto front drawn, the chosen one marked."""
     points = [t for t in trials if t.metrics]
     if not points:
         return None
+    if all(t.metrics and t.metrics.perplexity is not None for t in points):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        return _generation_search_plot(points, path)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -62,9 +62,38 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:.2f} ms"
 
 
+def _generation_rows(b: Any, o: Any) -> list[tuple[str, str, str]]:
+    """A language model's rows: decode speed and time to first token as served, perplexity and agreement with
+    the float model on the same tokens."""
+    bg, og, bl, ol = b.generation, o.generation, b.language, o.language
+    rows = [
+        ("runtime", _served(b), _served(o)),
+        ("decode (batch 1)", f"{bg.decode_tokens_per_second:.1f} tok/s", f"{og.decode_tokens_per_second:.1f} tok/s"),
+        (f"time to first token ({og.prompt_tokens}-token prompt)", _ms(bg.time_to_first_token_seconds),
+         _ms(og.time_to_first_token_seconds)),
+        ("size", _mb(b.size_bytes), _mb(o.size_bytes)),
+        ("peak memory while generating", _mb(b.peak_memory_bytes or 0), _mb(o.peak_memory_bytes or 0)),
+    ]
+    if bg.energy_per_token_joules is not None and og.energy_per_token_joules is not None:
+        rows.append((f"energy/token ({o.energy.method if o.energy else ''})", f"{bg.energy_per_token_joules:.4f} J",
+                     f"{og.energy_per_token_joules:.4f} J"))
+    rows += [
+        (f"perplexity ({ol.evaluation_tokens} tokens)", f"{bl.perplexity:.3f}", f"{ol.perplexity:.3f}"),
+        ("KL vs source (mean / p99)", f"{bl.kl_divergence_mean or 0:.2g}", f"{ol.kl_divergence_mean:.4f} / "
+         f"{ol.kl_divergence_p99:.3f}"),
+        ("top-1 token agreement", f"{bl.token_agreement or 1:.4f}", f"{ol.token_agreement:.4f}"),
+        (f"greedy continuation agreement ({og.new_tokens} tokens)", "1.000",
+         f"{ol.continuation_agreement or 0:.3f}"),
+    ]
+    return rows
+
+
 def table_rows(report: OptimizationReport) -> list[tuple[str, str, str]]:
     b, o = report.baseline, report.optimized
-    assert b is not None and o is not None and b.latency_seconds and o.latency_seconds
+    assert b is not None and o is not None
+    if o.generation is not None and o.language is not None and b.generation and b.language:
+        return _generation_rows(b, o)
+    assert b.latency_seconds and o.latency_seconds
     assert b.energy and o.energy and o.quality.fidelity
     fid = o.quality.fidelity
     rows = [

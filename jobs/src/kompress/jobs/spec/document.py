@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, create_model, model_validator
 from pydantic.alias_generators import to_snake
 
 from kompress.jobs.errors import InvalidInputError, SpecError
+from kompress.jobs.runtimes import genai_registry as generative
 from kompress.jobs.runtimes import registry as runtimes
 from kompress.jobs.runtimes.registry import Serving
 from kompress.jobs.spec.base import API_VERSION, KIND, NAME_PATTERN, SpecModel
@@ -29,6 +30,7 @@ from kompress.jobs.spec.sections import (
     SecretRef,
     TargetSpec,
 )
+from kompress.jobs.tasks import registry as tasks
 from kompress.jobs.techniques import catalog
 
 
@@ -89,7 +91,8 @@ class Candidate(SpecModel):
         if not self.techniques and self.runtime is None and self.precision is None:
             raise ValueError("a candidate applies techniques, or names the runtime (and precision) that serves "
                              "the original model")
-        if self.precision is not None and self.runtime is not None and not runtimes.get(self.runtime).precisions:
+        if (self.precision is not None and self.runtime is not None and self.runtime in runtimes.names()
+                and not runtimes.get(self.runtime).precisions):
             raise ValueError(f"precision is a runtime's inference precision; a {self.runtime} candidate runs the "
                              "graph's own types")
         check_stage_order([step_name_and_config(s) for s in self.techniques], "techniques")
@@ -187,10 +190,76 @@ class OptimizationSpec(SpecModel):
         return None if self.target.runtime in (None, runtimes.AUTO) else self.target.runtime
 
 
+def check_gates(spec: OptimizationSpec) -> None:
+    """A quality gate belongs to the tasks that measure its metric (maxKLDivergence to text-generation,
+    minCosineSimilarity to the output-comparing tasks)."""
+    task = tasks.get(spec.model.task)
+    set_gates = {k for k, v in spec.gates.model_dump(by_alias=True).items() if v is not None and v is not False}
+    quality = {g for t in tasks.all_tasks() for g in t.gates}
+    for gate in sorted((set_gates & quality) - task.gates):
+        owners = sorted(t.name for t in tasks.all_tasks() if gate in t.gates)
+        raise ValueError(f"gates.{gate} applies to task {' or '.join(owners)}; model.task is {task.name} (its "
+                         f"quality gates: {', '.join(sorted(task.gates))})")
+
+
+def check_generation(spec: OptimizationSpec) -> None:
+    """A text-generation spec: a Hugging Face folder or GGUF file, served on the CPU by a generative runtime,
+    with weightOnly steps only."""
+    target = spec.target
+    if spec.model.format not in (None, "huggingface", "gguf"):
+        raise ValueError(f"model.format {spec.model.format} cannot hold a causal language model (huggingface or "
+                         "gguf)")
+    if target.device != "cpu":
+        raise ValueError("text-generation runs on a cpu target in this version")
+    serving = generative.names()
+    if target.runtime not in (None, runtimes.AUTO) and target.runtime not in serving:
+        raise ValueError(f"target.runtime {target.runtime} does not serve text-generation; the generative "
+                         f"runtimes: {', '.join(serving)} (or leave it unset)")
+    if spec.export is not None:
+        raise ValueError("export is for graph models; a text-generation model is served as its runtime's folder")
+    if target.runtime == runtimes.AUTO and spec.search is None:
+        raise ValueError("target.runtime auto chooses the runtime in a search; a fixed pipeline names its runtime "
+                         f"({' or '.join(serving)})")
+    pinned = target.runtime if target.runtime in serving else None
+    if target.precision is not None and pinned and target.precision not in generative.get(pinned).precisions:
+        raise ValueError(f"target.precision {target.precision}: {pinned} computes in "
+                         f"{', '.join(generative.get(pinned).precisions) or 'the graph own types'}")
+    candidates = (spec.search.candidates or []) if spec.search else []
+    pipelines = ([("techniques", spec.steps())] if spec.search is None else
+                 [(f"search.candidates[{i}].techniques", c.steps()) for i, c in enumerate(candidates)])
+    for i, c in enumerate(candidates):
+        if c.runtime is not None and c.runtime not in serving:
+            raise ValueError(f"search.candidates[{i}].runtime {c.runtime} does not serve text-generation (the "
+                             f"generative runtimes: {', '.join(serving)})")
+        if pinned and c.runtime not in (None, pinned):
+            raise ValueError(f"search.candidates[{i}].runtime {c.runtime} differs from target.runtime {pinned}")
+    for where, steps in pipelines:
+        for j, (name, config) in enumerate(steps):
+            if catalog.get(name).stage_of(config) != "generation":
+                raise ValueError(f"{where}[{j}] {name} does not apply to a causal language model (text-generation "
+                                 "takes weightOnly)")
+
+
+def _generative_checked(spec: OptimizationSpec) -> bool:
+    """True for a text-generation spec (checked here); a graph model's spec may not name what is generative."""
+    if tasks.get(spec.model.task).generative:
+        check_generation(spec)
+        return True
+    if spec.target.runtime in generative.names():
+        raise ValueError(f"target.runtime {spec.target.runtime} serves text-generation models; model.task is "
+                         f"{spec.model.task}")
+    if spec.model.format == "gguf":
+        raise ValueError("model.format gguf holds a causal language model: set model.task text-generation")
+    return False
+
+
 def check_runtimes(spec: OptimizationSpec) -> None:
     """Every step runs on the runtime that will serve it (a step that writes a graph dialect the runtime does
     not read, such as graphOptimize's fused contrib ops on OpenVINO, is refused), and the runtime suits the
     device, the precision and the export. Asks the runtime registry; names no runtime."""
+    check_gates(spec)
+    if _generative_checked(spec):
+        return
     target = spec.target
     runtime = runtimes.resolve(target.runtime)
     searched, searches = spec.search_runtimes(), spec.searches_runtimes
@@ -230,6 +299,9 @@ def check_runtimes(spec: OptimizationSpec) -> None:
             raise ValueError(f"{where.removesuffix('.techniques')}.runtime {serving.runtime} cannot serve this "
                              f"target (the runtimes searched: {', '.join(searched)})")
         for i, (name, config) in enumerate(steps):
+            if catalog.get(name).stage_of(config) == "generation":
+                raise ValueError(f"{where}[{i}] {name} applies to a causal language model (model.task "
+                                 "text-generation)")
             dialect = catalog.get(name).writes_of(config)
             if dialect not in runtimes.get(serving.runtime).reads:
                 readers = sorted(r.name for r in runtimes.all_runtimes() if dialect in r.reads)

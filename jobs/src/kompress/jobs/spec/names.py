@@ -12,6 +12,7 @@ from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
+from kompress.jobs.runtimes import genai_registry as generative
 from kompress.jobs.runtimes import registry as runtimes
 from kompress.jobs.tasks import registry as tasks
 
@@ -39,8 +40,13 @@ class RegisteredName:
         return out
 
 
+def _runtime_names() -> list[str]:
+    """The runtimes that serve a graph, then the generative runtimes (text-generation's)."""
+    return [*runtimes.names(), *generative.names()]
+
+
 def _runtime_choices() -> list[str]:
-    return [*runtimes.names(), runtimes.AUTO]
+    return [*_runtime_names(), runtimes.AUTO]
 
 
 def _precisions() -> list[str]:
@@ -57,7 +63,7 @@ def _quantizers() -> list[str]:
     return ["auto", *dict.fromkeys(r.static_quantizer for r in runtimes.all_runtimes())]
 
 
-RuntimeName = Annotated[str, RegisteredName("runtime", runtimes.names)]
+RuntimeName = Annotated[str, RegisteredName("runtime", _runtime_names)]
 RuntimeChoice = Annotated[str, RegisteredName("runtime", _runtime_choices)]
 """A registered runtime, or auto."""
 TaskName = Annotated[str, RegisteredName("task", tasks.names)]

@@ -20,13 +20,16 @@ from kompress.jobs.spec.names import ExportFormat, PrecisionName, RuntimeChoice,
 class ModelSpec(SpecModel):
     uri: Annotated[str, Field(min_length=1)]
     """Where the model is: a local path, package://<python-package>/<path>, or s3://bucket/key (a file or a prefix)."""
-    format: Literal["onnx", "huggingface", "torch-export"] | None = None
-    """onnx (a .onnx file), huggingface (a model directory with safetensors weights) or torch-export (a .pt2
-    archive). Detected from the URI when omitted."""
+    format: Literal["onnx", "huggingface", "torch-export", "gguf"] | None = None
+    """onnx (a .onnx file), huggingface (a model directory with safetensors weights), torch-export (a .pt2
+    archive) or gguf (a llama.cpp .gguf file, text-generation only: dequantized to float on load, and the
+    report records the source precision). Detected from the URI when omitted."""
     task: TaskName = "generic"
     """What the model is for, one of the registered tasks: embedding (outputs are compared by cosine
     similarity; Hugging Face models are exported with mean pooling), classification (outputs are logits,
-    compared by top-1), generic (raw outputs compared by cosine similarity)."""
+    compared by top-1), generic (raw outputs compared by cosine similarity), text-generation (a causal language
+model: a Hugging Face folder or a GGUF file, judged by perplexity, KL divergence and token agreement, timed
+by time to first token and decode tokens/s, served by a generative runtime)."""
     output: str | None = None
     """Name of the model output that quality is measured on (default: the first output)."""
 
@@ -93,9 +96,30 @@ class InputEntry(SpecModel):
         return self
 
 
+class TextSpec(SpecModel):
+    """How text-generation reads its text: calibration sequences and evaluation windows, in tokens."""
+
+    sequence_length: Annotated[int, Field(ge=16, le=32768)] = 512
+    """Tokens per evaluation window (perplexity and KL are measured over non-overlapping windows)."""
+    evaluation_windows: Annotated[int, Field(ge=1, le=100_000)] = 16
+    """Evaluation windows used at most (capped at what the evaluation text holds; at least 2 are needed)."""
+    calibration_sequences: Annotated[int, Field(ge=1, le=100_000)] = 32
+    """Calibration sequences for data-aware algorithms (AWQ, scale estimation, mixed precision) and the
+    sensitivity measurement; the calibration text must hold them."""
+    calibration_length: Annotated[int, Field(ge=8, le=32768)] = 128
+    """Tokens per calibration sequence."""
+
+
 class DataSpec(SpecModel):
     uri: Annotated[str, Field(min_length=1)]
-    """A .npz file with one array per model input (first axis = samples) and optional `labels`."""
+    """A .npz file with one array per model input (first axis = samples) and optional `labels`. For
+    text-generation: UTF-8 text (a .txt file, or a folder of them): documents are files or sections headed
+    `### <title>`; a heading `### calibration: <title>` or `### evaluation: <title>` assigns its document,
+    the others alternate (evaluation first), a single document is split in halves. The two never overlap.
+    kompress ships English prose for this: package://kompress.jobs/datasets/prose-en.txt (Austen, State of the
+    Union addresses; public domain)."""
+    text: TextSpec = TextSpec()
+    """text-generation only: how the text is cut into calibration sequences and evaluation windows."""
     inputs: dict[str, InputEntry] = {}
     """Model inputs that are not batch-first or not in the .npz, by input name: `{batchAxis: 1}` for an input
     whose batch axis is not the first, `{constant: {zeros: [2, 1, 128]}, batchAxis: 1}` or
@@ -117,6 +141,18 @@ class EnergySpec(SpecModel):
     """auto: NVML on GPU, RAPL where /sys/class/powercap is readable, else an estimate from CPU time."""
     cpu_watts_per_core: Annotated[float, Field(gt=0, le=1000)] = 10.0
     """Power drawn by one busy core, used by the estimate method."""
+
+
+class GenerationSpec(SpecModel):
+    """How a text-generation model is timed: greedy generation at batch 1 from prompts of the evaluation text,
+    interleaved with the baseline in rounds."""
+
+    prompt_tokens: Annotated[int, Field(ge=1, le=32768)] = 128
+    """Prompt length (time to first token is measured at this length)."""
+    new_tokens: Annotated[int, Field(ge=2, le=4096)] = 64
+    """Tokens generated per run (decode tokens/s is measured over all but the first)."""
+    rounds: Annotated[int, Field(ge=1, le=1000)] = 5
+    """Timed generations per variant, each with a different prompt (a search trial uses 3)."""
 
 
 class TargetSpec(SpecModel):
@@ -145,6 +181,8 @@ class TargetSpec(SpecModel):
     """Timed runs per variant (interleaved in rounds between baseline and optimized)."""
     energy: EnergySpec = EnergySpec()
     """How energy is measured."""
+    generation: GenerationSpec = GenerationSpec()
+    """text-generation only: how generation is timed."""
 
     def serving(self) -> Serving:
         """How the target serves a model unless a search candidate says otherwise (unset or auto: the
@@ -177,7 +215,19 @@ class GatesSpec(SpecModel):
     """Largest allowed energy per inference of the optimized model."""
     max_peak_memory_bytes: Annotated[int, Field(gt=0)] | None = None
     """Largest allowed peak memory to load and run the optimized model: GPU memory on a GPU target, the
-    host's resident set on a CPU one."""
+    host's resident set on a CPU one (text-generation: while generating)."""
+    max_perplexity_increase: Annotated[float, Field(ge=0)] | None = None
+    """text-generation: largest allowed relative perplexity increase on the evaluation text (0.05 = 5%)."""
+    max_kl_divergence: Annotated[float, Field(ge=0)] | None = Field(default=None, alias="maxKLDivergence")
+    """text-generation: largest allowed mean KL divergence of the next-token distributions from the float
+    model's, on the same tokens."""
+    min_token_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    """text-generation: smallest allowed share of positions where the top-1 next token equals the float
+    model's."""
+    min_decode_speedup: Annotated[float, Field(gt=0)] | None = None
+    """text-generation: smallest allowed ratio of decode tokens/s to the float model's, same runtime."""
+    max_time_to_first_token_seconds: Annotated[float, Field(gt=0)] | None = None
+    """text-generation: largest allowed median time to the first token at target.generation.promptTokens."""
 
 
 class PromotionSpec(SpecModel):

@@ -31,6 +31,9 @@ class Task:
     """Top-1 agreement with the original means something for multi-column outputs."""
     gates: ClassVar[frozenset[str]] = QUALITY_GATES
     """The quality gates this task accepts."""
+    generative: ClassVar[bool] = False
+    """A causal language model: exported, quantized, measured and served by a generative runtime
+    (`runtimes/generative.py`) instead of the ONNX pipeline."""
 
     def sample_vectors(self, outputs: np.ndarray, data: Dataset) -> np.ndarray:
         """One vector per sample."""

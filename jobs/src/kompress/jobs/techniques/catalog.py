@@ -29,6 +29,7 @@ from kompress.jobs.techniques.configs import (
     PruneConfig,
     QATConfig,
     QuantizeConfig,
+    WeightOnlyConfig,
 )
 from kompress.jobs.techniques.traits import (
     CONV_INTEGER_GAIN,
@@ -46,7 +47,11 @@ if TYPE_CHECKING:
     from kompress.jobs.techniques.base import StepResult
     from kompress.jobs.techniques.context import StepContext
 
-Stage = Literal["onnx", "torch"]
+Stage = Literal["onnx", "torch", "generation"]
+"""onnx and torch steps run in the pipeline; generation steps (text-generation) are applied by a generative
+runtime to its exported model folder."""
+GENERATIVE = "generative"
+"""The dialect a generation step writes: a generative runtime's own folder, read by that runtime only."""
 Step = dict[str, dict[str, Any]]
 """One `techniques[]` item as the spec writes it: {technique name: config fields}."""
 Recipe = tuple[str, list[Step]]
@@ -247,6 +252,11 @@ def _quantize_candidates(model: ModelTraits) -> list[Recipe]:
     return out
 
 
+def _weight_only_gain(config: WeightOnlyConfig, objective: str, model: ModelTraits) -> float:
+    """Decode is bound by reading the weights: about 32/bits less to read, minus the dequantization's cost."""
+    return {4: 3.0, 8: 2.0}[config.bits] * (0.9 if config.keep_sensitive or config.ratio < 1 else 1.0)
+
+
 _PACKAGE = "kompress.jobs.techniques"
 _CATALOG: dict[str, Technique] = {t.name: t for t in (
     Technique("distill", DistillConfig,
@@ -264,9 +274,12 @@ _CATALOG: dict[str, Technique] = {t.name: t for t in (
     Technique("quantize", QuantizeConfig, "INT8/INT4 quantization with ONNX Runtime's quantizer or NNCF.",
               f"{_PACKAGE}.quantize", "quantize", _quantize_gain, _quantize_candidates,
               writes=_quantize_writes),
+    Technique("weightOnly", WeightOnlyConfig, "Weight-only INT4/INT8 quantization of a causal language model "
+              "(text-generation), by the generative runtime that serves it.",
+              f"{_PACKAGE}.weight_only", "weight_only", _weight_only_gain, stage="generation", writes=GENERATIVE),
 )}
 
-_CANDIDATE_ORDER = ("quantize", "fp16", "prune", "distill", "qat", "graphOptimize")
+_CANDIDATE_ORDER = ("quantize", "fp16", "prune", "distill", "qat", "graphOptimize", "weightOnly")
 """The order built-in candidates are listed in (the search runs them by expected gain; this breaks ties)."""
 assert sorted(_CANDIDATE_ORDER) == sorted(_CATALOG), "every technique has a place in _CANDIDATE_ORDER"
 

@@ -13,7 +13,7 @@ from kompress.jobs.spec.base import SpecModel
 from kompress.jobs.spec.names import QuantizerName
 
 __all__ = ["DistillConfig", "DistillTraining", "Fp16Config", "GraphOptimizeConfig", "PruneConfig", "QATConfig",
-           "QuantizeConfig", "StudentSpec", "TrainingConfig"]
+           "QuantizeConfig", "StudentSpec", "TrainingConfig", "WeightOnlyConfig"]
 
 
 # ---- shared by the techniques that train ----
@@ -226,3 +226,32 @@ class QuantizeConfig(SpecModel):
         if self.block_size & (self.block_size - 1):
             raise ValueError(f"blockSize must be a power of two, got {self.block_size}")
         return self
+
+
+# ---- weightOnly (text-generation) ----
+
+class WeightOnlyConfig(SpecModel):
+    """Weight-only quantization of a causal language model, applied by the generative runtime that serves it
+    (ONNX Runtime GenAI's builder: MatMulNBits; OpenVINO GenAI: NNCF weight compression)."""
+
+    bits: Literal[4, 8] = 4
+    """Bits per weight of the decoder's linear layers."""
+    group_size: Literal[16, 32, 64, 128, 256] | None = 32
+    """Weights sharing one scale along the input dimension (null: one scale per output channel). A group size
+    that does not divide a layer's input size is refused by the runtime."""
+    symmetric: bool = True
+    """Symmetric (no zero point) or asymmetric (a zero point per group: finer, slightly slower)."""
+    algorithm: Literal["rtn", "k_quant", "awq", "scale_estimation", "awq+se"] = "rtn"
+    """rtn: round to nearest (data-free); k_quant: ONNX Runtime's k-quant search of scales (data-free); awq,
+    scale_estimation, awq+se: NNCF's data-aware algorithms on the calibration text (OpenVINO GenAI)."""
+    ratio: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Share of the linear layers at `bits`; the rest stay at 8 bits, chosen by the runtime's quantizer's
+    sensitivity metric (NNCF mixed precision; OpenVINO GenAI)."""
+    int8_lm_head: bool = False
+    """Keep the output projection (and an embedding tied to it) at 8 bits: on small models with a large
+    vocabulary it holds a fifth of the weights and most of the quantization loss."""
+    keep_sensitive: Annotated[int, Field(ge=0, le=1000)] = 0
+    """Keep this many of the most sensitive linear layers out of the low-bit body (at 8 bits where the runtime
+    can, else in float), ranked by measured sensitivity: each layer's expected output error under this
+    recipe's quantization, weighted by its input activations on the calibration text."""
+

@@ -1,0 +1,185 @@
+"""ONNX Runtime GenAI as a generative runtime: its model builder exports a Hugging Face causal-LM folder to the
+folder `onnxruntime_genai.Model` (and a server built on it) reads — model.onnx, its external data,
+genai_config.json and the tokenizer files — and quantizes the weights to MatMulNBits (INT4/INT8, blockwise).
+
+Builder quirks handled here (0.18): it prints its progress to stdout (captured and kept only on failure); it
+needs `onnx-ir`, which it does not declare; transformers-5 configs that nest the rope settings under
+`rope_parameters` are flattened into a copy first (it reads `rope_theta`/`rope_scaling` at the top level);
+asymmetric INT4 with the embedding shared with the lm_head writes a model ONNX Runtime refuses to load, so an
+asymmetric recipe never shares it; INT8 embeddings are refused (GatherBlockQuantized is INT4 only), so an
+8-bit recipe leaves the embedding in float."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kompress.jobs.errors import InvalidInputError, RuntimeFailure
+from kompress.jobs.runtimes.generative import ExportLimits, Generation, GenerativeRuntime, WeightRecipe
+
+_QUIET_LOGGERS = ("neural_compressor", "onnxruntime.quantization", "onnx_ir",
+                  "onnxruntime.quantization.matmul_nbits_quantizer")
+
+
+def builder_layer_nodes(hf_name: str) -> list[str]:
+    """The builder's MatMul node for one Hugging Face linear layer (q/k/v are fused into qkv_proj): what `keep`
+    leaves unquantized. model.layers.3.self_attn.q_proj -> /model/layers.3/attn/qkv_proj/MatMul."""
+    if hf_name == "lm_head":
+        return ["/lm_head/MatMul"]
+    parts = hf_name.split(".")
+    if len(parts) < 5 or parts[:2] != ["model", "layers"]:
+        raise InvalidInputError(f"no builder node for layer {hf_name!r}", field="techniques")
+    layer, proj = parts[2], parts[-1]
+    if proj in ("q_proj", "k_proj", "v_proj"):
+        return [f"/model/layers.{layer}/attn/qkv_proj/MatMul"]
+    if proj == "o_proj":
+        return [f"/model/layers.{layer}/attn/o_proj/MatMul"]
+    return [f"/model/layers.{layer}/mlp/{proj}/MatMul"]
+
+
+def _flat_config(hf_dir: Path, out: Path) -> Path:
+    """A folder of links to hf_dir whose config.json has the rope settings at the top level (the builder's
+    reading); the original folder is never written."""
+    config = json.loads((hf_dir / "config.json").read_text())
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return hf_dir
+    out.mkdir(parents=True, exist_ok=True)
+    for f in hf_dir.iterdir():
+        if f.name != "config.json" and not (out / f.name).exists():
+            (out / f.name).symlink_to(f.resolve())
+    flat = dict(config)
+    if "rope_theta" in rope:
+        flat.setdefault("rope_theta", rope["rope_theta"])
+    if rope.get("rope_type", "default") != "default":
+        flat.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+    (out / "config.json").write_text(json.dumps(flat, indent=2))
+    return out
+
+
+class OrtGenAiSession:
+    def __init__(self, model_dir: Path, threads: int) -> None:
+        import onnxruntime_genai as og
+
+        config = og.Config(str(model_dir))
+        config.clear_providers()
+        # the spec's threads, overlaid on the served genai_config.json without writing it
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        self._og = og
+        self._model = og.Model(config)
+        self._threads = threads
+
+    def _generator(self, max_length: int) -> Any:
+        params = self._og.GeneratorParams(self._model)
+        params.set_search_options(max_length=max_length, do_sample=False, batch_size=1)
+        return self._og.Generator(self._model, params)
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        gen = self._generator(len(ids) + 1)
+        gen.append_tokens(ids[None].astype(np.int64))
+        out = np.asarray(gen.get_output("logits"), dtype=np.float32)
+        return out.reshape(-1, out.shape[-1])[-len(ids):]
+
+    def generate(self, prompt: np.ndarray, new_tokens: int) -> Generation:
+        gen = self._generator(len(prompt) + new_tokens)
+        start = time.perf_counter()
+        gen.append_tokens(prompt[None].astype(np.int64))  # the prompt pass
+        gen.generate_next_token()  # picks the first new token from the prompt pass's logits
+        tokens = [int(gen.get_next_tokens()[0])]
+        first = time.perf_counter() - start
+        times = []
+        while len(tokens) < new_tokens:
+            t0 = time.perf_counter()
+            gen.generate_next_token()
+            tokens.append(int(gen.get_next_tokens()[0]))
+            times.append(time.perf_counter() - t0)
+        return Generation(tokens, first, times)
+
+    def close(self) -> None:
+        self._model = None
+
+
+class OnnxRuntimeGenAI(GenerativeRuntime):
+    name = "onnxruntime-genai"
+    summary = "ONNX Runtime GenAI: the model builder's ONNX folder (MatMulNBits INT4/INT8 weights)"
+    modules = ("onnxruntime_genai", "onnx_ir", "onnx")
+    algorithms = frozenset({"rtn", "k_quant"})
+    group_sizes = (16, 32, 64, 128, 256)
+    serving_format = "onnxruntime-genai"
+    accuracy_level = 4
+    """MatMulNBits computes with INT8 activations on the CPU (the builder's CPU default): what is served."""
+
+    def export_float(self, hf_dir: Path, out: Path, limits: ExportLimits) -> Path:
+        return self._build(hf_dir, out, "fp32", {}, limits)
+
+    def quantize(self, hf_dir: Path, float_dir: Path, out: Path, recipe: WeightRecipe, limits: ExportLimits,
+                 calibration: list[np.ndarray]) -> Path:
+        why = self.supports(recipe)
+        if why:
+            raise InvalidInputError(why, field="techniques")
+        options: dict[str, str] = {
+            "block_size": str(recipe.group_size), "is_symmetric": str(recipe.symmetric).lower(),
+            "accuracy_level": str(self.accuracy_level),
+            "algo_config": {"rtn": "default" if recipe.symmetric else "rtn", "k_quant": "k_quant"}[recipe.algorithm],
+        }
+        if recipe.bits == 4:
+            # an asymmetric INT4 embedding shared with the lm_head is refused by ONNX Runtime at load time
+            options["shared_embeddings"] = str(recipe.symmetric and not recipe.int8_lm_head).lower()
+            if recipe.int8_lm_head:
+                options["matmul_mixed_precision"] = "last_matmul:int8"
+        if recipe.keep:
+            options["nodes_to_exclude"] = ",".join(n for k in recipe.keep for n in builder_layer_nodes(k))
+        return self._build(hf_dir, out, f"int{recipe.bits}", options, limits)
+
+    def _build(self, hf_dir: Path, out: Path, precision: str, options: dict[str, str], limits: ExportLimits) -> Path:
+        from onnxruntime_genai.models import builder
+
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        source = _flat_config(hf_dir, out.parent / f"{out.name}-source")
+        cache = out.parent / f"{out.name}-cache"
+        kv = [f"{k}={v}" for k, v in {"hf_token": "false", **options}.items()]
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(captured):
+                extra = builder.parse_extra_options(None, str(source), str(out), precision, "cpu", str(cache), kv)
+                builder.create_model(None, str(source), str(out), precision, "cpu", str(cache), **extra)
+        except NotImplementedError as err:
+            raise InvalidInputError(f"ONNX Runtime GenAI's model builder cannot export this model: {err}",
+                                    field="model.uri") from None
+        except Exception as err:
+            tail = captured.getvalue().strip().splitlines()[-3:]
+            raise RuntimeFailure(f"ONNX Runtime GenAI's model builder failed ({precision}): {err}"
+                                 + (f" [{' | '.join(tail)}]" if tail else "")) from err
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+            if source != hf_dir:
+                shutil.rmtree(source, ignore_errors=True)
+        return out
+
+    def search_recipes(self, config: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]], str | None]]:
+        """INT8, the builder's default INT4 (RTN, symmetric, block 32, INT4 embedding shared with the lm_head),
+        and what costs little speed and keeps more quality: asymmetric scales, k-quant with an INT8 lm_head,
+        and the most sensitive layers (measured) left in float."""
+        def wo(**kw: Any) -> list[dict[str, Any]]:
+            return [{"weightOnly": {"bits": 4, "groupSize": 32, **kw}}]
+        return [("int8", wo(bits=8), None),
+                ("int4 builder-default", wo(), None),
+                ("int4 asym", wo(symmetric=False), None),
+                ("int4 asym + 4 sensitive float", wo(symmetric=False, keepSensitive=4), None),
+                ("int4 k-quant + int8 lm_head", wo(algorithm="k_quant", int8LmHead=True), None),
+                ("int4 asym + 12 sensitive float", wo(symmetric=False, keepSensitive=12), None)]
+
+    def open(self, model_dir: Path, threads: int, precision: str | None = None) -> OrtGenAiSession:
+        return OrtGenAiSession(model_dir, threads)
+
+
+RUNTIME = OnnxRuntimeGenAI()
