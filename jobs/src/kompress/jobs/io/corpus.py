@@ -59,7 +59,9 @@ def read_documents(path: Path, field: str = "data.uri") -> list[Document]:
 
 def _sections(text: str, default_title: str) -> list[Document]:
     out: list[Document] = []
-    title, split, lines = default_title, None, []
+    title: str = default_title
+    split: str | None = None
+    lines: list[str] = []
     for line in text.splitlines():
         if line.startswith("### "):
             if any(s.strip() for s in lines):
@@ -88,7 +90,8 @@ def assign(docs: list[Document]) -> tuple[list[Document], list[Document]]:
             first, second = "\n\n".join(paragraphs[:half]), "\n\n".join(paragraphs[half:])
         return [Document(docs[0].title + " (first half)", first, "calibration")], [
             Document(docs[0].title + " (second half)", second, "evaluation")]
-    calibration, evaluation = [], []
+    calibration: list[Document] = []
+    evaluation: list[Document] = []
     free = 0
     for d in docs:
         split = d.split

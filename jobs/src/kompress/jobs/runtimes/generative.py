@@ -119,11 +119,12 @@ class GenerativeRuntime:
             raise InvalidInputError(f"{what} needs the {self.name} runtime (extra {self.extra}: "
                                     f"{', '.join(missing)} not installed)", field=field)
 
-    def check_architecture(self, model_type: str) -> None:
-        """Refuse, in one line naming the exporter, an architecture it cannot export."""
+    def refuses(self, architecture: str, model_type: str) -> str | None:
+        """Why this runtime's exporter cannot export the architecture (one line naming the exporter), or None."""
         if self.supported_architectures is not None and model_type not in self.supported_architectures:
-            raise InvalidInputError(f"{self.name}'s exporter cannot export a {model_type!r} model; it exports: "
-                                    f"{', '.join(sorted(self.supported_architectures))}", field="model.uri")
+            return (f"{self.name}'s exporter cannot export a {model_type!r} model; it exports: "
+                    f"{', '.join(sorted(self.supported_architectures))}")
+        return None
 
     def supports(self, recipe: WeightRecipe) -> str | None:
         """Why this runtime cannot apply the recipe (None: it can)."""

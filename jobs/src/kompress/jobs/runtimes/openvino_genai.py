@@ -89,7 +89,7 @@ def _wrapper(model: Any, layers: int) -> Any:
             cache.layers = [filled(past[2 * i], past[2 * i + 1]) for i in range(layers)]
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              **{cache_arg: cache}, use_cache=True, return_dict=True)
-            present = [t for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]
+            present = [t for layer in cache.layers[:layers] for t in (layer.keys, layer.values)]  # type: ignore[union-attr]
             return (out.logits, *present)
 
     return _Decoder()
@@ -105,7 +105,7 @@ def _cache_shapes(model: Any) -> list[tuple[int, ...]]:
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         model(input_ids=torch.ones((1, 1), dtype=torch.long), **{cache_arg: cache}, use_cache=True)
-    return [tuple(t.shape) for layer in cache.layers for t in (layer.keys, layer.values)]
+    return [tuple(t.shape) for layer in cache.layers for t in (layer.keys, layer.values)]  # type: ignore[union-attr]
 
 
 def _convert(model: Any) -> Any:
@@ -404,7 +404,9 @@ class OpenVinoGenAI(GenerativeRuntime):
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(hf_dir)
-        self.check_architecture(config.model_type)
+        refusal = self.refuses((config.architectures or [""])[0], config.model_type)
+        if refusal:
+            raise InvalidInputError(refusal, field="model.uri")
         for length, reason in _length_limits(config):
             if limits.max_length > length:
                 raise InvalidInputError(f"{self.name} cannot serve {limits.max_length} tokens of this "
@@ -461,6 +463,25 @@ class OpenVinoGenAI(GenerativeRuntime):
         del model
         gc.collect()
         return out
+
+    def search_recipes(self, config: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]], str | None]]:
+        """bf16 compute (where the CPU has it), INT8 weights, optimum-intel's default INT4 (asymmetric, group
+        128: a group that does not divide a layer is adjusted, where optimum-intel refuses the model), and
+        NNCF's data-aware INT4 at group 64 (AWQ + scale estimation; all layers, or 80% with the rest at 8
+        bits)."""
+        from kompress.jobs.cpu import cpu_has_bf16
+
+        def wo(**kw: Any) -> list[dict[str, Any]]:
+            return [{"weightOnly": {"bits": 4, "symmetric": False, "groupSize": 64, **kw}}]
+        recipes: list[tuple[str, list[dict[str, Any]], str | None]] = [
+            ("int8", [{"weightOnly": {"bits": 8, "groupSize": None}}], None),
+            ("int4 optimum-default", wo(groupSize=128), None),
+            ("int4 awq+se", wo(algorithm="awq+se"), None),
+            ("int4 awq+se ratio 0.8", wo(algorithm="awq+se", ratio=0.8), None),
+        ]
+        if cpu_has_bf16():
+            recipes.insert(0, ("bf16", [], "bf16"))
+        return recipes
 
     def open(self, model_dir: Path, threads: int, precision: str | None = None) -> GenerativeSession:
         self.require("running an OpenVINO GenAI model")

@@ -8,6 +8,7 @@ The float export of every runtime is checked against the source before any trial
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kompress.jobs import gates
-from kompress.jobs.errors import KompressError, RuntimeFailure
+from kompress.jobs.errors import InvalidInputError, KompressError, RuntimeFailure
 from kompress.jobs.io.causal_lm import CausalLM
 from kompress.jobs.io.corpus import TextSplit
 from kompress.jobs.measure import generation as gm
@@ -37,7 +38,7 @@ from kompress.jobs.spec.document import Candidate, OptimizationSpec
 from kompress.jobs.tasks import registry as tasks
 from kompress.jobs.techniques import catalog
 from kompress.jobs.techniques.configs import WeightOnlyConfig
-from kompress.jobs.techniques.weight_only import GenerationContext
+from kompress.jobs.techniques.context import GenerationContext
 
 TRIAL_ROUNDS = 3
 """Timed generations per variant in a search trial (the chosen one is then timed over target.generation.rounds)."""
@@ -94,7 +95,6 @@ class GenerationWorkspace:
         if runtime.name in self.floats:
             return self.floats[runtime.name]
         runtime.require("this spec")
-        runtime.check_architecture(self.lm.model_type)
         self.progress.info(f"exporting the float model with {runtime.name}")
         started = time.perf_counter()
         folder = runtime.export_float(self.lm.hf_dir, self.work / runtime.name / "float", self.limits)
@@ -138,14 +138,27 @@ def searched_runtimes(spec: OptimizationSpec) -> list[GenerativeRuntime]:
     return generative.installed() or [generative.default()]
 
 
-def default_candidates(spec: OptimizationSpec, lm: CausalLM) -> list[Candidate]:
-    """Each searched runtime's own recipes (its defaults and what beats them), as candidates."""
-    out = []
-    for runtime in searched_runtimes(spec):
-        for name, steps, precision in runtime.search_recipes(lm.config):
-            out.append(Candidate.model_validate({"name": f"{runtime.name} {name}", "techniques": steps or None,
-                                                 "runtime": runtime.name, "precision": precision}))
-    return out
+def exporting_runtimes(spec: OptimizationSpec, lm: CausalLM, progress: Progress) -> list[GenerativeRuntime]:
+    """The searched runtimes whose exporter takes this architecture (the others are said and skipped); none,
+    or a pinned runtime that refuses it, fails the run in one line naming the exporter."""
+    searched = searched_runtimes(spec) if spec.search else [_default_runtime(spec)]
+    refusals = {r.name: why for r in searched if (why := r.refuses(lm.architecture, lm.model_type))}
+    able = [r for r in searched if r.name not in refusals]
+    if not able:
+        raise InvalidInputError("; ".join(refusals.values()), field="model.uri")
+    for why in refusals.values():
+        progress.info(f"WARNING: {why}: not searched")
+    return able
+
+
+def default_candidates(runtimes: list[GenerativeRuntime], lm: CausalLM) -> list[Candidate]:
+    """Each runtime's own recipes (its defaults and what beats them), as candidates, taken in turn from each
+    runtime so that a trial budget covers every runtime."""
+    lists = [[Candidate.model_validate({"name": f"{runtime.name} {name}", "techniques": steps,
+                                        "runtime": runtime.name, "precision": precision})
+              for name, steps, precision in runtime.search_recipes(lm.config)]
+             for runtime in runtimes]
+    return [c for row in itertools.zip_longest(*lists) for c in row if c is not None]
 
 
 def variant_metrics(folder: Path, quality: LanguageQuality, timed: gm.Timed, spec: OptimizationSpec,
@@ -184,7 +197,7 @@ def run_trial(ws: GenerationWorkspace, candidate: Candidate, index: int) -> Tria
     search = spec.search
     objective = search.objective if search else "latency"
     runtime, precision = serving_of(candidate, spec)
-    techniques = [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in candidate.techniques]
+    techniques = candidate.model_dump(mode="json", by_alias=True, exclude_none=True).get("techniques", [])
     trial = Trial(key=f"{index}", index=index, name=candidate.label(), expected_gain=1.0, techniques=techniques,
                   status="error", passed=False, runtime=runtime.name, precision=precision)
     started = time.perf_counter()

@@ -45,7 +45,7 @@ from kompress.jobs.techniques.traits import (
 
 if TYPE_CHECKING:
     from kompress.jobs.techniques.base import StepResult
-    from kompress.jobs.techniques.context import StepContext
+    from kompress.jobs.techniques.context import GenerationContext, StepContext
 
 Stage = Literal["onnx", "torch", "generation"]
 """onnx and torch steps run in the pipeline; generation steps (text-generation) are applied by a generative
@@ -56,7 +56,9 @@ Step = dict[str, dict[str, Any]]
 """One `techniques[]` item as the spec writes it: {technique name: config fields}."""
 Recipe = tuple[str, list[Step]]
 """A built-in search candidate: its name and its steps."""
-ApplyFn = Callable[[Any, Any, "StepContext"], "StepResult"]
+ApplyFn = Callable[[Any, Any, Any], "StepResult"]
+"""(model, config, context) -> result: a StepContext for onnx/torch steps, a GenerationContext for generation
+steps."""
 GainFn = Callable[[Any, str, "ModelTraits"], float]
 """(config, objective, the model's traits) -> expected gain factor of one step."""
 
@@ -99,7 +101,7 @@ class Technique:
         fn: ApplyFn = getattr(importlib.import_module(self.module), self.function)
         return fn
 
-    def apply(self, model: Any, config: SpecModel, ctx: StepContext) -> StepResult:
+    def apply(self, model: Any, config: SpecModel, ctx: StepContext | GenerationContext) -> StepResult:
         if not isinstance(config, self.config):
             raise TypeError(f"technique {self.name} takes a {self.config.__name__}, got {type(config).__name__}")
         return self.load()(model, config, ctx)

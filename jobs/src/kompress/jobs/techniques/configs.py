@@ -251,7 +251,7 @@ class WeightOnlyConfig(SpecModel):
     """Keep the output projection (and an embedding tied to it) at 8 bits: on small models with a large
     vocabulary it holds a fifth of the weights and most of the quantization loss."""
     keep_sensitive: Annotated[int, Field(ge=0, le=1000)] = 0
-    """Keep this many of the most sensitive linear layers out of the low-bit body (at 8 bits where the runtime
-    can, else in float), ranked by measured sensitivity: each layer's expected output error under this
-    recipe's quantization, weighted by its input activations on the calibration text."""
+    """Keep this many of the most sensitive linear layers at 8 bits (4-bit recipes), ranked by measured
+    sensitivity: each layer's expected output error under this recipe's quantization, weighted by its input
+    activations on the calibration text. (ONNX Runtime GenAI fuses q/k/v: keeping one keeps the three.)"""
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kompress.jobs.runtimes import registry as runtimes
+from kompress.jobs.runtimes.generative import ExportLimits, GenerativeRuntime
 
 if TYPE_CHECKING:
     from kompress.jobs.io.checkpoints import Checkpoints
@@ -44,3 +45,20 @@ class StepContext:
     def out_path(self, name: str) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         return self.workdir / name
+
+
+@dataclass
+class GenerationContext:
+    """What a generation step (text-generation's weightOnly) may use: the runtime that serves it, the float
+    model (Hugging Face folder and the runtime's float export), calibration token sequences (never evaluation
+    text) and a scratch folder."""
+
+    runtime: GenerativeRuntime
+    hf_dir: Path
+    float_dir: Path
+    workdir: Path
+    limits: ExportLimits
+    calibration: list[np.ndarray]
+    progress: Progress | None = None
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    """Measured sensitivity per linear layer (filled once per run, on first use)."""

@@ -5,34 +5,18 @@ measured sensitivity (`sensitive_layers`) rather than a fixed list."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kompress.jobs.runtimes.generative import ExportLimits, GenerativeRuntime, WeightRecipe
+from kompress.jobs.runtimes.generative import WeightRecipe
 from kompress.jobs.techniques.base import StepResult
 from kompress.jobs.techniques.configs import WeightOnlyConfig
+from kompress.jobs.techniques.context import GenerationContext
 
 if TYPE_CHECKING:
     from kompress.jobs.progress import Progress
-
-
-@dataclass
-class GenerationContext:
-    """What a generation step may use: the runtime that serves it, the float model (Hugging Face folder and
-    the runtime's float export), calibration token sequences (never evaluation text) and a scratch folder."""
-
-    runtime: GenerativeRuntime
-    hf_dir: Path
-    float_dir: Path
-    workdir: Path
-    limits: ExportLimits
-    calibration: list[np.ndarray]
-    progress: Progress | None = None
-    sensitivity: dict[str, float] = field(default_factory=dict)
-    """Measured sensitivity per linear layer (filled once per run, on first use)."""
 
 
 def recipe_of(config: WeightOnlyConfig, keep: tuple[str, ...] = ()) -> WeightRecipe:
@@ -105,7 +89,7 @@ def sensitive_layers(hf_dir: Path, calibration: list[np.ndarray], config: Weight
     return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
 
 
-def _rtn(w: object, bits: int, group: int | None, symmetric: bool) -> object:
+def _rtn(w: Any, bits: int, group: int | None, symmetric: bool) -> Any:
     """Round-to-nearest quantize-dequantize of a weight matrix [out, in], grouped along the input dimension."""
     import torch
 
