@@ -124,7 +124,7 @@ def tiny_model(kind: str, folder: Path, tokenizer: Path | None) -> Path:
         "qwen2": lambda: Qwen2Config(**common),
         "qwen3": lambda: Qwen3Config(**common, head_dim=16),
         "gemma3": lambda: Gemma3TextConfig(**common, head_dim=16, sliding_window=256),
-        "phi3": lambda: Phi3Config(**common),
+        "phi3": lambda: Phi3Config(**common, original_max_position_embeddings=512),  # Phi-3-mini-4k: no LongRoPE
         "opt": lambda: OPTConfig(vocab_size=49152, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
                                  num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=64),
     }[kind]()
@@ -151,7 +151,7 @@ def tiny_spec(model: Path, registry: Path, **overrides: Any) -> dict[str, Any]:
         "promotion": {"registry": str(registry), "modelName": "tiny"},
     }
     spec.update(overrides)
-    return spec
+    return {k: v for k, v in spec.items() if v is not None}
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3", "gemma3", "phi3"])
@@ -194,7 +194,8 @@ def test_bad_model_folder_missing_tokenizer_and_refused_architecture(tokenizer_d
     _fails_in_one_line(res, registry, "model.uri", "no tokenizer")
 
     opt = tiny_model("opt", tmp_path / "opt", tokenizer_dir)
-    pinned = tiny_spec(opt, registry, target={"runtime": "onnxruntime-genai"})
+    pinned = tiny_spec(opt, registry, target={"runtime": "onnxruntime-genai"}, search=None,
+                       techniques=[{"weightOnly": {"bits": 8}}])
     res = run_cli("run", str(write_spec(tmp_path / "c.yaml", pinned)), "--output", str(tmp_path / "o3"), cwd=tmp_path)
     _fails_in_one_line(res, registry, "model builder cannot export OPTForCausalLM")
     res = run_cli("run", str(write_spec(tmp_path / "d.yaml", tiny_spec(opt, registry))), "--output",

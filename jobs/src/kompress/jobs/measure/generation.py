@@ -104,11 +104,16 @@ def compare(session: GenerativeSession, reference: Reference, progress: Progress
                            token_agreement=float(np.concatenate(agree).mean()))
 
 
+class ExportMismatch(RuntimeFailure):
+    """A float export that does not compute what the source computes: the run fails (nothing on that exporter
+    can be trusted), whichever trial found it."""
+
+
 def check_export(quality: LanguageQuality, runtime: str) -> None:
     """A float export must compute what the source computes; a mismatch fails the run naming the exporter."""
     kl = quality.kl_divergence_mean or 0.0
     if kl > EXPORT_KL_LIMIT:
-        raise RuntimeFailure(f"{runtime}'s float export is not the source model: mean KL {kl:.3g} nats against "
+        raise ExportMismatch(f"{runtime}'s float export is not the source model: mean KL {kl:.3g} nats against "
                              f"PyTorch on the same tokens (limit {EXPORT_KL_LIMIT:g}; top-1 agreement "
                              f"{quality.token_agreement:.3f}); nothing was quantized")
 

@@ -4,7 +4,7 @@ genai_config.json and the tokenizer files — and quantizes the weights to MatMu
 
 Builder quirks handled here (0.18): it prints its progress to stdout (captured and kept only on failure); it
 needs `onnx-ir`, which it does not declare; transformers-5 configs that nest the rope settings under
-`rope_parameters` are flattened into a copy first (it reads `rope_theta`/`rope_scaling` at the top level);
+`rope_parameters` per layer type (Gemma 3) are flattened in the loaded config (it reads one flat dict);
 asymmetric INT4 with the embedding shared with the lm_head writes a model ONNX Runtime refuses to load, so an
 asymmetric recipe never shares it; INT8 embeddings are refused (GatherBlockQuantized is INT4 only), so an
 8-bit recipe leaves the embedding in float."""
@@ -47,24 +47,16 @@ def builder_layer_nodes(hf_name: str) -> list[str]:
     return [f"/model/layers.{layer}/mlp/{proj}/MatMul"]
 
 
-def _flat_config(hf_dir: Path, out: Path) -> Path:
-    """A folder of links to hf_dir whose config.json has the rope settings at the top level (the builder's
-    reading); the original folder is never written."""
-    config = json.loads((hf_dir / "config.json").read_text())
-    rope = config.get("rope_parameters")
-    if not isinstance(rope, dict):
-        return hf_dir
-    out.mkdir(parents=True, exist_ok=True)
-    for f in hf_dir.iterdir():
-        if f.name != "config.json" and not (out / f.name).exists():
-            (out / f.name).symlink_to(f.resolve())
-    flat = dict(config)
-    if "rope_theta" in rope:
-        flat.setdefault("rope_theta", rope["rope_theta"])
-    if rope.get("rope_type", "default") != "default":
-        flat.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
-    (out / "config.json").write_text(json.dumps(flat, indent=2))
-    return out
+def _flatten_rope(config: Any) -> None:
+    """Transformers 5 nests Gemma 3's rope settings per layer type ({"full_attention": {...},
+    "sliding_attention": {...}}); the builder reads one flat dict with a rope_type, plus rope_local_base_freq
+    for the sliding layers. The loaded config object is patched; the model folder is never written."""
+    rope = getattr(config, "rope_parameters", None)
+    if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):
+        sliding = rope.get("sliding_attention") or {}
+        if "rope_theta" in sliding:
+            config.rope_local_base_freq = sliding["rope_theta"]
+        config.rope_parameters = dict(rope["full_attention"])
 
 
 def _builder_architectures() -> set[str]:
@@ -89,10 +81,13 @@ class OrtGenAiSession:
         self._og = og
         self._model = og.Model(config)
         self._threads = threads
+        decoder = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
+        # sliding-window layers need a KV cache at least as long as the window, whatever the sequence
+        self._min_length = int((decoder.get("sliding_window") or {}).get("window_size", 0))
 
     def _generator(self, max_length: int) -> Any:
         params = self._og.GeneratorParams(self._model)
-        params.set_search_options(max_length=max_length, do_sample=False, batch_size=1)
+        params.set_search_options(max_length=max(max_length, self._min_length), do_sample=False, batch_size=1)
         return self._og.Generator(self._model, params)
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
@@ -171,7 +166,7 @@ class OnnxRuntimeGenAI(GenerativeRuntime):
 
         for name in _QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
-        source = _flat_config(hf_dir, out.parent / f"{out.name}-source")
+        source = hf_dir
         cache = out.parent / f"{out.name}-cache"
         kv = [f"{k}={v}" for k, v in {"hf_token": "false", **options}.items()]
         captured = io.StringIO()
@@ -179,6 +174,7 @@ class OnnxRuntimeGenAI(GenerativeRuntime):
             with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):  # its progress bars
                 extra = builder.parse_extra_options(None, str(source), str(out), precision, "cpu", str(cache), kv,
                                                     target_options=target_options)
+                _flatten_rope(extra["hf_details"]["hf_config"])
                 builder.create_model(None, str(source), str(out), precision, "cpu", str(cache), **extra)
         except NotImplementedError as err:
             raise InvalidInputError(f"ONNX Runtime GenAI's model builder cannot export this model: {err}",
@@ -189,8 +185,6 @@ class OnnxRuntimeGenAI(GenerativeRuntime):
                                  + (f" [{' | '.join(tail)}]" if tail else "")) from err
         finally:
             shutil.rmtree(cache, ignore_errors=True)
-            if source != hf_dir:
-                shutil.rmtree(source, ignore_errors=True)
         return out
 
     def search_recipes(self, config: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]], str | None]]:

@@ -212,8 +212,11 @@ def run_trial(ws: GenerationWorkspace, candidate: Candidate, index: int) -> Tria
             measured = measure(ws, base, folder, session, quality, precision, rounds)
         finally:
             session.close()
-    except KompressError as err:
-        trial.message = str(err)
+    except gm.ExportMismatch:
+        raise
+    except Exception as err:  # a trial that fails is recorded as one (the search goes on); the message says why
+        trial.message = str(err) if isinstance(err, KompressError) else f"{type(err).__name__}: " + (
+            str(err).strip().splitlines() or [""])[0][:400]
         trial.duration_seconds = round(time.perf_counter() - started, 1)
         ws.progress.info(f"trial {trial.name}: error: {err}")
         return result
