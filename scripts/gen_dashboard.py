@@ -72,6 +72,22 @@ def panel(pid: int, title: str, kind: str, unit: str, targets: list[tuple[str, s
     }
 
 
+LANGUAGE_MODELS = [
+    ("Decode tokens/s (batch 1)", "bargauge", "none",
+     [(f"kompress_model_decode_tokens_per_second{{{SEL}}}", "{{optimization}} {{variant}}")], 8, 8),
+    ("Time to first token", "bargauge", "s",
+     [(f"kompress_model_time_to_first_token_seconds{{{SEL}}}", "{{optimization}} {{variant}}")], 8, 8),
+    ("Perplexity increase", "bargauge", "percentunit",
+     [(f"kompress_optimization_perplexity_increase_ratio{{{SEL}}}", "{{namespace}}/{{optimization}}")], 8, 8),
+    ("Perplexity", "bargauge", "none",
+     [(f"kompress_model_perplexity{{{SEL}}}", "{{optimization}} {{variant}}")], 8, 8),
+    ("KL divergence from the float model", "bargauge", "none",
+     [(f"kompress_model_kl_divergence{{{SEL}}}", "{{optimization}} {{variant}}")], 8, 8),
+    ("Energy per generated token", "bargauge", "joule",
+     [(f"kompress_model_token_energy_joules{{{SEL}}}", "{{optimization}} {{variant}} ({{method}})")], 8, 8),
+]
+
+
 def rows(pid: int, y: int, title: str, panels: list[tuple]) -> tuple[list[dict[str, Any]], int, int]:
     out = [{"id": pid, "type": "row", "title": title, "collapsed": False, "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
             "panels": []}]
@@ -92,7 +108,9 @@ def variable(name: str, label: str, query: str) -> dict[str, Any]:
 
 def dashboard() -> dict[str, Any]:
     fleet, pid, y = rows(1, 0, "Fleet", FLEET)
-    per, _, _ = rows(pid, y, "Per optimization", PER_OPTIMIZATION)
+    per, pid, y = rows(pid, y, "Per optimization", PER_OPTIMIZATION)
+    llm, _, _ = rows(pid, y, "Language models (text-generation)", LANGUAGE_MODELS)
+    per += llm
     return {
         "uid": "kompress-overview", "title": "kompress: model optimizations", "tags": ["kompress"],
         "description": "Speed, size, quality and energy of every optimization; fleet health of the operator.",

@@ -117,11 +117,14 @@ def test_names_and_scope(manifest: dict[str, Any], version: dict[str, Any]) -> N
 
 def test_printer_columns(version: dict[str, Any]) -> None:
     cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(cols) == ["Phase", "Model", "Speedup", "Size ratio", "Accuracy drop", "Runtime", "Promoted", "Age"]
+    assert list(cols) == ["Phase", "Model", "Speedup", "Size ratio", "Quality drop", "Metric", "Tokens/s", "Runtime",
+                          "Promoted", "Age"]
     expected = {
         "Phase": (".status.phase", "string"), "Model": (".spec.model.uri", "string"),
         "Speedup": (".status.result.speedup", "number"), "Size ratio": (".status.result.sizeReduction", "number"),
-        "Accuracy drop": (".status.result.accuracyDrop", "number"), "Promoted": (".status.promotedTo", "string"),
+        "Quality drop": (".status.result.accuracyDrop", "number"), "Promoted": (".status.promotedTo", "string"),
+        "Metric": (".status.result.qualityMetric", "string"),
+        "Tokens/s": (".status.result.decodeTokensPerSecond", "number"),
         "Runtime": (".status.result.runtime", "string"),
         "Age": (".metadata.creationTimestamp", "date"),
     }

@@ -255,8 +255,14 @@ def printer_columns() -> list[dict[str, Any]]:
          "description": "Baseline/optimized ratio of median latency."},
         {"name": "Size ratio", "type": "number", "jsonPath": ".status.result.sizeReduction",
          "description": "Baseline/optimized ratio of model file size."},
-        {"name": "Accuracy drop", "type": "number", "jsonPath": ".status.result.accuracyDrop",
-         "description": "Drop of the quality metric."},
+        {"name": "Quality drop", "type": "number", "jsonPath": ".status.result.accuracyDrop",
+         "description": "Drop of the task's quality metric (see Metric): accuracy, 1 - cosine, or for "
+                        "text-generation the relative perplexity increase."},
+        {"name": "Metric", "type": "string", "jsonPath": ".status.result.qualityMetric", "priority": 1,
+         "description": "The quality metric the drop is measured on (the task's)."},
+        {"name": "Tokens/s", "type": "number", "jsonPath": ".status.result.decodeTokensPerSecond", "priority": 1,
+         "description": "text-generation: decode tokens/s of the result at batch 1 (Speedup is the decode "
+                        "speedup over the float model in the same runtime)."},
         {"name": "Runtime", "type": "string", "jsonPath": ".status.result.runtime",
          "description": "The runtime serving the result (a search's choice when target.runtime is unset or auto)."},
         {"name": "Promoted", "type": "string", "jsonPath": ".status.promotedTo",

@@ -37,6 +37,14 @@ FAMILIES = {
     "kompress_optimization_energy_joules": "Energy of the whole optimization run.",
     "kompress_optimization_run_duration_seconds": "Wall time of the whole optimization run.",
     "kompress_optimization_gates_passed": "1 when every quality gate passed, else 0.",
+    # text-generation
+    "kompress_model_perplexity": "Perplexity of a language model on the evaluation text.",
+    "kompress_model_kl_divergence": "Mean KL divergence of the next-token distributions from the float model's.",
+    "kompress_model_token_agreement_ratio": "Share of positions whose top-1 next token is the float model's.",
+    "kompress_model_time_to_first_token_seconds": "Median time to the first token at the stated prompt length.",
+    "kompress_model_decode_tokens_per_second": "Median decode speed at batch 1.",
+    "kompress_model_token_energy_joules": "Energy per generated token (method label).",
+    "kompress_optimization_perplexity_increase_ratio": "Relative perplexity increase over the float model.",
 }
 
 
@@ -64,9 +72,16 @@ def series(namespace: str, optimization: str, baseline: MetricsBlock | None, opt
         yield from one("kompress_model_inference_energy_joules", "energyPerInferenceJoules", {"method": method})
         yield from one("kompress_model_accuracy_ratio", "accuracy", {"metric": "accuracy"})
         yield from one("kompress_model_accuracy_ratio", "cosineSimilarity", {"metric": "cosine_similarity"})
+        yield from one("kompress_model_perplexity", "perplexity")
+        yield from one("kompress_model_kl_divergence", "klDivergence")
+        yield from one("kompress_model_token_agreement_ratio", "tokenAgreement")
+        yield from one("kompress_model_time_to_first_token_seconds", "timeToFirstTokenSeconds")
+        yield from one("kompress_model_decode_tokens_per_second", "decodeTokensPerSecond")
+        yield from one("kompress_model_token_energy_joules", "energyPerTokenJoules", {"method": method})
     for name, key in (("kompress_optimization_speedup_ratio", "speedup"),
                       ("kompress_optimization_size_reduction_ratio", "sizeReduction"),
                       ("kompress_optimization_accuracy_drop_ratio", "accuracyDrop"),
+                      ("kompress_optimization_perplexity_increase_ratio", "perplexityIncrease"),
                       ("kompress_optimization_run_duration_seconds", "durationSeconds")):
         if result.get(key) is not None:
             yield Series(name, FAMILIES[name], dict(base), float(result[key]))
