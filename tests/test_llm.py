@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import DATASETS, EXAMPLES, run_cli, versions, write_spec
 
 from kompress.jobs.errors import InvalidInputError, SpecError
 from kompress.jobs.io import corpus
 from kompress.jobs.io.causal_lm import check_memory
 from kompress.jobs.spec.document import parse_document
+
+from conftest import DATASETS, EXAMPLES, run_cli, versions, write_spec
 
 pytest.importorskip("onnxruntime_genai", reason="the llm extra is not installed: make install installs it")
 pytest.importorskip("openvino_genai", reason="the llm extra is not installed: make install installs it")
