@@ -16,7 +16,7 @@ The table: per runtime, the float model, the peer's default, kompress's best tri
 fast as that default with lower KL (the bar: beat the default on quality at its speed), and what kompress
 promotes under --max-perplexity-increase (default 5%).
 
-Run: python bench/llm.py [MODEL] [--windows 16] [--max-perplexity-increase 0.05] [--json PATH]
+Run: python bench/llm.py [MODEL] [--windows 16] [--rounds 8] [--max-perplexity-increase 0.05] [--json PATH]
 """
 
 from __future__ import annotations
@@ -38,13 +38,14 @@ PROSE = "package://kompress.jobs/datasets/prose-en.txt"
 PEER_DEFAULTS = {"onnxruntime-genai": "builder-default", "openvino-genai": "optimum-default"}
 
 
-def spec(model: str, windows: int, max_ppl: float, registry: Path) -> dict[str, Any]:
+def spec(model: str, windows: int, rounds: int, max_ppl: float, registry: Path) -> dict[str, Any]:
     return {"apiVersion": "kompress.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": "bench-llm"},
             "spec": {"model": {"uri": model, "task": "text-generation"},
                      "data": {"uri": PROSE, "text": {"sequenceLength": 512, "evaluationWindows": windows,
                                                      "calibrationSequences": 32, "calibrationLength": 128}},
                      "search": {"maxTrials": 64, "objective": "latency"},
-                     "target": {"generation": {"promptTokens": 128, "newTokens": 64, "rounds": 5}},
+                     "target": {"generation": {"promptTokens": 128, "newTokens": 64, "rounds": rounds,
+                                                "trialRounds": rounds}},
                      "gates": {"maxPerplexityIncrease": max_ppl},
                      "promotion": {"registry": str(registry), "modelName": "bench"}}}
 
@@ -53,7 +54,8 @@ def row(label: str, t: dict[str, Any] | None, block: dict[str, Any] | None = Non
     m = block if block is not None else (t or {}).get("metrics") or {}
     if not m:
         return [label, (t or {}).get("message", "no result")[:80], "", "", "", "", "", ""]
-    return [label, f"{m['sizeBytes'] / 1e6:.0f} MB", f"{(m.get('timeToFirstTokenSeconds') or 0) * 1e3:.0f} ms",
+    ttft = m.get("timeToFirstTokenSeconds")
+    return [label, f"{m['sizeBytes'] / 1e6:.0f} MB", f"{ttft * 1e3:.0f} ms" if ttft else "",
             f"{m['decodeTokensPerSecond']:.1f}", f"x{m.get('speedup', 1.0):.2f}", f"{m['perplexity']:.3f}",
             f"{m.get('klDivergence') or 0:.4f}", f"{m.get('tokenAgreement') or 1:.3f}"]
 
@@ -75,15 +77,14 @@ def table(report: dict[str, Any]) -> list[list[str]]:
                            "decodeTokensPerSecond": speed, "speedup": 1.0,
                            "perplexity": base["perplexity"] / (1 + base.get("perplexityIncrease", 0.0)),
                            "klDivergence": None, "tokenAgreement": None, "timeToFirstTokenSeconds": None}
-            rows.append(row(f"{runtime} float", None, float_block))
-        rows.append(row(f"{runtime} peer default ({peer_name})", peer))
+            rows.append(row(f"{runtime} float (from the trials' ratios)", None, float_block))
+        rows.append(row(f"  peer default: {peer['name'] if peer else peer_name}", peer))
         if peer and peer.get("metrics"):
             pm = peer["metrics"]
             better = [t for t in measured if t is not peer and t["metrics"]["klDivergence"] < pm["klDivergence"]
                       and t["metrics"]["decodeTokensPerSecond"] >= 0.95 * pm["decodeTokensPerSecond"]]
             best = min(better, key=lambda t: t["metrics"]["klDivergence"]) if better else None
-            rows.append(row(f"{runtime} kompress, >=0.95x the default's speed: {best['name'] if best else 'none'}",
-                            best))
+            rows.append(row(f"  kompress at >=0.95x its speed: {best['name'] if best else 'none'}", best))
     chosen = report.get("optimized")
     if chosen:
         gen, lang = chosen["generation"], chosen["language"]
@@ -99,6 +100,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=8, help="timed generations per variant and trial")
     parser.add_argument("--max-perplexity-increase", type=float, default=0.05)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -108,7 +110,8 @@ def main() -> int:
         work = Path(tmp)
         path = work / "spec.yaml"
         model = args.model if "://" in args.model else str(Path(args.model).resolve())
-        path.write_text(yaml.safe_dump(spec(model, args.windows, args.max_perplexity_increase, work / "registry")))
+        path.write_text(yaml.safe_dump(spec(model, args.windows, args.rounds, args.max_perplexity_increase,
+                                        work / "registry")))
         proc = subprocess.run([sys.executable, "-m", "kompress.jobs.cli", "run", str(path), "--output",
                                str(work / "out")], cwd=work, text=True)
         report = json.loads((work / "out" / "report.json").read_text())

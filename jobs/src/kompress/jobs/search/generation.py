@@ -40,9 +40,6 @@ from kompress.jobs.techniques import catalog
 from kompress.jobs.techniques.configs import WeightOnlyConfig
 from kompress.jobs.techniques.context import GenerationContext
 
-TRIAL_ROUNDS = 3
-"""Timed generations per variant in a search trial (the chosen one is then timed over target.generation.rounds)."""
-
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -208,7 +205,8 @@ def run_trial(ws: GenerationWorkspace, candidate: Candidate, index: int) -> Tria
         session = runtime.open(folder, ws.threads, precision)
         try:
             quality = gm.compare(session, ws.reference, ws.progress, trial.name)
-            rounds = TRIAL_ROUNDS if search else spec.target.generation.rounds
+            generation = spec.target.generation  # a trial's rounds, then the chosen one's in full
+            rounds = min(generation.trial_rounds, generation.rounds) if search else generation.rounds
             measured = measure(ws, base, folder, session, quality, precision, rounds)
         finally:
             session.close()

@@ -152,7 +152,9 @@ class GenerationSpec(SpecModel):
     new_tokens: Annotated[int, Field(ge=2, le=4096)] = 64
     """Tokens generated per run (decode tokens/s is measured over all but the first)."""
     rounds: Annotated[int, Field(ge=1, le=1000)] = 5
-    """Timed generations per variant, each with a different prompt (a search trial uses 3)."""
+    """Timed generations per variant, each with a different prompt, for the result."""
+    trial_rounds: Annotated[int, Field(ge=1, le=1000)] = 3
+    """Timed generations per variant in a search trial (at most `rounds`)."""
 
 
 class TargetSpec(SpecModel):
