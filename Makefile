@@ -41,6 +41,7 @@ bench: install
 	$(PYTHON) bench/compression.py --model minilm
 	$(PYTHON) bench/compression.py --model digits
 	$(PYTHON) bench/runtimes.py
+	$(PYTHON) bench/llm.py
 
 # Fast and first in .ci/run: installs only ruff (pinned in constraints.txt), not the whole stack, so a clean
 # machine gets its lint verdict in seconds.

@@ -12,28 +12,21 @@ import sys
 from pathlib import Path
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def main(argv: list[str]) -> None:
     import numpy as np
 
     from kompress.jobs.runtimes import genai_registry
+    from kompress.jobs.runtimes.memprobe import status_kb
 
     runtime_name, model_dir, threads, precision, prompt_file, new_tokens = argv
     runtime = genai_registry.get(runtime_name)
     for module in runtime.modules:  # the libraries are not the model's memory
         importlib.import_module(module)
     prompt = np.load(prompt_file)
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     session = runtime.open(Path(model_dir), int(threads), None if precision == "-" else precision)
     session.generate(prompt, int(new_tokens))
-    print(json.dumps({"peakBytes": (_status_kb("VmHWM") - before) * 1024}))
+    print(json.dumps({"peakBytes": (status_kb("VmHWM") - before) * 1024}))
 
 
 if __name__ == "__main__":

@@ -39,13 +39,24 @@ def plot(typed: OptimizationReport, path: Path) -> Path:
         (f"energy/inference (mJ, {o['energy']['method']})", b["energy"]["joulesPerInference"] * 1e3,
          o["energy"]["joulesPerInference"] * 1e3),
     ]
-    for ax, (title, bv, ov) in zip(axes[1:], panels, strict=True):
-        ax.bar(["baseline", "optimized"], [bv, ov], color=colors)
-        ax.set_title(title)
-        for i, v in enumerate((bv, ov)):
-            ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
+    _pairs(axes[1:], panels, ("baseline", "optimized"))
     fig.suptitle(f"{report['name']}: speedup x{report['comparison']['speedup']:.2f}, "
                  f"size x{report['comparison']['sizeReduction']:.2f}, verdict {report['outcome']}")
+    return _save(fig, path)
+
+
+def _pairs(axes: Any, panels: list[tuple[str, float, float]], names: tuple[str, str]) -> None:
+    """One bar pair per panel (title, baseline value, optimized value), values written on the bars."""
+    for ax, (title, bv, ov) in zip(axes, panels, strict=True):
+        ax.bar(list(names), [bv, ov], color=["#8c8c8c", "#1f77b4"])
+        ax.set_title(title, fontsize=9)
+        for i, v in enumerate((bv, ov)):
+            ax.annotate(f"{v:.4g}", (i, v), ha="center", va="bottom", fontsize=8)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -65,18 +76,11 @@ def _plot_generation(report: dict[str, Any], path: Path) -> Path:
         ("perplexity", b["language"]["perplexity"], o["language"]["perplexity"]),
     ]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
-    for ax, (title, bv, ov) in zip(axes, panels, strict=True):
-        ax.bar(["float", "optimized"], [bv, ov], color=["#8c8c8c", "#1f77b4"])
-        ax.set_title(title, fontsize=9)
-        for i, v in enumerate((bv, ov)):
-            ax.annotate(f"{v:.4g}", (i, v), ha="center", va="bottom", fontsize=8)
+    _pairs(axes, panels, ("float", "optimized"))
     cmp = report["comparison"]
     fig.suptitle(f"{report['name']}: decode x{cmp['speedup']:.2f}, perplexity {cmp.get('perplexityIncrease', 0):+.1%}, "
                  f"size x{cmp['sizeReduction']:.2f}, verdict {report['outcome']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _generation_search_plot(points: list[Trial], path: Path) -> Path:

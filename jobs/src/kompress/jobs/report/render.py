@@ -165,7 +165,10 @@ def _search_section(report: dict[str, Any], search_plot: Path | None) -> list[st
     for t in search["trials"]:
         m = t.get("metrics") or {}
         quality = (f"accuracy {m['accuracy']:.4f}" if "accuracy" in m
-                   else f"cosine {m['cosineSimilarity']:.4f}" if "cosineSimilarity" in m else "")
+                   else f"cosine {m['cosineSimilarity']:.4f}" if "cosineSimilarity" in m
+                   else f"perplexity {m['perplexity']:.3f} ({m.get('perplexityIncrease', 0):+.1%}), KL "
+                        f"{m.get('klDivergence', 0):.4f}, top-1 {m.get('tokenAgreement', 0):.3f}, "
+                        f"{m.get('decodeTokensPerSecond', 0):.1f} tok/s" if "perplexity" in m else "")
         verdict = t["status"] + (" (chosen)" if t.get("chosen") else "")
         why = "; ".join(t.get("failures") or []) or t.get("message") or ""
         served = " ".join(p for p in (t.get("runtime"), t.get("precision")) if p)

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (VmRSS, VmHWM)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -45,9 +46,9 @@ def main(argv: list[str]) -> None:
     if runtime.modules:  # the runtime's own library is loaded before the baseline reading: it is not the model's
         importlib.import_module(runtime.modules[0])
     gpu_before = _gpu_used_bytes() if device == "gpu" else None
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     runtime.probe_memory(Path(model), feeds, SessionTarget(device, int(threads), precision[0] if precision else None))
-    result = {"peakBytes": (_status_kb("VmHWM") - before) * 1024}
+    result = {"peakBytes": (status_kb("VmHWM") - before) * 1024}
     gpu_after = _gpu_used_bytes() if gpu_before is not None else None
     if gpu_before is not None and gpu_after is not None:
         result["gpuBytes"] = max(0, gpu_after - gpu_before)
