@@ -18,6 +18,7 @@ trial's decode speedup over its float model, timed beside it), and what kompress
 --max-perplexity-increase (default 5%).
 
 Run: python bench/llm.py [MODEL] [--windows 16] [--rounds 8] [--max-perplexity-increase 0.05] [--json PATH]
+     python bench/llm.py --from-json PATH   (the table of an earlier run)
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ def table(report: dict[str, Any]) -> list[list[str]]:
             # round), not as raw tokens/s from trials minutes apart on a noisy machine
             better = [t for t in measured if t is not peer and t["metrics"]["klDivergence"] < pm["klDivergence"]
                       and t["metrics"]["speedup"] >= 0.95 * pm["speedup"]]
-            best = min(better, key=lambda t: t["metrics"]["klDivergence"]) if better else None
-            rows.append(row(f"  kompress at >=0.95x its speed: {best['name'] if best else 'none'}", best))
+            int4 = [t for t in better if any(s.get("weightOnly", {}).get("bits", 4) == 4 for s in t["techniques"])]
+            for label, pool in (("INT4", int4), ("any", better)):
+                best = min(pool, key=lambda t: t["metrics"]["klDivergence"]) if pool else None
+                rows.append(row(f"  kompress {label}, >=0.95x its speed: {best['name'] if best else 'none'}", best))
     chosen = report.get("optimized")
     if chosen:
         gen, lang = chosen["generation"], chosen["language"]
@@ -99,6 +102,14 @@ def table(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL)
@@ -106,8 +117,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8, help="timed generations per variant and trial")
     parser.add_argument("--max-perplexity-increase", type=float, default=0.05)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--from-json", type=Path, help="print the table of an earlier run's --json file")
     args = parser.parse_args()
     from kompress.jobs import cpu
+
+    if args.from_json:
+        print_table(table(json.loads(args.from_json.read_text())["report"]))
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="bench-llm-") as tmp:
         work = Path(tmp)
@@ -122,11 +138,7 @@ def main() -> int:
     print(f"model: {args.model} (source precision {report['model']['metadata'].get('sourcePrecision')}); "
           f"kompress exit {proc.returncode}: {report['message']}")
     rows = table(report)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "report": report}, indent=2))
     return 0
