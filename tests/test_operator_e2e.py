@@ -238,7 +238,9 @@ def test_minilm_int8_is_optimized_and_promoted(world: dict[str, Any]) -> None:
     for type_ in ("Accepted", "Evaluated", "GatesPassed", "Promoted", "Ready"):
         assert condition(obj, type_)["status"] == "True", type_
     assert condition(obj, "Stalled")["status"] == "False"
-    assert {"JobCreated", "Promoted"} <= set(events(world, ns))
+    # kopf posts events in the background: the Promoted condition can be read before its event is listed
+    wait_for(lambda: {"JobCreated", "Promoted"} <= set(events(world, ns)), 30, "the JobCreated and Promoted events",
+             world)
     keys = [o["Key"] for o in world["s3"].list_objects_v2(Bucket="e2e-registry", Prefix="serving/minilm/")["Contents"]]
     assert "serving/minilm/1/model.onnx" in keys and "serving/minilm/config.pbtxt" in keys
     printed = kubectl(world["cluster"], "get", "mopt", "-n", ns)
@@ -502,6 +504,48 @@ def test_results_reach_prometheus_through_both_paths(world: dict[str, Any]) -> N
     for r in prom.query("kompress_model_size_bytes"):  # no high-cardinality labels
         assert set(r["metric"]) <= {"__name__", "namespace", "optimization", "variant", "job", "instance"}
     assert float(prom.query('sum(kompress_optimizations_total{result="succeeded"})')[0]["value"][1]) >= 1
+
+
+def test_a_language_model_is_compressed_through_the_operator(world: dict[str, Any], tmp_path: Path) -> None:
+    """text-generation as a Job: a tiny random Qwen2 (the packaged model's tokenizer) from S3, weight-only INT8 on
+    ONNX Runtime GenAI; the status carries the decode speed and the perplexity increase, the wide printer
+    columns show them, the registry version is the runtime's folder (no Triton config), and the Job's metrics
+    feed the dashboard's language-model row (checked by the next test)."""
+    pytest.importorskip("onnxruntime_genai", reason="the llm extra is not installed: make install installs it")
+    from llm_models import PROSE, packaged_tokenizer, tiny_model
+
+    ns = namespace(world, "llm")
+    model = tiny_model("qwen2", tmp_path / "tiny-qwen2", packaged_tokenizer(tmp_path))
+    for f in model.iterdir():
+        world["s3"].upload_file(str(f), "e2e-models", f"tiny-qwen2/{f.name}")
+    doc = {"apiVersion": "kompress.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": "tiny-llm"},
+           "spec": {"model": {"uri": "s3://e2e-models/tiny-qwen2/", "task": "text-generation"},
+                    "data": {"uri": PROSE, "text": {"sequenceLength": 64, "evaluationWindows": 3,
+                                                    "calibrationSequences": 4, "calibrationLength": 32}},
+                    "techniques": [{"weightOnly": {"bits": 8}}],
+                    "target": {"runtime": "onnxruntime-genai",
+                               "generation": {"promptTokens": 16, "newTokens": 8, "rounds": 2}},
+                    "gates": {"noRegression": False, "maxKLDivergence": 0.5},
+                    "promotion": {"registry": "s3://e2e-registry/serving", "modelName": "tiny-llm"},
+                    "storageSecretRef": {"name": "s3-credentials"}}}
+    assert apply(world, ns, doc).returncode == 0
+    obj = wait_for(phase_in(world, ns, "tiny-llm", FINAL), 600, "the language model to finish", world)
+    st = obj["status"]
+    assert st["phase"] == "Succeeded", st
+    result = st["result"]
+    assert result["runtime"] == "onnxruntime-genai" and result["qualityMetric"] == "perplexityIncrease"
+    assert result["decodeTokensPerSecond"] > 0 and result["perplexity"] > 0 and "perplexityIncrease" in result
+    assert st["baseline"]["decodeTokensPerSecond"] > 0 and result["klDivergence"] <= 0.5
+    keys = {o["Key"] for o in world["s3"].list_objects_v2(Bucket="e2e-registry", Prefix="serving/tiny-llm/")[
+        "Contents"]}
+    assert {"serving/tiny-llm/1/model.onnx", "serving/tiny-llm/1/genai_config.json",
+            "serving/tiny-llm/1/kompress.json"} <= keys
+    assert "serving/tiny-llm/config.pbtxt" not in keys  # served by its runtime's server, not Triton's
+    wide = kubectl(world["cluster"], "get", "mopt", "tiny-llm", "-n", ns, "-o", "wide")
+    assert wide.returncode == 0 and "TOKENS/S" in wide.stdout and "perplexityIncrease" in wide.stdout, wide.stdout
+    series = 'kompress_model_decode_tokens_per_second{optimization="tiny-llm"}'
+    found = wait_for(lambda: world["prometheus"].query(series) or None, 60, "the tokens/s series", world)
+    assert {r["metric"]["variant"] for r in found} == {"baseline", "optimized"}  # (both paths: mirror, push)
 
 
 def test_every_dashboard_and_alert_query_returns_data(world: dict[str, Any]) -> None:

@@ -49,7 +49,7 @@ BASE_ACCURACY = accuracy(MODEL)
 
 
 def test_registry_lists_every_technique() -> None:
-    assert set(techniques.names()) == {"quantize", "fp16", "graphOptimize", "prune", "distill", "qat"}
+    assert set(techniques.names()) == {"quantize", "fp16", "graphOptimize", "prune", "distill", "qat", "weightOnly"}
 
 
 def test_the_spec_loads_the_catalog_only() -> None:
