@@ -167,6 +167,8 @@ def _final(ws: trials.GenerationWorkspace, out: GenerationResult) -> None:
     base = ws.floats[runtime.name]
     rounds = spec.target.generation.rounds
     measured = chosen.measured
+    for other in [name for name in ws.floats if name != runtime.name]:  # nothing else loaded while timing
+        ws.floats.pop(other).session.close()
     if spec.search is not None:
         progress.step(f"measuring {chosen.trial.name} against the float model over {rounds} rounds")
         session = runtime.open(chosen.folder, ws.threads, chosen.precision)

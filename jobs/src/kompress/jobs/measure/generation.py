@@ -152,8 +152,7 @@ def time_pair(baseline: GenerativeSession, candidate: GenerativeSession, prompts
               new_tokens: int, meter: Meter) -> tuple[Timed, Timed, float]:
     """Interleaved greedy generations (the order flips each round, so drift hits both); returns both variants'
     timings and the measurement's noise: half the interquartile range of the per-round decode ratios."""
-    # warm-up at full prompt length: a fresh session's first generations grow its buffers (measured: a freshly
-    # opened INT8 model timed 25% slower against a float session that had already run the quality windows)
+    # warm-up at full prompt length: a fresh session's first generations grow its buffers
     for s in (baseline, candidate):
         s.generate(prompts[0], min(new_tokens, 16))
     timed = (Timed(energy_method=meter.method), Timed(energy_method=meter.method))
