@@ -158,7 +158,3 @@ class GenerativeRuntime:
         techniques[] items, inference precision). The runtime's own default recipe is among them, so the trial
         table shows what the peer's default gives."""
         return []
-
-    def served_files(self, model_dir: Path) -> list[Path]:
-        """The files a server reads (what the registry version holds)."""
-        return sorted(p for p in model_dir.rglob("*") if p.is_file())

@@ -80,7 +80,6 @@ class OrtGenAiSession:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
         self._og = og
         self._model = og.Model(config)
-        self._threads = threads
         decoder = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
         # sliding-window layers need a KV cache at least as long as the window, whatever the sequence
         self._min_length = int((decoder.get("sliding_window") or {}).get("window_size", 0))
@@ -135,7 +134,7 @@ class OnnxRuntimeGenAI(GenerativeRuntime):
         return None
 
     def export_float(self, hf_dir: Path, out: Path, limits: ExportLimits) -> Path:
-        return self._build(hf_dir, out, "fp32", {}, limits)
+        return self._build(hf_dir, out, "fp32", {})
 
     def quantize(self, hf_dir: Path, float_dir: Path, out: Path, recipe: WeightRecipe, limits: ExportLimits,
                  calibration: list[np.ndarray]) -> Path:
@@ -161,9 +160,9 @@ class OnnxRuntimeGenAI(GenerativeRuntime):
             raise InvalidInputError("keepSensitive keeps layers at 8 bits: it applies to a 4-bit recipe",
                                     field="techniques")
         target = {"quant_config": {"weights": {"overrides": overrides}}} if overrides else None
-        return self._build(hf_dir, out, f"int{recipe.bits}", options, limits, target)
+        return self._build(hf_dir, out, f"int{recipe.bits}", options, target)
 
-    def _build(self, hf_dir: Path, out: Path, precision: str, options: dict[str, str], limits: ExportLimits,
+    def _build(self, hf_dir: Path, out: Path, precision: str, options: dict[str, str],
                target_options: dict[str, Any] | None = None) -> Path:
         from onnxruntime_genai.models import builder
 

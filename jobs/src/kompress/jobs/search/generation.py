@@ -109,9 +109,8 @@ class GenerationWorkspace:
     def context(self, runtime: GenerativeRuntime, workdir: Path, config: WeightOnlyConfig) -> GenerationContext:
         """The step's context; sensitivity is shared by every recipe with the same grid."""
         key = (config.bits, config.group_size, config.symmetric)
-        ctx = GenerationContext(runtime, self.lm.hf_dir, self.floats[runtime.name].folder, workdir, self.limits,
-                                self.text.calibration, self.progress, self.sensitivity.get(key, {}))
-        return ctx
+        return GenerationContext(runtime, self.lm.hf_dir, self.floats[runtime.name].folder, workdir, self.limits,
+                                 self.text.calibration, self.progress, self.sensitivity.get(key, {}))
 
     def close(self) -> None:
         for f in self.floats.values():
