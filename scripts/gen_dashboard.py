@@ -57,6 +57,12 @@ PER_OPTIMIZATION = [
      [(f"kompress_model_throughput_inferences_per_second{{{SEL}}}", "{{optimization}} {{variant}}")], 8, 8),
     ("Peak memory", "bargauge", "bytes",
      [(f"kompress_model_peak_memory_bytes{{{SEL}}}", "{{optimization}} {{variant}}")], 8, 8),
+    ("Quality by evaluation set (point)", "bargauge", "none",
+     [(f'kompress_slice_quality_ratio{{{SEL}, estimate="point"}}', "{{optimization}} {{slice}} {{metric}}")], 12, 10),
+    ("Quality by evaluation set (worse bound of the 95% interval)", "bargauge", "none",
+     [(f'kompress_slice_quality_ratio{{{SEL}, estimate="low", metric!~".*drop"}} or '
+       f'kompress_slice_quality_ratio{{{SEL}, estimate="high", metric=~".*drop"}}',
+       "{{optimization}} {{slice}} {{metric}}")], 12, 10),
 ]
 
 

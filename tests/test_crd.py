@@ -117,8 +117,9 @@ def test_names_and_scope(manifest: dict[str, Any], version: dict[str, Any]) -> N
 
 def test_printer_columns(version: dict[str, Any]) -> None:
     cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(cols) == ["Phase", "Model", "Speedup", "Size ratio", "Quality drop", "Metric", "Tokens/s", "Runtime",
-                          "Promoted", "Age"]
+    assert list(cols) == ["Phase", "Model", "Speedup", "Size ratio", "Quality drop", "Metric", "Worst slice",
+                          "Tokens/s", "Runtime", "Promoted", "Age"]
+    assert cols["Worst slice"]["jsonPath"] == ".status.result.worstSlice" and cols["Worst slice"]["priority"] == 1
     expected = {
         "Phase": (".status.phase", "string"), "Model": (".spec.model.uri", "string"),
         "Speedup": (".status.result.speedup", "number"), "Size ratio": (".status.result.sizeReduction", "number"),
@@ -228,11 +229,17 @@ def test_status_schema(root: dict[str, Any]) -> None:
                "peakMemoryBytes", "energyPerInferenceJoules", "accuracy", "cosineSimilarity", "runtime", "precision",
                # text-generation
                "perplexity", "klDivergence", "tokenAgreement", "decodeTokensPerSecond", "timeToFirstTokenSeconds",
-               "energyPerTokenJoules"}
+               "energyPerTokenJoules",
+               # agreement with the baseline beyond cosine (classifiers, embeddings)
+               "top1Agreement", "neighborAgreement", "rankCorrelation", "classAccuracyDrop"}
     assert set(status["baseline"]["properties"]) == metrics
     assert set(status["result"]["properties"]) == metrics | {
         "speedup", "speedupSpread", "sizeReduction", "energyReduction", "accuracyDrop", "qualityMetric",
-        "energyMethod", "runEnergyJoules", "durationSeconds", "perplexityIncrease"}
+        "energyMethod", "runEnergyJoules", "durationSeconds", "perplexityIncrease",
+        # evaluation slices and confidence intervals
+        "intervals", "intervalLevel", "slices", "worstSlice"}
+    slice_item = status["result"]["properties"]["slices"]["items"]
+    assert {"name", "samples", "cosineSimilarity", "accuracyDrop", "intervals"} <= set(slice_item["properties"])
     assert status["warnings"]["items"] == {"type": "string"}
     assert status["result"]["properties"]["sizeBytes"]["type"] == "integer"
     assert status["gates"]["properties"]["failures"]["items"] == {"type": "string"}

@@ -58,12 +58,30 @@ def test_pickled_and_corrupt_files_are_refused(tmp_path: Path) -> None:
         data.load_npz(tmp_path)
 
 
-def test_split_is_seeded_and_disjoint_when_possible() -> None:
+def test_split_is_seeded_and_never_overlaps_unless_allowed() -> None:
     digits = data.load_npz(DATASETS / "digits-eval.npz")
     cal, ev, overlap = data.split(digits, 100, 200, seed=0)
     cal2, ev2, _ = data.split(digits, 100, 200, seed=0)
     assert not overlap and cal.size == 100 and ev.size == 200
     assert np.array_equal(ev.inputs["pixels"], ev2.inputs["pixels"])
     assert np.array_equal(cal.inputs["pixels"], cal2.inputs["pixels"])
-    _, _, overlap = data.split(digits, 300, 300, seed=0)
-    assert overlap
+    assert not set(cal.file_rows()) & set(ev.file_rows())  # the rows' positions in the file
+    n = digits.size
+    cal, ev, overlap = data.split(digits, 300, n - 50, seed=0)  # too small for both: calibration gets the rest
+    assert not overlap and ev.size == n - 50 and cal.size == 50
+    assert not set(cal.file_rows()) & set(ev.file_rows())
+    cal, ev, overlap = data.split(digits, 300, n, seed=0)
+    assert not overlap and cal.size == 0
+    cal, ev, overlap = data.split(digits, 300, n - 50, seed=0, allow_overlap=True)  # the spec said so
+    assert overlap and cal.size == 300 and set(cal.file_rows()) & set(ev.file_rows())
+
+
+def test_a_technique_that_calibrates_refuses_evaluation_rows(tmp_path: Path) -> None:
+    """data.uri with only evaluation rows: static INT8 says which knobs to turn instead of calibrating on the
+    rows it will be scored on."""
+    from kompress.jobs.techniques.context import StepContext
+
+    ctx = StepContext(workdir=tmp_path, calibration={"pixels": np.zeros((0, 64), np.float32)}, labels=None)
+    with pytest.raises(InvalidInputError, match="allowCalibrationOverlap") as err:
+        ctx.require_calibration("static quantization", "techniques.quantize")
+    assert "evaluationSamples" in str(err.value)

@@ -44,7 +44,7 @@ def test_digits_int8_is_promoted_once(tmp_path: Path, trained: Path) -> None:
     assert base["quality"]["accuracy"] >= 0.97
     assert base["quality"]["accuracy"] - opt["quality"]["accuracy"] <= 0.01
     assert report["comparison"]["sizeReduction"] >= 3.5
-    assert report["data"]["labels"] is True and report["data"]["evaluationSamples"] == 360
+    assert report["data"]["labels"] is True and report["data"]["evaluationSamples"] == 260
     assert report["steps"][0]["details"]["calibration"] == "minmax"
     assert report["environment"]["libraries"]["onnxruntime"]
     assert len(report["model"]["sha256"]) == 64 and len(report["data"]["sha256"]) == 64

@@ -66,7 +66,8 @@ def test_a_search_where_every_candidate_is_slower_promotes_nothing(tmp_path: Pat
     model = tiny_matmuls(tmp_path / "tiny.onnx")
     np.savez(tmp_path / "data.npz", h0=np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32))
     doc = {"metadata": {"name": "tiny"}, "spec": {
-        "model": {"uri": str(model)}, "data": {"uri": str(tmp_path / "data.npz"), "calibrationSamples": 32},
+        "model": {"uri": str(model)}, "data": {"uri": str(tmp_path / "data.npz"), "calibrationSamples": 32,
+                                                                                  "evaluationSamples": 32},
         "search": {"objective": "latency", "trialIterations": 80, "candidates": [
             {"name": "dynamic", "techniques": [{"quantize": {"method": "dynamic"}}]},
             {"name": "static", "techniques": [{"quantize": {"method": "static"}}]}]},

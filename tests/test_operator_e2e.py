@@ -217,6 +217,13 @@ def test_minilm_int8_is_optimized_and_promoted(world: dict[str, Any]) -> None:
     doc["spec"]["storageSecretRef"] = {"name": "s3-credentials"}
     doc["spec"]["target"]["iterations"] = 40
     del doc["spec"]["gates"]["minSpeedup"]  # speed targets live in bench/
+    # two evaluation slices, reported (status, metrics, the dashboard's slice panels); the gates judge the main
+    # set here (the slice-aware verdict is tests/test_validation.py's)
+    for name in ("short-queries", "other-language"):
+        world["s3"].upload_file(str(DATASETS / f"minilm-slice-{name}.npz"), "e2e-datasets", f"minilm/{name}.npz")
+    doc["spec"]["data"]["slices"] = [{"name": n, "uri": f"s3://e2e-datasets/minilm/{n}.npz", "evaluationSamples": 60}
+                                     for n in ("short-queries", "other-language")]
+    doc["spec"]["gates"]["scope"] = "main"
     t0 = time.monotonic()
     assert apply(world, ns, doc).returncode == 0
     job = wait_for(lambda: jobs(world, ns), 30, "the Job", world)[0]
@@ -234,6 +241,11 @@ def test_minilm_int8_is_optimized_and_promoted(world: dict[str, Any]) -> None:
     assert "Running" in seen  # (Pending may pass between polls)
     assert st["jobName"] == job["metadata"]["name"] and st["observedGeneration"] == 1
     assert st["result"]["sizeReduction"] >= 3.5 and st["result"]["cosineSimilarity"] >= 0.99
+    assert [s["name"] for s in st["result"]["slices"]] == ["short-queries", "other-language"]
+    assert all(s["samples"] == 60 and "cosineSimilarity" in s["intervals"] for s in st["result"]["slices"])
+    assert st["result"]["worstSlice"] in ("main", "short-queries", "other-language")
+    low, high = st["result"]["intervals"]["cosineSimilarity"]
+    assert low <= st["result"]["cosineSimilarity"] <= high
     assert st["promotedTo"] == "s3://e2e-registry/serving/minilm/1"
     for type_ in ("Accepted", "Evaluated", "GatesPassed", "Promoted", "Ready"):
         assert condition(obj, type_)["status"] == "True", type_
@@ -245,6 +257,8 @@ def test_minilm_int8_is_optimized_and_promoted(world: dict[str, Any]) -> None:
     assert "serving/minilm/1/model.onnx" in keys and "serving/minilm/config.pbtxt" in keys
     printed = kubectl(world["cluster"], "get", "mopt", "-n", ns)
     assert printed.returncode == 0 and "Succeeded" in printed.stdout and "SPEEDUP" in printed.stdout.upper()
+    wide = kubectl(world["cluster"], "get", "mopt", "-n", ns, "-o", "wide")
+    assert "WORST SLICE" in wide.stdout and st["result"]["worstSlice"] in wide.stdout
     print(f"apply -> Job created: {world['apply_to_job_seconds']:.2f}s")
 
 

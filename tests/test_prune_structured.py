@@ -208,7 +208,7 @@ def test_cli_prune_then_static_int8(tmp_path: Path) -> None:
     doc = {"apiVersion": "kompress.dev/v1alpha1", "kind": "ModelOptimization", "metadata": {"name": "prune"},
            "spec": {"model": {"uri": str(MODEL), "task": "classification"},
                     "data": {"uri": str(DATASETS / "digits-eval.npz"), "trainUri": str(DATASETS / "digits-train.npz"),
-                             "calibrationSamples": 100, "evaluationSamples": 360},
+                             "calibrationSamples": 100, "evaluationSamples": 260},
                     "techniques": [{"prune": {"method": "structured", "target": "channels", "sparsity": 0.5,
                                               "finetune": {"epochs": 2}}},
                                    {"quantize": {"method": "static"}}],

@@ -154,7 +154,7 @@ def test_accuracy_against_fp32_and_post_training_quantization(trained: Trained,
     assert fp32 >= 0.97
     assert qat >= fp32 - MAX_DROP
     # This CNN loses nothing to PTQ either (both 0.9944 measured), so QAT can only tie here; it must not lose
-    assert qat >= ptq - 1 / 360
+    assert qat >= ptq - 1 / 260
 
 
 def test_resumes_from_a_checkpoint_to_the_same_weights(tmp_path: Path) -> None:

@@ -71,3 +71,20 @@ def cpu_has_bf16(cpuinfo: Path = CPUINFO) -> bool:
     speedup; elsewhere a runtime emulates it or falls back to f32, and a bf16 candidate is not worth a trial."""
     flags = set(cpu_flags(cpuinfo))
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def gpu_model() -> str | None:
+    """The visible NVIDIA GPUs' names and driver (nvidia-smi), or None: timings on a GPU hold for that GPU."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    gpus = [line.strip() for line in out.splitlines() if line.strip()]
+    return "; ".join(dict.fromkeys(gpus)) + (f" (x{len(gpus)})" if len(gpus) > 1 else "") if gpus else None

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from kompress.jobs.report.model import Comparison, GateResult, GateVerdict, ResultBlock, VariantMetrics
+from pydantic.alias_generators import to_camel
+
+from kompress.jobs.report.model import (
+    MAIN_SET,
+    SET_FIGURES,
+    Comparison,
+    GateResult,
+    GateVerdict,
+    ResultBlock,
+    SliceQuality,
+    VariantMetrics,
+)
 from kompress.jobs.spec.sections import GatesSpec
 from kompress.jobs.tasks.base import Task
 
@@ -44,18 +55,32 @@ GATE_FIELDS: dict[str, tuple[str, bool]] = {
     "minTokenAgreement": ("token_agreement", True),
     "minDecodeSpeedup": ("speedup", True),
     "maxTimeToFirstTokenSeconds": ("time_to_first_token_seconds", False),
+    "minTop1Agreement": ("top1_agreement", True),
+    "maxClassAccuracyDrop": ("class_accuracy_drop", False),
+    "minNeighborAgreement": ("neighbor_agreement", True),
+    "minRankCorrelation": ("rank_correlation", True),
 }
+SET_GATES = frozenset(g for g, (field, _) in GATE_FIELDS.items() if field in SET_FIGURES)
+"""Quality gates: measured on every evaluation set (the main one and each slice), with intervals; gates.scope
+and gates.confidence apply to them. The others (speed, size, memory, energy) are the model's, not a set's."""
+MAX_NOTES = 8
 
 
 def evaluate(gates: GatesSpec, result: ResultBlock, objective: str | None = None) -> GateVerdict:
     """Check every gate that is set against the flat result block; the engine (final result and each search
     trial) and the operator (re-checking after a gates edit) share this one function. `objective`: the
-    search's (latency, size, energy), or None for a fixed pipeline (any of the three must improve)."""
+    search's (latency, size, energy), or None for a fixed pipeline (any of the three must improve). Quality
+    gates judge the evaluation sets gates.scope names, on the point or (gates.confidence) the interval's
+    bound."""
     thresholds = gates.model_dump(by_alias=True)
     results = [no_regression(result, objective)] if gates.no_regression else []
+    notes: list[str] = []
     for gate, (field, higher) in GATE_FIELDS.items():
         threshold = thresholds.get(gate)
         if threshold is None:
+            continue
+        if gate in SET_GATES:
+            results += _judge_sets(gate, field, higher, float(threshold), gates, result, notes)
             continue
         measured = getattr(result, field)
         passed = measured is not None and (measured >= threshold if higher else measured <= threshold)
@@ -65,7 +90,52 @@ def evaluate(gates: GatesSpec, result: ResultBlock, objective: str | None = None
                                   measured=None if measured is None else float(measured), passed=passed,
                                   message=message))
     return GateVerdict(passed=all(r.passed for r in results), results=results,
-                       failures=[r.message for r in results if not r.passed])
+                       failures=[r.message for r in results if not r.passed], notes=notes[:MAX_NOTES])
+
+
+def evaluation_sets(result: ResultBlock) -> list[SliceQuality]:
+    """The main evaluation set (from the block's own fields) and every slice."""
+    fields = {k: getattr(result, k) for k in SliceQuality.model_fields if k in ResultBlock.model_fields}
+    return [SliceQuality(**{**fields, "name": MAIN_SET, "samples": 0, "intervals": result.intervals}), *result.slices]
+
+
+def _judge_sets(gate: str, field: str, higher: bool, threshold: float, gates: GatesSpec, result: ResultBlock,
+                notes: list[str]) -> list[GateResult]:
+    """One quality gate over the sets its scope names: one result per set (every-slice), or for the worst set
+    (worst-slice), or for the main set (main)."""
+    scope = gates.scope or ("worst-slice" if result.slices else "main")
+    sets = evaluation_sets(result)[: 1 if scope == "main" else None]
+    level = result.interval_level or 0.95
+    judged: list[tuple[float | None, SliceQuality, list[float] | None]] = []
+    for s in sets:
+        point, interval = getattr(s, field), s.intervals.get(to_camel(field))
+        value = point
+        if gates.confidence is not None and interval is not None and point is not None:
+            value = interval[0] if higher else interval[1]
+        if interval is not None and point is not None and interval[0] < threshold < interval[1]:
+            where = f" on slice {s.name!r}" if s.name != MAIN_SET else ""
+            notes.append(f"{gate}{where}: the {level:.0%} interval [{_fmt(interval[0])}, {_fmt(interval[1])}] "
+                         f"straddles {_fmt(threshold)}; more evaluation data is needed to decide"
+                         + (f" ({s.samples} samples)" if s.samples else ""))
+        judged.append((value, s, interval))
+    if scope == "worst-slice" and len(judged) > 1:
+        known = [j for j in judged if j[0] is not None]
+        worst = (min if higher else max)(known, key=lambda j: j[0]) if known else judged[0]  # type: ignore[arg-type,return-value]
+        judged = [worst]
+    out = []
+    for value, s, interval in judged:
+        passed = value is not None and (value >= threshold if higher else value <= threshold)
+        word = ">=" if higher else "<="
+        how = ""
+        if gates.confidence is not None and interval is not None:
+            how = (f" ({'lower' if higher else 'upper'} bound of the {level:.0%} interval; point "
+                   f"{_fmt(getattr(s, field))})")
+        where = f" on slice {s.name!r}" if result.slices else ""
+        message = (f"{gate}: measured {_fmt(value)}{how}{where} {'meets' if passed else 'misses'} {word} "
+                   f"{_fmt(threshold)}")
+        out.append(GateResult(gate=gate, threshold=threshold, measured=value, passed=passed, message=message,
+                              slice=s.name if result.slices else None, interval=interval))
+    return out
 
 
 def _gains(result: ResultBlock) -> dict[str, tuple[float | None, float]]:

@@ -173,9 +173,8 @@ def _final(ws: trials.GenerationWorkspace, out: GenerationResult) -> None:
         progress.step(f"measuring {chosen.trial.name} against the float model over {rounds} rounds")
         session = runtime.open(chosen.folder, ws.threads, chosen.precision)
         try:
-            assert measured.candidate.language is not None
-            measured = trials.measure(ws, base, chosen.folder, session, measured.candidate.language,
-                                      chosen.precision, rounds)
+            assert chosen.compared is not None
+            measured = trials.measure(ws, base, chosen.folder, session, chosen.compared, chosen.precision, rounds)
         finally:
             session.close()
     prompt, new = ws.text.prompts[0], spec.target.generation.new_tokens

@@ -24,7 +24,7 @@ import numpy as np
 from kompress.jobs import cpu, gates, generative_run
 from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure, require_torch
 from kompress.jobs.io import data as datamod
-from kompress.jobs.io import model_files, storage
+from kompress.jobs.io import model_files, storage, texts
 from kompress.jobs.io import models as model_io
 from kompress.jobs.io.checkpoints import Checkpoints
 from kompress.jobs.measure import evaluate
@@ -48,6 +48,7 @@ from kompress.jobs.report.model import (
     RunEnergy,
     SearchReport,
     ServingSignature,
+    SliceFacts,
     StepReport,
     TensorSpec,
     VariantMetrics,
@@ -197,7 +198,8 @@ def _environment() -> Environment:
     read-only root)."""
     root_read_only = bool(os.statvfs("/").f_flag & os.ST_RDONLY) if hasattr(os, "statvfs") else None
     return Environment(platform=platform.platform(), machine=platform.machine(), seed=SEED, libraries=_versions(),
-                       cpu=cpu.cpu_model(), cpu_flags=cpu.notable_flags(), threads=cpu.available_threads(),
+                       cpu=cpu.cpu_model(), cpu_flags=cpu.notable_flags(), gpu=cpu.gpu_model(),
+                       threads=cpu.available_threads(),
                        uid=os.getuid() if hasattr(os, "getuid") else None, root_read_only=root_read_only)
 
 
@@ -467,12 +469,19 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints, pro
     source = model_io.prepare(spec.model, model_local, work, dataset.inputs, seed=SEED)
     dataset = datamod.conform(dataset, source.inputs, declared=spec.data.inputs)
     calibration, evaluation, overlap = datamod.split(dataset, spec.data.calibration_samples,
-                                                     spec.data.evaluation_samples, SEED)
+                                                     spec.data.evaluation_samples, SEED,
+                                                     spec.data.allow_calibration_overlap)
+    if calibration.size < min(spec.data.calibration_samples, dataset.size) and not overlap:
+        progress.info(f"data: {dataset.size} rows hold {evaluation.size} evaluation rows and only {calibration.size} "
+                      f"calibration rows (calibrationSamples {spec.data.calibration_samples}); calibration never "
+                      "reuses evaluation rows unless data.allowCalibrationOverlap is set")
+    slices, slice_facts = _load_slices(spec, work, source.inputs)
     model_facts = ModelFacts(uri=spec.model.uri, format=source.format, sha256=source.sha256,
                              inputs=[i.name for i in source.inputs], metadata=source.metadata)
     data_facts = DataFacts(uri=spec.data.uri, sha256=dataset.sha256, samples=dataset.size,
                            evaluation_samples=evaluation.size, calibration_samples=calibration.size,
-                           calibration_overlaps_evaluation=overlap, labels=dataset.labels is not None)
+                           calibration_overlaps_evaluation=overlap, labels=dataset.labels is not None,
+                           slices=slice_facts)
     op_share = _op_profile(source.onnx_path, evaluation, spec, progress) if spec.search else {}
     searched = searched_runtimes(spec) if spec.search else []
     candidates = ((spec.search.candidates or default_candidates(source.format, source.metadata, spec.target,
@@ -489,11 +498,29 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints, pro
     train = (_training_rows(loaded, work, source.inputs, calibration, overlap, data_facts)
              if any(catalog.get(n).stage_of(c) == "torch" for n, c in steps)
              and dataset.feed_plan.is_batch_first else None)  # torch steps refuse data.inputs (pipeline)
-    baseline = Baseline.open(source.onnx_path, evaluation, spec.model, spec.target, progress)
+    baseline = Baseline.open(source.onnx_path, evaluation, spec.model, spec.target, progress, slices,
+                             spec.gates.interval_level, texts.lookup(model_local if model_local.is_dir() else None))
     ws = pipeline.Workspace(spec, source, model_local, calibration, evaluation, train, baseline, checkpoints,
-                            [source.sha256, dataset.sha256, data_facts.train_sha256], progress, work, SEED,
-                            op_share=op_share)
+                            [source.sha256, dataset.sha256, data_facts.train_sha256,
+                             *(f.sha256 for f in slice_facts)], progress, work, SEED, op_share=op_share)
     return Prepared(ws, candidates, model_facts, data_facts)
+
+
+def _load_slices(spec: OptimizationSpec, work: Path,
+                 inputs: list[datamod.InputSpec]) -> tuple[dict[str, datamod.Dataset], list[SliceFacts]]:
+    """data.slices: each fetched, checked against the model's inputs like data.uri, cut to its
+    evaluationSamples (the first rows)."""
+    sets: dict[str, datamod.Dataset] = {}
+    facts = []
+    for i, entry in enumerate(spec.data.slices):
+        field = f"data.slices[{i}].uri"
+        local = storage.fetch(entry.uri, work / "fetch" / "slices" / entry.name, field=field)
+        data = datamod.conform(datamod.load_npz(local, field=field), inputs, field=field, declared=spec.data.inputs)
+        n = min(entry.evaluation_samples, data.size)
+        sets[entry.name] = data.rows(np.arange(n))
+        facts.append(SliceFacts(name=entry.name, uri=entry.uri, sha256=data.sha256, samples=data.size,
+                                evaluation_samples=n, labels=data.labels is not None))
+    return sets, facts
 
 
 def _op_profile(model: Path, evaluation: datamod.Dataset, spec: OptimizationSpec,
@@ -512,7 +539,7 @@ def _training_rows(loaded: LoadedSpec, work: Path, inputs: list[datamod.InputSpe
     evaluation rows, so a trained model is not scored on what it learned from). Records them in `facts`."""
     spec = loaded.spec
     rows = calibration
-    if not spec.data.train_uri and overlap:
+    if not spec.data.train_uri and (overlap or calibration.size == 0):
         facts.train_samples = 0  # training on evaluation rows would score the model on what it learned from
         return None
     if spec.data.train_uri:

@@ -260,6 +260,8 @@ def printer_columns() -> list[dict[str, Any]]:
                         "text-generation the relative perplexity increase."},
         {"name": "Metric", "type": "string", "jsonPath": ".status.result.qualityMetric", "priority": 1,
          "description": "The quality metric the drop is measured on (the task's)."},
+        {"name": "Worst slice", "type": "string", "jsonPath": ".status.result.worstSlice", "priority": 1,
+         "description": "The evaluation set (main or a data.slices name) where the quality metric is worst."},
         {"name": "Tokens/s", "type": "number", "jsonPath": ".status.result.decodeTokensPerSecond", "priority": 1,
          "description": "text-generation: decode tokens/s of the result at batch 1 (Speedup is the decode "
                         "speedup over the float model in the same runtime)."},

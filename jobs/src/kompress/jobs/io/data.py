@@ -42,6 +42,8 @@ class DeclaredInput(Protocol):
     def constant(self) -> DeclaredConstant | None: ...
 
 LABELS = "labels"
+TEXTS = "texts"
+"""An optional array of strings beside the inputs: each row's text, shown with the worst cases."""
 
 _ONNX_TO_NUMPY = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -118,6 +120,10 @@ class Dataset:
     path: Path
     plan: InputPlan | None = None
     """How the rows become model feeds (None: every array is a batch-first model input)."""
+    texts: np.ndarray | None = None
+    """Each row's text (the file's `texts` array), when it has one."""
+    row_ids: np.ndarray | None = None
+    """Each row's position in the file (None: rows are the file's, in order)."""
 
     @property
     def size(self) -> int:
@@ -129,7 +135,12 @@ class Dataset:
 
     def rows(self, index: np.ndarray) -> Dataset:
         return Dataset({k: v[index] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[index], self.sha256, self.path, self.plan)
+                       None if self.labels is None else self.labels[index], self.sha256, self.path, self.plan,
+                       None if self.texts is None else self.texts[index], self.file_rows()[index])
+
+    def file_rows(self) -> np.ndarray:
+        """Each row's position in the file."""
+        return self.row_ids if self.row_ids is not None else np.arange(self.size)
 
     def feeds(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """The model's feeds for rows start:stop."""
@@ -150,6 +161,12 @@ def load_npz(path: Path, field: str = "data.uri") -> Dataset:
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise InvalidInputError(f"{path.name} is not a readable .npz: {err}", field=field) from None
     labels = arrays.pop(LABELS, None)
+    texts = arrays.pop(TEXTS, None)
+    if texts is not None and texts.dtype.kind == "S":
+        texts = np.char.decode(texts, "utf-8", errors="replace")
+    if texts is not None and (texts.dtype.kind != "U" or texts.ndim != 1):
+        raise InvalidInputError(f"{path.name}: `texts` must be a 1-D array of strings (one per row), got "
+                                f"{texts.dtype} with shape {texts.shape}", field=field)
     if not arrays:
         raise InvalidInputError(f"{path.name} holds no input arrays", field=field)
     sizes = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
@@ -160,7 +177,10 @@ def load_npz(path: Path, field: str = "data.uri") -> Dataset:
     if labels is not None and (labels.ndim != 1 or len(labels) != n):
         raise InvalidInputError(f"{path.name}: labels must be 1-D with {n} entries, got shape {labels.shape}",
                                 field=field)
-    return Dataset(arrays, labels, sha256_file(path), path)
+    if texts is not None and len(texts) != n:
+        raise InvalidInputError(f"{path.name}: texts must have {n} entries (one per row), got {len(texts)}",
+                                field=field)
+    return Dataset(arrays, labels, sha256_file(path), path, texts=texts)
 
 
 def conform(data: Dataset, inputs: list[InputSpec], field: str = "data.uri",
@@ -208,7 +228,7 @@ def conform(data: Dataset, inputs: list[InputSpec], field: str = "data.uri",
         expected = ", ".join(s.name for s in inputs)
         raise InvalidInputError(f"{data.path.name} does not match the model's inputs ({expected}): "
                                 + "; ".join(problems), field=field)
-    return Dataset(out, data.labels, data.sha256, data.path, InputPlan(tuple(feeds)))
+    return Dataset(out, data.labels, data.sha256, data.path, InputPlan(tuple(feeds)), data.texts, data.row_ids)
 
 
 def plan_feeds(inputs: list[InputSpec], declared: Mapping[str, DeclaredInput]) -> list[Feed]:
@@ -265,13 +285,16 @@ def _constant(spec: InputSpec, entry: DeclaredInput, field: str) -> np.ndarray:
     return array
 
 
-def split(data: Dataset, calibration: int, evaluation: int, seed: int) -> tuple[Dataset, Dataset, bool]:
-    """Evaluation rows and calibration rows from one fixed permutation; True when they had to overlap."""
+def split(data: Dataset, calibration: int, evaluation: int, seed: int,
+          allow_overlap: bool = False) -> tuple[Dataset, Dataset, bool]:
+    """Evaluation rows and calibration rows from one fixed permutation; True when they overlap. Rows never
+    overlap unless `allow_overlap`: calibration then gets only the rows left beside the evaluation rows
+    (possibly none: a technique that calibrates refuses to run on none)."""
     order = np.random.default_rng(seed).permutation(data.size)
     n_eval = min(evaluation, data.size)
     n_cal = min(calibration, data.size)
     eval_idx = np.sort(order[:n_eval])
     rest = order[n_eval:]
-    overlap = len(rest) < n_cal
-    cal_idx = rest[:n_cal] if not overlap else order[-n_cal:]
+    overlap = len(rest) < n_cal and allow_overlap
+    cal_idx = order[-n_cal:] if overlap else rest[:n_cal]
     return data.rows(np.sort(cal_idx)), data.rows(eval_idx), overlap

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydantic.alias_generators import to_camel
 
 from kompress.jobs.errors import RuntimeFailure
+from kompress.jobs.measure import confidence
+from kompress.jobs.measure.confidence import Figure, mean_of
 from kompress.jobs.measure.energy import Meter, Stopwatch
 from kompress.jobs.progress import Progress
 from kompress.jobs.report.model import Energy, GenerationSpeed, LanguageQuality, Latency
@@ -82,8 +85,19 @@ def build_reference(hf_dir: Path, windows: list[np.ndarray], work: Path, progres
     return Reference(windows, store, ppl)
 
 
+@dataclass
+class Compared:
+    """A session's quality on the evaluation windows, and per window (the bootstrap's unit: tokens within a
+    window are not independent) its mean negative log-likelihood, KL divergence and top-1 agreement."""
+
+    quality: LanguageQuality
+    window_nll: np.ndarray
+    window_kl: np.ndarray
+    window_agreement: np.ndarray
+
+
 def compare(session: GenerativeSession, reference: Reference, progress: Progress | None = None,
-            label: str = "") -> LanguageQuality:
+            label: str = "") -> Compared:
     """Perplexity of the session's model, and its KL divergence and top-1 agreement against the reference."""
     nll, kl, agree = [], [], []
     bar = progress.bar(len(reference.windows), f"quality {label}".strip(), "window") if progress else None
@@ -92,16 +106,30 @@ def compare(session: GenerativeSession, reference: Reference, progress: Progress
         logp = log_softmax(session.logits(w)[:-1, :vocab].astype(np.float32))
         ref = reference.logprobs[i].astype(np.float32)
         nll.append(_nll(logp, w))
-        kl.append((np.exp(ref) * (ref - logp)).sum(-1))
+        kl.append(np.maximum((np.exp(ref) * (ref - logp)).sum(-1), 0.0))
         agree.append(ref.argmax(-1) == logp.argmax(-1))
         if bar is not None:
             bar.update()
     if bar is not None:
         bar.close()
-    kl_all = np.maximum(np.concatenate(kl), 0.0)
-    return LanguageQuality(perplexity=float(np.exp(np.concatenate(nll).mean())), evaluation_tokens=reference.tokens,
-                           kl_divergence_mean=float(kl_all.mean()), kl_divergence_p99=float(np.percentile(kl_all, 99)),
-                           token_agreement=float(np.concatenate(agree).mean()))
+    kl_all = np.concatenate(kl)
+    quality = LanguageQuality(perplexity=float(np.exp(np.concatenate(nll).mean())),
+                              evaluation_tokens=reference.tokens, kl_divergence_mean=float(kl_all.mean()),
+                              kl_divergence_p99=float(np.percentile(kl_all, 99)),
+                              token_agreement=float(np.concatenate(agree).mean()))
+    return Compared(quality, np.array([x.mean() for x in nll]), np.array([x.mean() for x in kl]),
+                    np.array([x.mean() for x in agree]))
+
+
+def intervals(candidate: Compared, baseline: Compared, level: float) -> dict[str, list[float]]:
+    """Paired bootstrap intervals over evaluation windows (all of one length, so the mean of window means is
+    the mean over tokens) of the perplexity increase over the baseline, the KL divergence and the top-1
+    agreement."""
+    figures = [Figure("perplexity_increase", np.stack([candidate.window_nll, baseline.window_nll], axis=1),
+                      lambda m: np.exp(m[..., 0] - m[..., 1]) - 1.0),
+               mean_of("kl_divergence", candidate.window_kl), mean_of("token_agreement", candidate.window_agreement)]
+    return {to_camel(k): [round(e.low, 6), round(e.high, 6)] for k, e in confidence.estimate(figures, level).items()
+            if e.low is not None and e.high is not None}
 
 
 class ExportMismatch(RuntimeFailure):

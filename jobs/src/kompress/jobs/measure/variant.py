@@ -14,15 +14,17 @@ import numpy as np
 from kompress.jobs import gates
 from kompress.jobs.io import model_files
 from kompress.jobs.io.data import Dataset
+from kompress.jobs.io.texts import TextLookup
 from kompress.jobs.measure import evaluate, timing
 from kompress.jobs.measure.energy import Meter
 from kompress.jobs.measure.timing import TimingPlan
 from kompress.jobs.progress import Progress
-from kompress.jobs.report.model import Comparison, Quality, VariantMetrics
+from kompress.jobs.report.model import MAIN_SET, Comparison, Quality, VariantMetrics, WorstCase
 from kompress.jobs.runtimes.registry import Serving
 from kompress.jobs.spec.document import SearchSpec
 from kompress.jobs.spec.sections import GatesSpec, ModelSpec, TargetSpec
 from kompress.jobs.tasks import registry as tasks
+from kompress.jobs.tasks.base import JudgedSet
 
 STEP_LATENCY_RUNS = 30
 STEP_WARMUP_RUNS = 3
@@ -57,8 +59,18 @@ class MeasurePlan:
 
 
 @dataclass
+class EvaluationSet:
+    """A data.slices entry: its rows and the baseline's outputs on them."""
+
+    name: str
+    data: Dataset
+    outputs: np.ndarray
+
+
+@dataclass
 class Baseline:
-    """The original model, run once on the evaluation rows; every variant is compared with it."""
+    """The original model, run once on the evaluation rows (and every slice's); every variant is compared
+    with it."""
 
     path: Path
     session: Any
@@ -69,16 +81,25 @@ class Baseline:
     serving: Serving = field(default_factory=Serving.reference)
     """The runtime the original is measured with (the target's; the reference runtime for target.runtime
     auto)."""
+    slices: list[EvaluationSet] = field(default_factory=list)
+    level: float = 0.95
+    """Confidence level of the quality figures' intervals."""
+    texts: TextLookup | None = None
+    """A sample's text for the worst cases (the data's texts, or its token ids decoded)."""
     _facts: dict[str, Any] = field(default_factory=dict)
     """What does not change between measurements (sha256, parameters, peak memory, placement)."""
 
     @classmethod
     def open(cls, path: Path, evaluation: Dataset, model: ModelSpec, target: TargetSpec,
-             progress: Progress | None = None) -> Baseline:
+             progress: Progress | None = None, slices: dict[str, Dataset] | None = None, level: float = 0.95,
+             texts: TextLookup | None = None) -> Baseline:
         serving = target.serving()
         session = evaluate.open_variant(path, target, serving)
         outputs = evaluate.run_all(session, evaluation, model.output, progress, "baseline")
-        return cls(path, session, outputs, evaluation, model, target, serving)
+        sets = [EvaluationSet(name, data, evaluate.run_all(session, data, model.output, progress,
+                                                           f"baseline, slice {name}"))
+                for name, data in (slices or {}).items()]
+        return cls(path, session, outputs, evaluation, model, target, serving, sets, level, texts)
 
     def fact(self, name: str, compute: Any) -> Any:
         if name not in self._facts:
@@ -111,7 +132,14 @@ def measure_variant(base: Baseline, model: Path, plan: MeasurePlan, meter: Meter
     session = evaluate.open_variant(model, base.target, serving)
     outputs = evaluate.run_all(session, base.evaluation, base.model.output, shown, "optimized")
     task = tasks.get(base.model.task)
-    base_q, cand_q = task.quality(base.outputs, outputs, base.evaluation)
+    main = task.judge_set(base.outputs, outputs, base.evaluation, MAIN_SET, base.level)
+    base_q, cand_q = task.qualities(main, base.outputs, outputs, base.evaluation, base.level)
+    judged = [(MAIN_SET, base.evaluation, main)]
+    for s in base.slices:
+        slice_outputs = evaluate.run_all(session, s.data, base.model.output, shown, f"optimized, slice {s.name}")
+        judged.append((s.name, s.data, task.judge_set(s.outputs, slice_outputs, s.data, s.name, base.level)))
+    cand_q.slices = [j.slice for _, _, j in judged[1:]]
+    cand_q.worst_cases = worst_cases(judged, base.texts)
     speed = timing.measure_speed({"baseline": base.session, "candidate": session}, base.evaluation,
                                    base.target, plan.timing, meter, shown)  # type: ignore[arg-type]
     candidate_precision = getattr(session, "precision", None)
@@ -123,6 +151,24 @@ def measure_variant(base: Baseline, model: Path, plan: MeasurePlan, meter: Meter
     comparison = gates.comparison(baseline, candidate, task)
     comparison.speedup_spread = speedup_spread(speed["baseline"].round_medians, speed["candidate"].round_medians)
     return Measured(baseline, candidate, comparison)
+
+
+WORST_CASES = 8
+WORST_PER_SET = 3
+TEXT_CHARS = 240
+
+
+def worst_cases(judged: list[tuple[str, Dataset, JudgedSet]], texts: TextLookup | None) -> list[WorstCase]:
+    """The samples whose outputs changed most: each set's few worst, then the worst of those overall."""
+    found = []
+    for name, data, j in judged:
+        rows = data.file_rows()
+        for i in np.argsort(-j.change, kind="stable")[:WORST_PER_SET]:
+            text = texts(data, int(i)) if texts else None
+            found.append(WorstCase(slice=name, row=int(rows[i]), change=round(float(j.change[i]), 6),
+                                   baseline=j.answers[i][0], optimized=j.answers[i][1],
+                                   text=text[:TEXT_CHARS] if text else None))
+    return sorted(found, key=lambda w: -w.change)[:WORST_CASES]
 
 
 def speedup_spread(baseline_rounds: list[float], candidate_rounds: list[float]) -> float | None:

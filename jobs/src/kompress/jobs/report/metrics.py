@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kompress.jobs.report.model import MetricsBlock, OptimizationReport, ResultBlock
+from pydantic.alias_generators import to_camel
+
+from kompress.jobs.report.model import MAIN_SET, SET_FIGURES, MetricsBlock, OptimizationReport, ResultBlock
 
 VARIANTS = ("baseline", "optimized")
 QUANTILES = {"0.5": "latencyP50Seconds", "0.95": "latencyP95Seconds", "0.99": "latencyP99Seconds"}
@@ -45,6 +47,10 @@ FAMILIES = {
     "kompress_model_decode_tokens_per_second": "Median decode speed at batch 1.",
     "kompress_model_token_energy_joules": "Energy per generated token (method label).",
     "kompress_optimization_perplexity_increase_ratio": "Relative perplexity increase over the float model.",
+    # evaluation slices
+    "kompress_slice_quality_ratio": ("Quality figure of the optimized model on one evaluation set (slice label: main "
+                                     "or a data.slices name), with its bootstrap interval (estimate: point, low, "
+                                     "high)."),
 }
 
 
@@ -85,12 +91,35 @@ def series(namespace: str, optimization: str, baseline: MetricsBlock | None, opt
                       ("kompress_optimization_run_duration_seconds", "durationSeconds")):
         if result.get(key) is not None:
             yield Series(name, FAMILIES[name], dict(base), float(result[key]))
+    yield from _slice_series(base, optimized)
     if result.get("runEnergyJoules") is not None:
         yield Series("kompress_optimization_energy_joules", FAMILIES["kompress_optimization_energy_joules"],
                      base | {"method": method}, float(result["runEnergyJoules"]))
     if gates_passed is not None:
         yield Series("kompress_optimization_gates_passed", FAMILIES["kompress_optimization_gates_passed"],
                      dict(base), 1.0 if gates_passed else 0.0)
+
+
+def _slice_series(base: dict[str, str], optimized: ResultBlock | None) -> Iterator[Series]:
+    """Each evaluation set's quality figures (point and interval bounds), when the run had slices (the main set
+    alone is already in kompress_model_accuracy_ratio and kompress_optimization_accuracy_drop_ratio)."""
+    if optimized is None or not optimized.slices:
+        return
+    name = "kompress_slice_quality_ratio"
+    main = {"name": MAIN_SET, "intervals": optimized.intervals} | {
+        to_camel(k): getattr(optimized, k) for k in SET_FIGURES if getattr(optimized, k) is not None}
+    for s in [main, *(x.to_json() for x in optimized.slices)]:
+        intervals = s.get("intervals") or {}
+        for field in SET_FIGURES:
+            key = to_camel(field)
+            if s.get(key) is None:
+                continue
+            labels = base | {"slice": str(s["name"]), "metric": field}
+            yield Series(name, FAMILIES[name], labels | {"estimate": "point"}, float(s[key]))
+            if key in intervals:
+                low, high = intervals[key]
+                yield Series(name, FAMILIES[name], labels | {"estimate": "low"}, float(low))
+                yield Series(name, FAMILIES[name], labels | {"estimate": "high"}, float(high))
 
 
 def to_families(items: list[Series]) -> list[Any]:

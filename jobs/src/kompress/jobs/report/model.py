@@ -9,12 +9,13 @@ the published JSON schema (`kompress schema report`) is generated from these cla
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION: Literal[1] = 1
+Interval = Annotated[list[float], Field(description="A confidence interval: [low, high].")]
 Outcome = Literal["succeeded", "rejected", "failed"]
 
 
@@ -60,6 +61,74 @@ class Fidelity(ReportPart):
     max_abs_error: float
     top1_agreement: float | None = None
     """Share of rows whose arg-max output is the baseline's (classifiers, or whenever labels exist)."""
+    neighbor_agreement: float | None = None
+    """embedding: share of samples whose nearest other sample (cosine) is the baseline's (retrieval)."""
+    rank_correlation: float | None = None
+    """embedding: mean Spearman correlation of each sample's similarities to the others with the baseline's."""
+    class_accuracy_drop: float | None = None
+    """classification: the largest drop within one class (accuracy with labels, else 1 - top-1 agreement
+    within the baseline's predicted class), over classes with enough samples."""
+    worst_class: str | None = None
+    """The class with that drop."""
+
+
+class SliceQuality(ReportPart):
+    """A variant's quality on one evaluation set (the main set or a data.slices entry), against the baseline on
+    the same samples, with paired bootstrap intervals: what the slice-aware gates judge."""
+
+    name: str
+    """The slice's name (`main`: data.uri's evaluation rows)."""
+    samples: int
+    """Evaluation samples the figures are measured on."""
+    quality_metric: str | None = None
+    """What accuracyDrop is the drop of on this set (the task's metric)."""
+    accuracy_drop: float | None = None
+    """Drop of the quality metric on this set."""
+    accuracy: float | None = None
+    """Accuracy of the optimized model (labelled sets)."""
+    baseline_accuracy: float | None = None
+    """Accuracy of the baseline on the same samples (labelled sets)."""
+    cosine_similarity: float | None = None
+    """Mean cosine similarity of the outputs to the baseline's."""
+    top1_agreement: float | None = None
+    """Share of samples whose top-1 output is the baseline's."""
+    neighbor_agreement: float | None = None
+    """embedding: share of samples whose nearest neighbour is the baseline's."""
+    rank_correlation: float | None = None
+    """embedding: mean Spearman correlation of the similarity rankings with the baseline's."""
+    class_accuracy_drop: float | None = None
+    """classification: the largest drop within one class."""
+    worst_class: str | None = None
+    """The class with that drop."""
+    perplexity_increase: float | None = None
+    """text-generation: relative perplexity increase over the float model."""
+    kl_divergence: float | None = None
+    """text-generation: mean KL divergence from the float model's next-token distributions."""
+    token_agreement: float | None = None
+    """text-generation: share of positions whose top-1 next token is the float model's."""
+    intervals: dict[str, Interval] = {}
+    """Paired bootstrap interval [low, high] of each figure, by its field name (camelCase)."""
+
+
+SET_FIGURES = {"accuracy_drop": False, "cosine_similarity": True, "top1_agreement": True, "class_accuracy_drop": False,
+               "neighbor_agreement": True, "rank_correlation": True, "perplexity_increase": False,
+               "kl_divergence": False, "token_agreement": True}
+"""The figures measured per evaluation set that quality gates judge, and whether higher is better."""
+
+
+class WorstCase(ReportPart):
+    """One of the samples whose output changed most: what a person reads to see what broke."""
+
+    slice: str
+    row: int
+    """The sample's row in its set's file (data.uri, or the slice's uri)."""
+    change: float
+    """1 - cosine similarity of the sample's outputs (+1 when its top-1 answer changed)."""
+    baseline: str
+    """The baseline's answer or figure for the sample."""
+    optimized: str
+    text: str | None = None
+    """The sample's text (the data's `texts` array, or its input_ids decoded by the model's tokenizer)."""
 
 
 class Quality(ReportPart):
@@ -67,6 +136,14 @@ class Quality(ReportPart):
     """Accuracy on the labelled evaluation rows (when the data has labels)."""
     fidelity: Fidelity | None = None
     """Agreement with the baseline (absent for the baseline itself)."""
+    intervals: dict[str, Interval] = {}
+    """The main set's paired bootstrap intervals [low, high], by flat field name (camelCase)."""
+    interval_level: float | None = None
+    """Their confidence level (gates.confidence, default 0.95)."""
+    slices: list[SliceQuality] = []
+    """Quality on each of data.slices (the optimized variant)."""
+    worst_cases: list[WorstCase] = []
+    """The samples whose outputs changed most, over every set."""
 
 
 class LanguageQuality(ReportPart):
@@ -164,14 +241,22 @@ class GateResult(ReportPart):
     gate: str
     threshold: float
     measured: float | None
+    """The figure judged: the point estimate, or its interval's bound under gates.confidence."""
     passed: bool
     message: str
+    slice: str | None = None
+    """The evaluation set the figure is from (main, or a slice's name) for quality gates."""
+    interval: list[float] | None = None
+    """The figure's confidence interval [low, high], where one was measured."""
 
 
 class GateVerdict(ReportPart):
     passed: bool
     results: list[GateResult] = []
     failures: list[str] = []
+    notes: list[str] = []
+    """Gates whose decision the evaluation data cannot carry: the figure's interval straddles the threshold
+    (more evaluation samples are needed to know which side it is on)."""
 
 
 # ----------------------------------------------------------------------------- flat blocks (status, gates)
@@ -198,6 +283,14 @@ class MetricsBlock(ReportPart):
     """Accuracy on the labelled evaluation set."""
     cosine_similarity: float | None = None
     """Mean cosine similarity of the outputs to the baseline's (1 for the baseline itself)."""
+    top1_agreement: float | None = None
+    """Share of samples whose top-1 output is the baseline's."""
+    neighbor_agreement: float | None = None
+    """embedding: share of samples whose nearest neighbour is the baseline's."""
+    rank_correlation: float | None = None
+    """embedding: mean Spearman correlation of the similarity rankings with the baseline's."""
+    class_accuracy_drop: float | None = None
+    """classification: the largest drop within one class."""
     runtime: str | None = None
     """The runtime that ran it (and, for the result, serves it)."""
     precision: str | None = None
@@ -234,6 +327,14 @@ class ResultBlock(MetricsBlock):
     quality_metric: str | None = None
     """What accuracyDrop is the drop of, the task's metric: accuracy (labels), top1Agreement (a classifier
     without labels), cosineSimilarityMean, ..."""
+    intervals: dict[str, Interval] = {}
+    """Paired bootstrap intervals [low, high] of the main set's quality figures, by field name."""
+    interval_level: float | None = None
+    """Confidence level of every interval."""
+    slices: list[SliceQuality] = []
+    """Quality on each of data.slices, with intervals (the slice-aware gates judge these and the main set)."""
+    worst_slice: str | None = None
+    """The set (main or a slice) where the quality metric is worst."""
     energy_method: str | None = None
     """How energy was measured: rapl, nvml or estimate."""
     run_energy_joules: float | None = None
@@ -254,6 +355,10 @@ def metrics_block(m: VariantMetrics) -> dict[str, Any]:
         "energy_per_inference_joules": m.energy.joules_per_inference if m.energy else None,
         "accuracy": m.quality.accuracy,
         "cosine_similarity": fidelity.cosine_similarity_mean if fidelity else 1.0,
+        "top1_agreement": fidelity.top1_agreement if fidelity else None,
+        "neighbor_agreement": fidelity.neighbor_agreement if fidelity else None,
+        "rank_correlation": fidelity.rank_correlation if fidelity else None,
+        "class_accuracy_drop": fidelity.class_accuracy_drop if fidelity else None,
         "runtime": m.runtime, "precision": m.precision,
         **_language_block(m),
     }
@@ -274,12 +379,37 @@ def _language_block(m: VariantMetrics) -> dict[str, Any]:
 
 def result_block(m: VariantMetrics, cmp: Comparison, *, run_energy_joules: float | None = None,
                  duration_seconds: float | None = None) -> ResultBlock:
+    q = m.quality
+    main = main_set(m, cmp)
+    worst = min([main, *q.slices], key=lambda s: -(s.accuracy_drop if s.accuracy_drop is not None else -1.0))
     return ResultBlock(**metrics_block(m), speedup=cmp.speedup, speedup_spread=cmp.speedup_spread,
                        size_reduction=cmp.size_reduction, energy_reduction=cmp.energy_reduction,
                        accuracy_drop=cmp.accuracy_drop, quality_metric=cmp.quality_metric,
-                       perplexity_increase=cmp.perplexity_increase,
+                       perplexity_increase=cmp.perplexity_increase, intervals=q.intervals,
+                       interval_level=q.interval_level, slices=q.slices,
+                       worst_slice=worst.name if q.slices else None,
                        energy_method=m.energy.method if m.energy else None,
                        run_energy_joules=run_energy_joules, duration_seconds=duration_seconds)
+
+
+MAIN_SET = "main"
+"""The name the main evaluation set (data.uri's evaluation rows) goes by among the slices."""
+
+
+def main_set(m: VariantMetrics, cmp: Comparison | None = None) -> SliceQuality:
+    """The main evaluation set's figures in a slice's shape (what the slice-aware gates compare)."""
+    q, fid, lang = m.quality, m.quality.fidelity, m.language
+    return SliceQuality(
+        name=MAIN_SET, samples=0, quality_metric=cmp.quality_metric if cmp else None,
+        accuracy_drop=cmp.accuracy_drop if cmp else None, accuracy=q.accuracy,
+        cosine_similarity=fid.cosine_similarity_mean if fid else None,
+        top1_agreement=fid.top1_agreement if fid else None,
+        neighbor_agreement=fid.neighbor_agreement if fid else None,
+        rank_correlation=fid.rank_correlation if fid else None,
+        class_accuracy_drop=fid.class_accuracy_drop if fid else None, worst_class=fid.worst_class if fid else None,
+        perplexity_increase=cmp.perplexity_increase if cmp else None,
+        kl_divergence=lang.kl_divergence_mean if lang else None,
+        token_agreement=lang.token_agreement if lang else None, intervals=q.intervals)
 
 
 # --------------------------------------------------------------------------------- steps, trials, search
@@ -376,6 +506,17 @@ class TextFacts(ReportPart):
     """Whether BOS/EOS were added to the windows (no: the text's own tokens only)."""
 
 
+class SliceFacts(ReportPart):
+    """One of data.slices: where it came from and how many of its rows were evaluated."""
+
+    name: str
+    uri: str
+    sha256: str
+    samples: int
+    evaluation_samples: int
+    labels: bool = False
+
+
 class DataFacts(ReportPart):
     uri: str
     sha256: str
@@ -389,6 +530,8 @@ class DataFacts(ReportPart):
     train_samples: int | None = None
     text: TextFacts | None = None
     """text-generation: the calibration/evaluation split of the text."""
+    slices: list[SliceFacts] = []
+    """data.slices: further evaluation sets, measured beside the main one."""
 
 
 class Environment(ReportPart):
@@ -401,6 +544,8 @@ class Environment(ReportPart):
     cpu_flags: list[str] = []
     """The CPU's flags that decide which kernels are fast (VNNI, AMX, AVX512-BF16...): ratios between
     runtimes and precisions differ with them, whatever the model name says."""
+    gpu: str | None = None
+    """The GPU's model name and driver, where one is visible (nvidia-smi)."""
     threads: int | None = None
     """Cores the run may use: affinity capped by the cgroup's CPU quota (a pod's CPU limit)."""
     uid: int | None = None

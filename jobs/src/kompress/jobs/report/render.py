@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kompress.jobs.report.model import Artifacts, OptimizationReport, RunSummary
+from pydantic.alias_generators import to_camel
+
+from kompress.jobs.report.model import SET_FIGURES, Artifacts, OptimizationReport, RunSummary, SliceQuality
 
 SUMMARY_LIMIT = 4000  # Kubernetes caps a termination message at 4096 bytes
 
@@ -42,10 +44,26 @@ def summary(report: OptimizationReport) -> str:
         out.message = (out.message or "")[:500]
         out.failures = [f[:200] for f in out.failures]
         text = json.dumps(out.to_json())
+    if len(text) > SUMMARY_LIMIT and out.result is not None and out.result.slices:
+        # the operator re-applies the gates from this block: keep every slice that is the worst on some figure
+        # (by point or interval bound), so a worst-slice or every-slice verdict there is the engine's
+        out.result.slices = deciding_slices(out.result.slices)
+        text = json.dumps(out.to_json())
     if len(text) > SUMMARY_LIMIT:  # never cut JSON mid-way: the operator parses it
         out.failures, out.message = out.failures[:1], (out.message or "")[:200]
         text = json.dumps(out.to_json())
     return text
+
+
+def deciding_slices(slices: list[SliceQuality]) -> list[SliceQuality]:
+    """The slices that are the worst on some figure, by its point or its interval's bound."""
+    keep: set[str] = set()
+    for field, higher in SET_FIGURES.items():
+        key = to_camel(field)
+        points = [(v, s.name) for s in slices if (v := getattr(s, field)) is not None]
+        bounds = [(pair[0 if higher else 1], s.name) for s in slices if (pair := s.intervals.get(key))]
+        keep |= {(min if higher else max)(scored)[1] for scored in (points, bounds) if scored}
+    return [s for s in slices if s.name in keep]
 
 
 SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Equal", "Where", "Slice",
@@ -108,11 +126,61 @@ def table_rows(report: OptimizationReport) -> list[tuple[str, str, str]]:
         (f"energy/inference ({o.energy.method})", f"{b.energy.joules_per_inference:.4f} J",
          f"{o.energy.joules_per_inference:.4f} J"),
     ]
+    iv = o.quality.intervals
     if o.quality.accuracy is not None and b.quality.accuracy is not None:
-        rows.append(("accuracy", f"{b.quality.accuracy:.4f}", f"{o.quality.accuracy:.4f}"))
-    rows.append(("fidelity (cosine mean/min)", "1.0000", f"{fid.cosine_similarity_mean:.4f} / "
-                 f"{fid.cosine_similarity_min:.4f}"))
+        rows.append(("accuracy", f"{b.quality.accuracy:.4f}", f"{o.quality.accuracy:.4f}{_iv(iv, 'accuracy')}"))
+    rows.append(("fidelity (cosine mean/min)", "1.0000", f"{fid.cosine_similarity_mean:.4f}"
+                 f"{_iv(iv, 'cosineSimilarity')} / {fid.cosine_similarity_min:.4f}"))
+    for label, value, key in (("top-1 agreement", fid.top1_agreement, "top1Agreement"),
+                              ("nearest-neighbour agreement", fid.neighbor_agreement, "neighborAgreement"),
+                              ("similarity rank correlation", fid.rank_correlation, "rankCorrelation"),
+                              (f"worst class drop (class {fid.worst_class})", fid.class_accuracy_drop,
+                               "classAccuracyDrop")):
+        if value is not None:
+            rows.append((label, "1.0000" if "drop" not in label else "0.0000", f"{value:.4f}{_iv(iv, key)}"))
     return rows
+
+
+def _iv(intervals: dict[str, list[float]], key: str) -> str:
+    """A figure's interval, as printed beside it."""
+    pair = intervals.get(key)
+    return f" [{pair[0]:.4f}, {pair[1]:.4f}]" if pair else ""
+
+
+SLICE_FIGURES = (("accuracyDrop", "drop"), ("cosineSimilarity", "cosine"), ("top1Agreement", "top-1"),
+                 ("neighborAgreement", "neighbour"), ("rankCorrelation", "rank corr."),
+                 ("classAccuracyDrop", "worst class drop"), ("accuracy", "accuracy"))
+
+
+def slice_rows(report: OptimizationReport) -> list[list[str]]:
+    """The quality table by evaluation set (main first, then data.slices), each figure with its interval:
+    a header row, then one row per set. Empty when the run had no slices."""
+    o, cmp = report.optimized, report.comparison
+    if o is None or cmp is None or not o.quality.slices:
+        return []
+    from kompress.jobs.report.model import main_set
+
+    main = main_set(o, cmp)
+    main.samples = report.data.evaluation_samples if report.data else 0
+    sets = [main.to_json(), *(s.to_json() for s in o.quality.slices)]
+    shown = [(k, label) for k, label in SLICE_FIGURES if any(k in s for s in sets)]
+    level = o.quality.interval_level or 0.95
+    rows = [["set", "samples", *(f"{label} [{level:.0%} interval]" for _, label in shown)]]
+    for s in sets:
+        rows.append([s["name"], str(s["samples"]),
+                     *(f"{s[k]:.4f}{_iv(s.get('intervals', {}), k)}" if k in s else "" for k, _ in shown)])
+    return rows
+
+
+NOT_SHOWN = frozenset({"python", "kompress-jobs", "boto3", "numpy", "onnxruntimeProviders"})
+
+
+def _environment_line(report: OptimizationReport) -> str:
+    """Where the figures hold: the CPU and the flags that decide its kernels, the GPU, threads, runtimes."""
+    env = report.environment
+    libs = ", ".join(f"{k} {v}" for k, v in env.libraries.items() if k not in NOT_SHOWN)
+    return (f"measured on {env.cpu or env.machine} ({' '.join(env.cpu_flags) or 'no notable ISA flags'})"
+            + (f", GPU {env.gpu}" if env.gpu else "") + f", {env.threads} threads" + (f"; {libs}" if libs else ""))
 
 
 def _served(variant: Any) -> str:
@@ -131,7 +199,18 @@ def console_table(report: OptimizationReport) -> str:
     lines.append(f"speedup x{cmp.speedup:.2f}   size reduction x{cmp.size_reduction:.2f}   "
                  f"{cmp.quality_metric} drop {cmp.accuracy_drop:.4f}")
     lines += [f"gate {'PASS' if g.passed else 'FAIL'}  {g.message}" for g in report.gates.results]
+    lines += [f"NOTE: {n}" for n in report.gates.notes]
     lines += [f"WARNING: the optimized model is {w}" for w in report.warnings]
+    by_set = slice_rows(report)
+    if by_set:
+        widths = [max(len(r[i]) for r in by_set) for i in range(len(by_set[0]))]
+        lines += ["", "quality by evaluation set:", *("  ".join(c.ljust(widths[i]) for i, c in enumerate(r))
+                                                     for r in by_set)]
+    if report.optimized.quality.worst_cases:
+        lines.append("most changed samples:")
+        lines += [f"  {w.slice}#{w.row}  change {w.change:.4f}  {w.baseline} -> {w.optimized}"
+                  + (f"  {w.text[:80]!r}" if w.text else "") for w in report.optimized.quality.worst_cases[:5]]
+    lines.append(_environment_line(report))
     for name, variant in (("baseline", report.baseline), ("optimized", report.optimized)):
         placement = variant.placement if variant else None
         compute = {op: n for op, n in (placement.cpu_ops if placement else {}).items() if op not in SHAPE_OPS}
@@ -182,6 +261,29 @@ def _search_section(report: dict[str, Any], search_plot: Path | None) -> list[st
     return parts
 
 
+def _quality_sections(typed: OptimizationReport) -> list[str]:
+    """The quality table by evaluation set (the worst set marked) and the samples that changed most."""
+    esc = html.escape
+    parts = [f"<p><small>{esc(_environment_line(typed))}</small></p>"]
+    by_set = slice_rows(typed)
+    worst = typed.blocks()[1].worst_slice if typed.blocks() else None  # type: ignore[index]
+    if by_set:
+        parts.append("<h2>Quality by evaluation set</h2><table class='slices'><tr>"
+                     + "".join(f"<th>{esc(c)}</th>" for c in by_set[0]) + "</tr>")
+        for row in by_set[1:]:
+            mark = " class='fail'" if row[0] == worst else ""
+            parts.append(f"<tr{mark}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
+        parts.append(f"</table><p>Worst set: <b>{esc(worst or '')}</b>.</p>")
+    cases = typed.optimized.quality.worst_cases if typed.optimized else []
+    if cases:
+        parts.append("<h2>Most changed samples</h2><table class='worst'><tr><th>set</th><th>row</th><th>change</th>"
+                     "<th>baseline</th><th>optimized</th><th>text</th></tr>")
+        parts += [f"<tr><td>{esc(w.slice)}</td><td>{w.row}</td><td>{w.change:.4f}</td><td>{esc(w.baseline)}</td>"
+                  f"<td>{esc(w.optimized)}</td><td>{esc(w.text or '')}</td></tr>" for w in cases]
+        parts.append("</table>")
+    return parts
+
+
 def write_html(typed: OptimizationReport, plot_path: Path | None, path: Path,
                search_plot: Path | None = None) -> Path:
     """report.html for people, rendered from report.json's own form (same names, same figures)."""
@@ -205,8 +307,10 @@ def write_html(typed: OptimizationReport, plot_path: Path | None, path: Path,
             parts.append(f"<tr><td class='{cls}'>{'PASS' if g['passed'] else 'FAIL'}</td>"
                          f"<td>{esc(g['message'])}</td></tr>")
         parts.append("</table>")
+        parts += [f"<p><b>Note:</b> {esc(n)}</p>" for n in typed.gates.notes] if typed.gates else []
         parts += [f"<p class='fail'><b>Warning:</b> the optimized model is {esc(w)}</p>"
                   for w in typed.warnings]
+        parts += _quality_sections(typed)
     if report.get("search"):
         parts += _search_section(report, search_plot)
     parts.append("<h2>Steps</h2><table><tr><th>technique</th><th>seconds</th><th>size</th><th>parameters</th>"

@@ -26,6 +26,7 @@ from kompress.jobs.report.model import (
     Comparison,
     GateVerdict,
     LanguageQuality,
+    Quality,
     StepReport,
     Trial,
     VariantMetrics,
@@ -52,9 +53,13 @@ class FloatModel:
     runtime: GenerativeRuntime
     folder: Path
     session: GenerativeSession
-    quality: LanguageQuality
+    compared: gm.Compared
     precision: str | None
     export_seconds: float
+
+    @property
+    def quality(self) -> LanguageQuality:
+        return self.compared.quality
 
 
 @dataclass
@@ -69,6 +74,8 @@ class TrialResult:
     trial: Trial
     folder: Path | None = None
     measured: Measured | None = None
+    compared: gm.Compared | None = None
+    """Its quality on the evaluation windows (what the final re-measurement reuses: only timing is redone)."""
     runtime: str = ""
     precision: str | None = None
     steps: list[StepReport] = field(default_factory=list)
@@ -98,12 +105,13 @@ class GenerationWorkspace:
         seconds = time.perf_counter() - started
         precision = runtime.precision(None)
         session = runtime.open(folder, self.threads, precision)
-        quality = gm.compare(session, self.reference, self.progress, f"{runtime.name} float")
+        compared = gm.compare(session, self.reference, self.progress, f"{runtime.name} float")
+        quality = compared.quality
         gm.check_export(quality, runtime.name)
         self.progress.info(f"{runtime.name} float export matches the source: mean KL {quality.kl_divergence_mean:.2g}, "
                            f"top-1 agreement {quality.token_agreement:.4f}, perplexity {quality.perplexity:.3f} "
                            f"(exported in {seconds:.0f} s)")
-        self.floats[runtime.name] = FloatModel(runtime, folder, session, quality, precision, seconds)
+        self.floats[runtime.name] = FloatModel(runtime, folder, session, compared, precision, seconds)
         return self.floats[runtime.name]
 
     def context(self, runtime: GenerativeRuntime, workdir: Path, config: WeightOnlyConfig) -> GenerationContext:
@@ -168,13 +176,16 @@ def variant_metrics(folder: Path, quality: LanguageQuality, timed: gm.Timed, spe
 
 
 def measure(ws: GenerationWorkspace, base: FloatModel, folder: Path, session: GenerativeSession,
-            quality: LanguageQuality, precision: str | None, rounds: int) -> Measured:
+            compared: gm.Compared, precision: str | None, rounds: int) -> Measured:
     spec = ws.spec
     prompts = ws.text.prompts[:rounds]
     base_t, cand_t, spread = gm.time_pair(base.session, session, prompts, spec.target.generation.new_tokens, ws.meter)
-    quality = quality.model_copy(update={"continuation_agreement": gm.continuation_agreement(base_t, cand_t)})
+    quality = compared.quality.model_copy(
+        update={"continuation_agreement": gm.continuation_agreement(base_t, cand_t)})
     baseline = variant_metrics(base.folder, base.quality, base_t, spec, base.runtime.name, base.precision, rounds)
     candidate = variant_metrics(folder, quality, cand_t, spec, base.runtime.name, precision, rounds)
+    level = spec.gates.interval_level
+    candidate.quality = Quality(intervals=gm.intervals(compared, base.compared, level), interval_level=level)
     cmp = gates.comparison(baseline, candidate, tasks.get(spec.model.task))
     return Measured(baseline, candidate, cmp.model_copy(update={"speedup_spread": spread}))
 
@@ -203,10 +214,10 @@ def run_trial(ws: GenerationWorkspace, candidate: Candidate, index: int) -> Tria
         folder, steps = apply_steps(ws, runtime, candidate.steps(), ws.work / runtime.name / f"trial-{index}")
         session = runtime.open(folder, ws.threads, precision)
         try:
-            quality = gm.compare(session, ws.reference, ws.progress, trial.name)
+            compared = gm.compare(session, ws.reference, ws.progress, trial.name)
             generation = spec.target.generation  # a trial's rounds, then the chosen one's in full
             rounds = min(generation.trial_rounds, generation.rounds) if search else generation.rounds
-            measured = measure(ws, base, folder, session, quality, precision, rounds)
+            measured = measure(ws, base, folder, session, compared, precision, rounds)
         finally:
             session.close()
     except gm.ExportMismatch:
@@ -223,7 +234,7 @@ def run_trial(ws: GenerationWorkspace, candidate: Candidate, index: int) -> Tria
     trial.status, trial.passed = ("passed" if verdict.passed else "rejected"), verdict.passed
     trial.failures, trial.gain = verdict.failures, objective_gain(objective, measured)
     trial.duration_seconds = round(time.perf_counter() - started, 1)
-    result.folder, result.measured, result.steps = folder, measured, steps
+    result.folder, result.measured, result.steps, result.compared = folder, measured, steps, compared
     ws.progress.info(describe(trial, measured))
     return result
 

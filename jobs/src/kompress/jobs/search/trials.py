@@ -60,7 +60,6 @@ def _objective_gain(objective: str, measured: Measured) -> float:
     return float(cmp.speedup)
 
 
-QUALITY_GATES = ("maxAccuracyDrop", "minCosineSimilarity")
 FALLBACK_ROUNDS = (1, 2, 4, 8)
 """How many of the worst activations (each with the nodes that touch it) each fallback round keeps in float."""
 LOSSLESS_STEPS = frozenset({"graphOptimize"})
@@ -77,7 +76,7 @@ def _needs_fallback(cand: Candidate, trial: Trial) -> bool:
     failed = {f.split(":", 1)[0] for f in trial.failures}
     return (trial.status == "rejected" and name == "quantize" and getattr(config, "method", "") == "static"
             and all(n in LOSSLESS_STEPS for n, _ in before)
-            and bool(failed & set(QUALITY_GATES)) and "noRegression" not in failed)
+            and bool(failed & gates.SET_GATES) and "noRegression" not in failed)
 
 
 def _with_excluded(cand: Candidate, kept: dict[str, str]) -> Candidate:

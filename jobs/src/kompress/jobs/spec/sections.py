@@ -110,6 +110,23 @@ class TextSpec(SpecModel):
     """Tokens per calibration sequence."""
 
 
+MAX_SLICES = 16
+
+
+class SliceSpec(SpecModel):
+    """A further evaluation set beside data.uri: text of another language, short queries, edge cases, one
+    class... Quality is measured on it like on the main set (same baseline, same figures and intervals)."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
+    """The slice's name (lowercase letters, digits and dashes, at most 40): reports, status and the Prometheus
+    `slice` label carry it."""
+    uri: Annotated[str, Field(min_length=1)]
+    """A .npz like data.uri (the same inputs; labels optional; a `texts` array of strings is shown beside
+    the worst cases)."""
+    evaluation_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    """Samples evaluated (the first ones; capped at what the file holds)."""
+
+
 class DataSpec(SpecModel):
     uri: Annotated[str, Field(min_length=1)]
     """A .npz file with one array per model input (first axis = samples) and optional `labels`. For
@@ -134,6 +151,26 @@ class DataSpec(SpecModel):
     labels optional. Default: the calibration rows of `uri`, which never overlap the evaluation rows."""
     train_samples: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     """Training samples used at most."""
+    slices: Annotated[list[SliceSpec], Field(max_length=MAX_SLICES)] = []
+    """Further evaluation sets (at most 16), each measured against the baseline like the main set: quality
+    gates judge the worst of them by default (gates.scope), so a model that passes on the main set but breaks
+    on another kind of input is not promoted."""
+    allow_calibration_overlap: bool = False
+    """When data.uri is too small for calibrationSamples rows beside evaluationSamples, calibrate on
+    evaluation rows anyway (the result is then scored on rows it was calibrated on; the report says so).
+    Default: calibration gets only the rows left over, and a technique that calibrates refuses to run on
+    none."""
+
+    @field_validator("slices")
+    @classmethod
+    def distinct_names(cls, slices: list[SliceSpec]) -> list[SliceSpec]:
+        names = [s.name for s in slices]
+        if "main" in names:
+            raise ValueError("slice name 'main' is the main evaluation set's (data.uri); pick another")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"slice names must differ: {', '.join(twice)} appears more than once")
+        return slices
 
 
 class EnergySpec(SpecModel):
@@ -197,6 +234,9 @@ class TargetSpec(SpecModel):
         return SessionTarget(self.device, self.threads or available_threads(), serving.precision)
 
 
+GateScope = Literal["main", "every-slice", "worst-slice"]
+
+
 class GatesSpec(SpecModel):
     no_regression: bool = True
     """The result must beat the original by more than the measurement's own noise (the spread of the
@@ -230,6 +270,29 @@ class GatesSpec(SpecModel):
     """text-generation: smallest allowed ratio of decode tokens/s to the float model's, same runtime."""
     max_time_to_first_token_seconds: Annotated[float, Field(gt=0)] | None = None
     """text-generation: largest allowed median time to the first token at target.generation.promptTokens."""
+    min_top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, alias="minTop1Agreement")
+    """Smallest allowed share of samples whose top-1 output (the arg-max) is the baseline's."""
+    max_class_accuracy_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+    """classification: largest allowed drop within any one class (accuracy with labels, else 1 - top-1
+    agreement within the baseline's predicted class; classes with at least 10 samples)."""
+    min_neighbor_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    """embedding: smallest allowed share of samples whose nearest other sample (cosine) is the baseline's:
+    retrieval as a user sees it."""
+    min_rank_correlation: Annotated[float, Field(ge=-1, le=1)] | None = None
+    """embedding: smallest allowed mean Spearman correlation between each sample's similarities to the others
+    and the baseline's."""
+    scope: GateScope | None = None
+    """Which evaluation sets the quality gates judge: main (data.uri only; slices are reported), every-slice
+    (each set is a gate of its own), worst-slice (the worst set, named). Default: worst-slice when data.slices
+    exist, else main. Speed, size, memory and energy gates are not per slice."""
+    confidence: Annotated[float, Field(ge=0.5, le=0.999)] | None = None
+    """Judge quality gates on the bound of the figure's paired bootstrap interval at this level (the lower
+    bound of a minimum, the upper bound of a maximum) instead of on the point estimate: a pass then means the
+    evaluation data shows it, not that it was lucky. Intervals are always reported (at 0.95 by default)."""
+
+    @property
+    def interval_level(self) -> float:
+        return self.confidence or 0.95
 
 
 class PromotionSpec(SpecModel):

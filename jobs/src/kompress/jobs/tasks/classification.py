@@ -5,7 +5,7 @@ at a 0.0002 "drop")."""
 from __future__ import annotations
 
 from kompress.jobs.report.model import VariantMetrics
-from kompress.jobs.tasks.base import Task
+from kompress.jobs.tasks.base import QUALITY_GATES, Task
 
 
 class Classification(Task):
@@ -13,6 +13,10 @@ class Classification(Task):
     summary = "outputs are logits, compared by top-1"
     hf_head = "logits"
     logits = True
+    gates = QUALITY_GATES | {"minTop1Agreement", "maxClassAccuracyDrop"}
+
+    def drop_metric(self, labels: bool) -> str:
+        return "accuracy" if labels else "top1Agreement"
 
     def quality_drop(self, baseline: VariantMetrics, optimized: VariantMetrics) -> tuple[str, float]:
         fidelity = optimized.quality.fidelity

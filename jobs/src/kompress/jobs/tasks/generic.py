@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from kompress.jobs.tasks.base import Task
+from kompress.jobs.tasks.base import QUALITY_GATES, Task
 
 
 class Generic(Task):
     name = "generic"
     summary = "raw outputs compared by cosine similarity"
+    gates = QUALITY_GATES | {"minTop1Agreement"}
 
 
 TASK = Generic()

@@ -46,6 +46,19 @@ class StepContext:
         self.workdir.mkdir(parents=True, exist_ok=True)
         return self.workdir / name
 
+    def require_calibration(self, what: str, field: str) -> int:
+        """The number of calibration rows; none (data.uri holds only evaluation rows) is a clear error."""
+        count = len(next(iter(self.calibration.values()))) if self.calibration else 0
+        if count == 0:
+            from kompress.jobs.errors import InvalidInputError
+
+            raise InvalidInputError(
+                f"{what} calibrates on rows that are not evaluation rows, and data.uri has none left beside "
+                "data.evaluationSamples: lower data.evaluationSamples, give more rows, or set "
+                "data.allowCalibrationOverlap: true to calibrate on evaluation rows (the result is then scored on "
+                "rows it was calibrated on)", field=field)
+        return count
+
 
 @dataclass
 class GenerationContext:

@@ -69,7 +69,7 @@ def qat(model: TorchModel, config: QATConfig, ctx: StepContext) -> StepResult:
         p.requires_grad_(False)
     prepared = prepare(model)
     fake_quants = _fake_quantizers(prepared)
-    calibrated = _calibrate(prepared, model.input_names, ctx.calibration, config.calibration_samples)
+    calibrated = _calibrate(prepared, model.input_names, ctx, config.calibration_samples)
     # Before spending time on training: does the export give ONNX Runtime anything to run in INT8?
     kernels = _int8_kernels(_as_result(prepared, model), ctx.out_path("check"))
     if not kernels:
@@ -194,11 +194,13 @@ def _fake_quantizers(module: Any) -> list[Any]:
     return [m for m in module.modules() if isinstance(m, FakeQuantizeBase)]
 
 
-def _calibrate(module: Any, names: list[str], rows: dict[str, np.ndarray], limit: int) -> int:
-    """Initialise the activation and weight ranges from data (untrained observers would start at scale 1)."""
+def _calibrate(module: Any, names: list[str], ctx: StepContext, limit: int) -> int:
+    """Initialise the activation and weight ranges from the calibration rows (untrained observers would start
+    at scale 1)."""
     import torch
 
-    n = min(limit, len(next(iter(rows.values()))))
+    rows = ctx.calibration
+    n = min(limit, ctx.require_calibration("QAT's range calibration", FIELD))
     module.eval()
     with torch.no_grad():
         for start in range(0, n, 64):

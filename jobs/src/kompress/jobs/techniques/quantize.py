@@ -114,6 +114,7 @@ def _static(model_path: Path, out: Path, config: QuantizeConfig, ctx: StepContex
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
     tried: dict[str, str] = {}
     for name in (config.format, *(f for f in formats if f != config.format)):
+        ctx.require_calibration("static quantization", "techniques.quantize")
         reader = _CalibrationReader(ctx.calibration, ctx.input_plan)
         if ctx.progress:
             ctx.progress.info(f"calibrating activations on {reader.count} samples ({config.calibration}, {name})")
@@ -156,6 +157,7 @@ def _nncf(model_path: Path, out: Path, config: QuantizeConfig, ctx: StepContext)
     ignored = set(config.exclude_nodes)
     if config.op_types:
         ignored |= {n.name for n in model.graph.node if n.op_type not in config.op_types and n.name}
+    ctx.require_calibration("NNCF quantization", "techniques.quantize")
     reader = _CalibrationReader(ctx.calibration, ctx.input_plan)
     rows = [row for row in iter(reader.get_next, None)]
     transformer = ctx.metadata.get("hf.model_type", "") in BERT_LIKE
