@@ -252,3 +252,38 @@ def test_calibrating_on_evaluation_rows_is_refused_unless_allowed(tmp_path: Path
     proc = run_cli("run", str(write_spec(tmp_path / "spec.yaml", doc)), "-o", str(tmp_path / "out2"), cwd=tmp_path)
     assert proc.returncode == ExitCode.SUCCESS, proc.stderr[-2000:]
     assert json.loads((tmp_path / "out2" / "report.json").read_text())["data"]["calibrationOverlapsEvaluation"]
+
+
+def test_the_slices_example_moves_the_search_to_a_recipe_that_holds_everywhere(tmp_path: Path) -> None:
+    """examples/minilm-slices.yaml: a candidate that passes every gate on the main set fails on a slice (named
+    in its failures), and what the search promotes, if anything, holds on every slice; the report's slice
+    table and the trial table carry the figures."""
+    pytest.importorskip("openvino")
+    doc = example("minilm-slices.yaml")
+    doc["spec"]["promotion"]["registry"] = str(tmp_path / "registry")
+    doc["spec"]["target"]["iterations"] = 60
+    proc = run_cli("run", str(write_spec(tmp_path / "spec.yaml", doc)), "-o", str(tmp_path / "out"), cwd=tmp_path,
+                   env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode in (ExitCode.SUCCESS, ExitCode.GATES_REJECTED), proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    spec = GatesSpec.model_validate(doc["spec"]["gates"])
+    main_only = spec.model_copy(update={"scope": "main"})
+    trials = [t for t in report["search"]["trials"] if t.get("metrics")]
+    caught = [t for t in trials if gates.evaluate(main_only, ResultBlock.model_validate(t["metrics"]), "latency").passed
+              and t["status"] == "rejected"]
+    assert caught, [(t["name"], t["failures"]) for t in trials]
+    assert any("on slice '" in f and "'main'" not in f for f in caught[0]["failures"])
+    for t in trials:
+        assert {s["name"] for s in t["metrics"]["slices"]} == {"other-language", "short-queries", "misspelled",
+                                                                "long-passages"}
+    if proc.returncode == ExitCode.SUCCESS:
+        chosen = next(t for t in trials if t.get("chosen"))
+        assert chosen["status"] == "passed" and chosen["name"] != caught[0]["name"]
+        blocks = render.read_json((tmp_path / "out" / "report.json").read_text()).blocks()
+        assert blocks is not None
+        result = blocks[1]
+        assert gates.evaluate(spec, result, "latency").passed  # the final measurement holds on every slice too
+        assert (tmp_path / "registry" / "minilm-slices" / "1").is_dir()
+    else:
+        assert not (tmp_path / "registry" / "minilm-slices").exists()
+    assert "quality by evaluation set" in proc.stdout and "other-language" in proc.stdout

@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kompress.jobs.cpu import available_threads
 from kompress.jobs.errors import InvalidInputError
@@ -23,6 +24,7 @@ from kompress.jobs.report.model import (
     ModelFacts,
     SearchReport,
     ServingSignature,
+    SliceFacts,
     StepReport,
     TensorSpec,
     TextFacts,
@@ -97,8 +99,9 @@ def run(spec: OptimizationSpec, work: Path, progress: Progress, meter: Meter, ou
                   f"{len(text.evaluation_documents)} documents; {len(text.calibration)} calibration sequences from "
                   f"{len(text.calibration_documents)} others")
     reference = gm.build_reference(lm.hf_dir, text.evaluation, work, progress)
+    slices = _slices(spec, lm, work, progress, out.data)
     ws = trials.GenerationWorkspace(spec, lm, text, reference, work, progress, meter,
-                                    spec.target.threads or available_threads())
+                                    spec.target.threads or available_threads(), slices)
     try:
         _trials(ws, able, out)
         if out.chosen is not None:
@@ -107,13 +110,35 @@ def run(spec: OptimizationSpec, work: Path, progress: Progress, meter: Meter, ou
         ws.close()
 
 
-def _split(spec: OptimizationSpec, lm: causal_lm.CausalLM, text_local: Path) -> corpus.TextSplit:
+def _slices(spec: OptimizationSpec, lm: causal_lm.CausalLM, work: Path, progress: Progress,
+            facts: DataFacts) -> dict[str, gm.Reference]:
+    """data.slices: each text cut into evaluation windows like data.uri's, with the source's reference
+    log-probabilities on them."""
+    out = {}
+    t = spec.data.text
+    for i, entry in enumerate(spec.data.slices):
+        field = f"data.slices[{i}].uri"
+        local = storage.fetch(entry.uri, work / "fetch" / "slices" / entry.name, field=field)
+        windows, digest = corpus.slice_windows(local, _tokenizer(lm), sequence_length=t.sequence_length,
+                                               windows=min(entry.evaluation_samples, t.evaluation_windows), field=field)
+        facts.slices.append(SliceFacts(name=entry.name, uri=entry.uri, sha256=digest, samples=len(windows),
+                                       evaluation_samples=len(windows)))
+        progress.info(f"slice {entry.name}: {len(windows)} windows of {t.sequence_length} tokens")
+        out[entry.name] = gm.build_reference(lm.hf_dir, windows, work / "slices" / entry.name, progress)
+    return out
+
+
+def _tokenizer(lm: causal_lm.CausalLM) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(lm.hf_dir)
+        return AutoTokenizer.from_pretrained(lm.hf_dir)
     except Exception as err:  # a folder whose tokenizer files do not load
         raise InvalidInputError(f"the model's tokenizer does not load ({err})", field="model.uri") from None
+
+
+def _split(spec: OptimizationSpec, lm: causal_lm.CausalLM, text_local: Path) -> corpus.TextSplit:
+    tokenizer = _tokenizer(lm)
     t, g = spec.data.text, spec.target.generation
     return corpus.split_text(text_local, tokenizer, sequence_length=t.sequence_length,
                              evaluation_windows=t.evaluation_windows, calibration_sequences=t.calibration_sequences,
@@ -174,7 +199,8 @@ def _final(ws: trials.GenerationWorkspace, out: GenerationResult) -> None:
         session = runtime.open(chosen.folder, ws.threads, chosen.precision)
         try:
             assert chosen.compared is not None
-            measured = trials.measure(ws, base, chosen.folder, session, chosen.compared, chosen.precision, rounds)
+            measured = trials.measure(ws, base, chosen.folder, session, chosen.compared, chosen.slices,
+                                      chosen.precision, rounds)
         finally:
             session.close()
     prompt, new = ws.text.prompts[0], spec.target.generation.new_tokens

@@ -150,3 +150,17 @@ def split_text(path: Path, tokenizer: Any, *, sequence_length: int, evaluation_w
         timing.append(timing[len(timing) % max(1, len(timing))])
     return TextSplit(calibration, windows, timing, digest, [d.title for d in calibration_docs],
                      [d.title for d in evaluation_docs], cal_tokens, eval_tokens)
+
+
+def slice_windows(path: Path, tokenizer: Any, *, sequence_length: int, windows: int,
+                  field: str) -> tuple[list[np.ndarray], str]:
+    """A data.slices text, all of it evaluation: up to `windows` windows of `sequence_length` tokens (round-robin
+    over its documents), and its digest."""
+    docs = read_documents(path, field)
+    digest = hashlib.sha256("\x1e".join(f"{d.title}\x1f{d.text}" for d in docs).encode()).hexdigest()
+    ids = _ids(tokenizer, docs)
+    out = _chunks(ids, sequence_length, windows)
+    if len(out) < 2:
+        raise InvalidInputError(f"{path.name}: the slice holds {sum(len(s) for s in ids)} tokens, fewer than 2 windows "
+                                f"of data.text.sequenceLength {sequence_length}", field=field)
+    return out, digest

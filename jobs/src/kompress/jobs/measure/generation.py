@@ -26,7 +26,7 @@ from kompress.jobs.measure import confidence
 from kompress.jobs.measure.confidence import Figure, mean_of
 from kompress.jobs.measure.energy import Meter, Stopwatch
 from kompress.jobs.progress import Progress
-from kompress.jobs.report.model import Energy, GenerationSpeed, LanguageQuality, Latency
+from kompress.jobs.report.model import Energy, GenerationSpeed, LanguageQuality, Latency, SliceQuality
 from kompress.jobs.runtimes.generative import Generation, GenerativeSession
 
 EXPORT_KL_LIMIT = 1e-3
@@ -68,6 +68,7 @@ def build_reference(hf_dir: Path, windows: list[np.ndarray], work: Path, progres
     model.eval()
     vocab = int(model.config.get_text_config().vocab_size)
     length = len(windows[0]) - 1
+    work.mkdir(parents=True, exist_ok=True)
     store = np.lib.format.open_memmap(work / "reference-logprobs.npy", mode="w+", dtype=np.float16,
                                       shape=(len(windows), length, vocab))
     nll = []
@@ -121,15 +122,21 @@ def compare(session: GenerativeSession, reference: Reference, progress: Progress
                     np.array([x.mean() for x in agree]))
 
 
-def intervals(candidate: Compared, baseline: Compared, level: float) -> dict[str, list[float]]:
-    """Paired bootstrap intervals over evaluation windows (all of one length, so the mean of window means is
-    the mean over tokens) of the perplexity increase over the baseline, the KL divergence and the top-1
-    agreement."""
+def judge(name: str, candidate: Compared, baseline: Compared, level: float) -> SliceQuality:
+    """A variant's quality on one set of windows against its runtime's float model on the same windows: the
+    perplexity increase, KL divergence and top-1 agreement, with paired bootstrap intervals over windows (all of
+    one length, so the mean of window means is the mean over tokens)."""
     figures = [Figure("perplexity_increase", np.stack([candidate.window_nll, baseline.window_nll], axis=1),
                       lambda m: np.exp(m[..., 0] - m[..., 1]) - 1.0),
                mean_of("kl_divergence", candidate.window_kl), mean_of("token_agreement", candidate.window_agreement)]
-    return {to_camel(k): [round(e.low, 6), round(e.high, 6)] for k, e in confidence.estimate(figures, level).items()
-            if e.low is not None and e.high is not None}
+    est = confidence.estimate(figures, level)
+    values = {k: round(e.value, 6) for k, e in est.items()}
+    intervals = {to_camel(k): [round(e.low, 6), round(e.high, 6)] for k, e in est.items()
+                 if e.low is not None and e.high is not None}
+    if "perplexityIncrease" in intervals:  # the drop of a language model is its perplexity increase
+        intervals["accuracyDrop"] = intervals["perplexityIncrease"]
+    return SliceQuality(name=name, samples=len(candidate.window_nll), quality_metric="perplexityIncrease",
+                        accuracy_drop=values["perplexity_increase"], **values, intervals=intervals)
 
 
 class ExportMismatch(RuntimeFailure):

@@ -96,10 +96,14 @@ def _generation_rows(b: Any, o: Any) -> list[tuple[str, str, str]]:
         rows.append((f"energy/token ({o.energy.method if o.energy else ''})", f"{bg.energy_per_token_joules:.4f} J",
                      f"{og.energy_per_token_joules:.4f} J"))
     rows += [
-        (f"perplexity ({ol.evaluation_tokens} tokens)", f"{bl.perplexity:.3f}", f"{ol.perplexity:.3f}"),
-        ("KL vs source (mean / p99)", f"{bl.kl_divergence_mean or 0:.2g}", f"{ol.kl_divergence_mean:.4f} / "
-         f"{ol.kl_divergence_p99:.3f}"),
-        ("top-1 token agreement", f"{bl.token_agreement or 1:.4f}", f"{ol.token_agreement:.4f}"),
+        (f"perplexity ({ol.evaluation_tokens} tokens)", f"{bl.perplexity:.3f}",
+         f"{ol.perplexity:.3f} ({ol.perplexity / bl.perplexity - 1:+.2%}"
+         + ("" if "perplexityIncrease" not in o.quality.intervals else
+            " [{:+.2%}, {:+.2%}]".format(*o.quality.intervals["perplexityIncrease"])) + ")"),
+        ("KL vs source (mean / p99)", f"{bl.kl_divergence_mean or 0:.2g}", f"{ol.kl_divergence_mean:.4f}"
+         f"{_iv(o.quality.intervals, 'klDivergence')} / {ol.kl_divergence_p99:.3f}"),
+        ("top-1 token agreement", f"{bl.token_agreement or 1:.4f}",
+         f"{ol.token_agreement:.4f}{_iv(o.quality.intervals, 'tokenAgreement')}"),
         (f"greedy continuation agreement ({og.new_tokens} tokens)", "1.000",
          f"{ol.continuation_agreement or 0:.3f}"),
     ]
@@ -149,7 +153,9 @@ def _iv(intervals: dict[str, list[float]], key: str) -> str:
 
 SLICE_FIGURES = (("accuracyDrop", "drop"), ("cosineSimilarity", "cosine"), ("top1Agreement", "top-1"),
                  ("neighborAgreement", "neighbour"), ("rankCorrelation", "rank corr."),
-                 ("classAccuracyDrop", "worst class drop"), ("accuracy", "accuracy"))
+                 ("classAccuracyDrop", "worst class drop"), ("accuracy", "accuracy"),
+                 ("perplexityIncrease", "perplexity increase"), ("klDivergence", "KL"),
+                 ("tokenAgreement", "token agreement"))
 
 
 def slice_rows(report: OptimizationReport) -> list[list[str]]:
@@ -163,7 +169,8 @@ def slice_rows(report: OptimizationReport) -> list[list[str]]:
     main = main_set(o, cmp)
     main.samples = report.data.evaluation_samples if report.data else 0
     sets = [main.to_json(), *(s.to_json() for s in o.quality.slices)]
-    shown = [(k, label) for k, label in SLICE_FIGURES if any(k in s for s in sets)]
+    shown = [(k, label) for k, label in SLICE_FIGURES if any(k in s for s in sets)
+             and not (k == "accuracyDrop" and cmp.quality_metric == "perplexityIncrease")]  # the same figure
     level = o.quality.interval_level or 0.95
     rows = [["set", "samples", *(f"{label} [{level:.0%} interval]" for _, label in shown)]]
     for s in sets:
@@ -208,7 +215,8 @@ def console_table(report: OptimizationReport) -> str:
                                                      for r in by_set)]
     if report.optimized.quality.worst_cases:
         lines.append("most changed samples:")
-        lines += [f"  {w.slice}#{w.row}  change {w.change:.4f}  {w.baseline} -> {w.optimized}"
+        lines += [f"  {w.slice}#{w.row}  change {w.change:.4f}  "
+                  + (f"{w.baseline} -> {w.optimized}" if w.baseline else w.optimized)
                   + (f"  {w.text[:80]!r}" if w.text else "") for w in report.optimized.quality.worst_cases[:5]]
     lines.append(_environment_line(report))
     for name, variant in (("baseline", report.baseline), ("optimized", report.optimized)):

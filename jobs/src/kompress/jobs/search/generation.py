@@ -23,6 +23,7 @@ from kompress.jobs.measure import generation as gm
 from kompress.jobs.measure.energy import Meter
 from kompress.jobs.progress import Progress
 from kompress.jobs.report.model import (
+    MAIN_SET,
     Comparison,
     GateVerdict,
     LanguageQuality,
@@ -56,6 +57,8 @@ class FloatModel:
     compared: gm.Compared
     precision: str | None
     export_seconds: float
+    slices: dict[str, gm.Compared] = field(default_factory=dict)
+    """Its quality on each of data.slices."""
 
     @property
     def quality(self) -> LanguageQuality:
@@ -76,6 +79,8 @@ class TrialResult:
     measured: Measured | None = None
     compared: gm.Compared | None = None
     """Its quality on the evaluation windows (what the final re-measurement reuses: only timing is redone)."""
+    slices: dict[str, gm.Compared] = field(default_factory=dict)
+    """Its quality on each of data.slices."""
     runtime: str = ""
     precision: str | None = None
     steps: list[StepReport] = field(default_factory=list)
@@ -86,8 +91,10 @@ class GenerationWorkspace:
     reference log-probabilities, each runtime's float export (made on first use) and the meter."""
 
     def __init__(self, spec: OptimizationSpec, lm: CausalLM, text: TextSplit, reference: gm.Reference, work: Path,
-                 progress: Progress, meter: Meter, threads: int) -> None:
+                 progress: Progress, meter: Meter, threads: int, slices: dict[str, gm.Reference] | None = None) -> None:
         self.spec, self.lm, self.text, self.reference = spec, lm, text, reference
+        self.slices = slices or {}
+        """The source's reference log-probabilities on each of data.slices."""
         self.work, self.progress, self.meter, self.threads = work, progress, meter, threads
         generation = spec.target.generation
         self.limits = ExportLimits(max(spec.data.text.sequence_length, generation.prompt_tokens + generation.new_tokens)
@@ -111,8 +118,14 @@ class GenerationWorkspace:
         self.progress.info(f"{runtime.name} float export matches the source: mean KL {quality.kl_divergence_mean:.2g}, "
                            f"top-1 agreement {quality.token_agreement:.4f}, perplexity {quality.perplexity:.3f} "
                            f"(exported in {seconds:.0f} s)")
-        self.floats[runtime.name] = FloatModel(runtime, folder, session, compared, precision, seconds)
+        self.floats[runtime.name] = FloatModel(runtime, folder, session, compared, precision, seconds,
+                                               self.compare_slices(session, f"{runtime.name} float"))
         return self.floats[runtime.name]
+
+    def compare_slices(self, session: GenerativeSession, label: str) -> dict[str, gm.Compared]:
+        """The session's quality on each of data.slices."""
+        return {name: gm.compare(session, ref, self.progress, f"{label}, slice {name}")
+                for name, ref in self.slices.items()}
 
     def context(self, runtime: GenerativeRuntime, workdir: Path, config: WeightOnlyConfig) -> GenerationContext:
         """The step's context; sensitivity is shared by every recipe with the same grid."""
@@ -176,7 +189,7 @@ def variant_metrics(folder: Path, quality: LanguageQuality, timed: gm.Timed, spe
 
 
 def measure(ws: GenerationWorkspace, base: FloatModel, folder: Path, session: GenerativeSession,
-            compared: gm.Compared, precision: str | None, rounds: int) -> Measured:
+            compared: gm.Compared, slices: dict[str, gm.Compared], precision: str | None, rounds: int) -> Measured:
     spec = ws.spec
     prompts = ws.text.prompts[:rounds]
     base_t, cand_t, spread = gm.time_pair(base.session, session, prompts, spec.target.generation.new_tokens, ws.meter)
@@ -185,7 +198,9 @@ def measure(ws: GenerationWorkspace, base: FloatModel, folder: Path, session: Ge
     baseline = variant_metrics(base.folder, base.quality, base_t, spec, base.runtime.name, base.precision, rounds)
     candidate = variant_metrics(folder, quality, cand_t, spec, base.runtime.name, precision, rounds)
     level = spec.gates.interval_level
-    candidate.quality = Quality(intervals=gm.intervals(compared, base.compared, level), interval_level=level)
+    candidate.quality = Quality(intervals=gm.judge(MAIN_SET, compared, base.compared, level).intervals,
+                                interval_level=level,
+                                slices=[gm.judge(name, c, base.slices[name], level) for name, c in slices.items()])
     cmp = gates.comparison(baseline, candidate, tasks.get(spec.model.task))
     return Measured(baseline, candidate, cmp.model_copy(update={"speedup_spread": spread}))
 
@@ -215,9 +230,10 @@ def run_trial(ws: GenerationWorkspace, candidate: Candidate, index: int) -> Tria
         session = runtime.open(folder, ws.threads, precision)
         try:
             compared = gm.compare(session, ws.reference, ws.progress, trial.name)
+            result.slices = ws.compare_slices(session, trial.name)
             generation = spec.target.generation  # a trial's rounds, then the chosen one's in full
             rounds = min(generation.trial_rounds, generation.rounds) if search else generation.rounds
-            measured = measure(ws, base, folder, session, compared, precision, rounds)
+            measured = measure(ws, base, folder, session, compared, result.slices, precision, rounds)
         finally:
             session.close()
     except gm.ExportMismatch:

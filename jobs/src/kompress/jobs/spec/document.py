@@ -217,10 +217,6 @@ def check_generation(spec: OptimizationSpec) -> None:
                          f"runtimes: {', '.join(serving)} (or leave it unset)")
     if spec.export is not None:
         raise ValueError("export is for graph models; a text-generation model is served as its runtime's folder")
-    if spec.data.slices:
-        raise ValueError("data.slices are .npz evaluation sets for graph models; text-generation is evaluated on "
-                         "data.uri's evaluation documents (per-slice perplexity is not measured yet: run one spec "
-                         "per text, or add the text's documents to data.uri)")
     if target.runtime == runtimes.AUTO and spec.search is None:
         raise ValueError("target.runtime auto chooses the runtime in a search; a fixed pipeline names its runtime "
                          f"({' or '.join(serving)})")

@@ -122,9 +122,10 @@ class SliceSpec(SpecModel):
     `slice` label carry it."""
     uri: Annotated[str, Field(min_length=1)]
     """A .npz like data.uri (the same inputs; labels optional; a `texts` array of strings is shown beside
-    the worst cases)."""
+    the worst cases). text-generation: UTF-8 text (a .txt file or a folder of them), all of it evaluated."""
     evaluation_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 512
-    """Samples evaluated (the first ones; capped at what the file holds)."""
+    """Samples evaluated (the first ones; capped at what the file holds). text-generation: windows of
+    data.text.sequenceLength tokens, at most data.text.evaluationWindows."""
 
 
 class DataSpec(SpecModel):

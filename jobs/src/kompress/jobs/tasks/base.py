@@ -135,7 +135,7 @@ class Task:
         if has_top1:
             answers = [(f"class {x}", f"class {y}") for x, y in zip(b_top, o_top, strict=True)]
         else:
-            answers = [("-", f"cosine {c:.4f}") for c in per_sample]
+            answers = [("", f"cosine {c:.4f}") for c in per_sample]
         return JudgedSet(judged, est, per_sample, change, answers, worst_class)
 
     def quality_drop(self, baseline: VariantMetrics, optimized: VariantMetrics) -> tuple[str, float]:
