@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kompress.jobs import gates
 from kompress.jobs.errors import InvalidInputError, KompressError, RuntimeFailure
 from kompress.jobs.io.causal_lm import CausalLM
 from kompress.jobs.io.corpus import TextSplit
 from kompress.jobs.measure import generation as gm
 from kompress.jobs.measure.energy import Meter
+from kompress.jobs.measure.variant import TEXT_CHARS, WORST_CASES, WORST_PER_SET
 from kompress.jobs.progress import Progress
 from kompress.jobs.report.model import (
     MAIN_SET,
@@ -31,6 +34,7 @@ from kompress.jobs.report.model import (
     StepReport,
     Trial,
     VariantMetrics,
+    WorstCase,
     result_block,
 )
 from kompress.jobs.runtimes import genai_registry as generative
@@ -95,6 +99,7 @@ class GenerationWorkspace:
         self.spec, self.lm, self.text, self.reference = spec, lm, text, reference
         self.slices = slices or {}
         """The source's reference log-probabilities on each of data.slices."""
+        self._tokenizer: Any = None
         self.work, self.progress, self.meter, self.threads = work, progress, meter, threads
         generation = spec.target.generation
         self.limits = ExportLimits(max(spec.data.text.sequence_length, generation.prompt_tokens + generation.new_tokens)
@@ -136,6 +141,29 @@ class GenerationWorkspace:
     def close(self) -> None:
         for f in self.floats.values():
             f.session.close()
+
+    def worst_windows(self, base: FloatModel, compared: gm.Compared,
+                      slices: dict[str, gm.Compared]) -> list[WorstCase]:
+        """The evaluation windows where the variant's next-token distributions moved most from the source's (mean
+        KL), each set's few worst, with both models' perplexity on the window and its text."""
+        sets = [(MAIN_SET, compared, base.compared, self.reference),
+                *((n, c, base.slices[n], self.slices[n]) for n, c in slices.items())]
+        found = []
+        for name, cand, float_, ref in sets:
+            for i in np.argsort(-cand.window_kl, kind="stable")[:WORST_PER_SET]:
+                found.append(WorstCase(slice=name, row=int(i), change=round(float(cand.window_kl[i]), 6),
+                                       baseline=f"perplexity {np.exp(float_.window_nll[i]):.2f}",
+                                       optimized=f"perplexity {np.exp(cand.window_nll[i]):.2f}",
+                                       text=self.decode(ref.windows[i])))
+        return sorted(found, key=lambda w: -w.change)[:WORST_CASES]
+
+    def decode(self, ids: np.ndarray) -> str | None:
+        """A window's text (the model's own tokenizer, loaded once)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.lm.hf_dir)
+        return str(self._tokenizer.decode([int(t) for t in ids]))[:TEXT_CHARS]
 
 
 def serving_of(candidate: Candidate, spec: OptimizationSpec) -> tuple[GenerativeRuntime, str | None]:
@@ -200,7 +228,8 @@ def measure(ws: GenerationWorkspace, base: FloatModel, folder: Path, session: Ge
     level = spec.gates.interval_level
     candidate.quality = Quality(intervals=gm.judge(MAIN_SET, compared, base.compared, level).intervals,
                                 interval_level=level,
-                                slices=[gm.judge(name, c, base.slices[name], level) for name, c in slices.items()])
+                                slices=[gm.judge(name, c, base.slices[name], level) for name, c in slices.items()],
+                                worst_cases=ws.worst_windows(base, compared, slices))
     cmp = gates.comparison(baseline, candidate, tasks.get(spec.model.task))
     return Measured(baseline, candidate, cmp.model_copy(update={"speedup_spread": spread}))
 
