@@ -62,7 +62,7 @@ def test_a_function_of_means_gets_its_interval_and_samples_share_resamples() -> 
     rng = np.random.default_rng(7)
     b = rng.normal(size=(500, 1))
     o = b + rng.normal(scale=0.1, size=(500, 1))
-    fig, _ = agreement.cosine_figure(b, o)
+    fig, _, _ = agreement.cosine_figure(b, o)
     est = confidence.estimate([fig])["cosine_similarity"]
     assert est.low is not None and est.high is not None and est.low <= est.value <= est.high < 1.0
     single = confidence.estimate([Figure("x", np.ones((1, 1)), lambda m: m[..., 0])])["x"]

@@ -24,18 +24,20 @@ def cosines(b: np.ndarray, o: np.ndarray) -> np.ndarray:
     return (b * o).sum(1) / norms  # type: ignore[no-any-return]
 
 
-def cosine_figure(b: np.ndarray, o: np.ndarray) -> tuple[Figure, np.ndarray]:
-    """Mean cosine similarity of the samples' vectors, and the per-sample cosines. One value per sample (a
-    score, a probability): the cosine of a single value is always +-1, so the figure is the cosine of the
-    whole column across samples instead (three means: sum b*o, sum b^2, sum o^2)."""
+def cosine_figure(b: np.ndarray, o: np.ndarray) -> tuple[Figure, np.ndarray, np.ndarray]:
+    """Mean cosine similarity of the samples' vectors; the cosines its minimum is taken over; and how far
+    each sample's output moved (1 - its cosine). One value per sample (a score, a probability): the cosine of
+    a single value is always +-1, so the figure is the cosine of the whole column across samples (three means:
+    sum b*o, sum b^2, sum o^2), and a sample moved by its absolute change relative to the column's largest
+    value."""
     if b.shape[1] == 1:
         cols = np.stack([b[:, 0] * o[:, 0], b[:, 0] ** 2, o[:, 0] ** 2], axis=1).astype(np.float64)
         fig = Figure("cosine_similarity", cols,
                      lambda m: m[..., 0] / np.sqrt(np.maximum(m[..., 1] * m[..., 2], 1e-24)))
-        per_sample = 1.0 - np.abs(b[:, 0] - o[:, 0]) / np.maximum(np.abs(b[:, 0]).max(), 1e-12)
-        return fig, per_sample
+        moved = np.abs(b[:, 0] - o[:, 0]) / np.maximum(np.abs(b[:, 0]).max(), 1e-12)
+        return fig, np.atleast_1d(fig.combine(cols.mean(0))), moved
     per_sample = cosines(b, o)
-    return mean_of("cosine_similarity", per_sample), per_sample
+    return mean_of("cosine_similarity", per_sample), per_sample, 1.0 - per_sample
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ class JudgedSet:
     slice: SliceQuality
     estimates: dict[str, Estimate]
     cosines: np.ndarray
+    """What the minimum cosine is taken over (per sample; the column's cosine for one-value outputs)."""
     change: np.ndarray
     answers: list[tuple[str, str]]
     worst_class: str | None
@@ -98,7 +99,7 @@ class Task:
         paired bootstrap intervals, and how much each sample changed (the worst cases)."""
         b = self.sample_vectors(baseline, data)
         o = self.sample_vectors(optimized, data)
-        cosine, per_sample = agreement.cosine_figure(b, o)
+        cosine, cosines, moved = agreement.cosine_figure(b, o)
         figures = [cosine]
         has_top1 = (b.shape[1] > 1 and self.top1_agreement) or data.labels is not None
         b_top, o_top = b.argmax(1), o.argmax(1)
@@ -131,12 +132,14 @@ class Task:
         judged = SliceQuality(name=name, samples=len(b), quality_metric=metric if "accuracy_drop" in fields else None,
                               worst_class=worst_class, intervals=intervals,
                               **{k: v for k, v in fields.items() if k in SliceQuality.model_fields})
-        change = 1.0 - per_sample + (1.0 - agree if has_top1 else 0.0)
+        change = moved + (1.0 - agree if has_top1 else 0.0)
         if has_top1:
             answers = [(f"class {x}", f"class {y}") for x, y in zip(b_top, o_top, strict=True)]
+        elif b.shape[1] == 1:  # a score per sample: the two scores
+            answers = [(f"{x:.4g}", f"{y:.4g}") for x, y in zip(b[:, 0], o[:, 0], strict=True)]
         else:
-            answers = [("", f"cosine {c:.4f}") for c in per_sample]
-        return JudgedSet(judged, est, per_sample, change, answers, worst_class)
+            answers = [("", f"cosine {c:.4f}") for c in cosines]
+        return JudgedSet(judged, est, cosines, change, answers, worst_class)
 
     def quality_drop(self, baseline: VariantMetrics, optimized: VariantMetrics) -> tuple[str, float]:
         """The metric a drop is measured on, and the drop: accuracy with labels, else 1 - mean cosine."""
