@@ -238,6 +238,8 @@ def test_a_slice_that_breaks_is_caught_and_shown(tmp_path: Path) -> None:
     assert [r[0] for r in by_set[1:]] == ["main", "faded"] and "interval" in " ".join(by_set[0])
     assert len(tables.tables["worst"]) == len(worst) + 1
     assert "quality by evaluation set" in proc.stdout
+    assert (tmp_path / "out" / "slices.png").stat().st_size > 0
+    assert report["artifacts"]["slicePlot"].endswith("slices.png")
 
 
 def test_calibrating_on_evaluation_rows_is_refused_unless_allowed(tmp_path: Path) -> None:

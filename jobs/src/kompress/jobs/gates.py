@@ -93,18 +93,12 @@ def evaluate(gates: GatesSpec, result: ResultBlock, objective: str | None = None
                        failures=[r.message for r in results if not r.passed], notes=notes[:MAX_NOTES])
 
 
-def evaluation_sets(result: ResultBlock) -> list[SliceQuality]:
-    """The main evaluation set (from the block's own fields) and every slice."""
-    fields = {k: getattr(result, k) for k in SliceQuality.model_fields if k in ResultBlock.model_fields}
-    return [SliceQuality(**{**fields, "name": MAIN_SET, "samples": 0, "intervals": result.intervals}), *result.slices]
-
-
 def _judge_sets(gate: str, field: str, higher: bool, threshold: float, gates: GatesSpec, result: ResultBlock,
                 notes: list[str]) -> list[GateResult]:
     """One quality gate over the sets its scope names: one result per set (every-slice), or for the worst set
     (worst-slice), or for the main set (main)."""
     scope = gates.scope or ("worst-slice" if result.slices else "main")
-    sets = evaluation_sets(result)[: 1 if scope == "main" else None]
+    sets = result.evaluation_sets()[: 1 if scope == "main" else None]
     level = result.interval_level or 0.95
     judged: list[tuple[float | None, SliceQuality, list[float] | None]] = []
     for s in sets:

@@ -576,6 +576,9 @@ def _write_outputs(record: RunRecord, output_dir: Path, output_uri: str | None,
     search_plot = (_try_plot("search plot", lambda: report_plot.search_plot(report.search.trials,  # type: ignore[union-attr]
                                                                             output_dir / "search.png"))
                    if report.search else None)
+    (output_dir / "slices.png").unlink(missing_ok=True)  # a previous run's
+    slice_plot = (_try_plot("slice plot", lambda: report_plot.slice_plot(report, output_dir / "slices.png"))
+                  if report.optimized else None)
     graphs = dict.fromkeys([*(r.layout.graph for r in runtimes.all_runtimes()), SERVED_FOLDER])
     model = next((output_dir / n for n in graphs if (output_dir / n).exists()), None) if report.optimized else None
     base = output_uri.rstrip("/") if output_uri else None
@@ -587,19 +590,19 @@ def _write_outputs(record: RunRecord, output_dir: Path, output_uri: str | None,
         return f"{base}/{rel(f)}" if base else str(f)
 
     files = {"model": model, "report_json": output_dir / "report.json", "report_html": output_dir / "report.html",
-             "plot": plot_path, "search_plot": search_plot}
+             "plot": plot_path, "search_plot": search_plot, "slice_plot": slice_plot}
     uploads = ([] if model is None else sorted(p for p in model.iterdir() if p.is_file()) if model.is_dir()
                else model_files.files_of(model))
     exported = [Path(f) for f in report.export.files] if model is not None and report.export else []
     artifacts = Artifacts(**{k: where(f) for k, f in files.items() if f},
                           model_files=[where(f) for f in uploads], exports=[where(f) for f in exported])
     report = report.model_copy(update={"artifacts": artifacts})
-    render.write_html(report, plot_path, output_dir / "report.html", search_plot)
+    render.write_html(report, plot_path, output_dir / "report.html", search_plot, slice_plot)
     render.write_json(report, output_dir / "report.json")
     if output_uri:
         store = storage.open_store(output_uri, field="--output")
         for f in [*uploads, *exported,
-                  *(output_dir / n for n in ("report.png", "search.png", "report.html", "report.json"))]:
+                  *(output_dir / n for n in ("report.png", "search.png", "slices.png", "report.html", "report.json"))]:
             if f.exists():
                 store.put_file(rel(f), f)
     return report

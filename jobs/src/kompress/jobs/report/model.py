@@ -342,6 +342,11 @@ class ResultBlock(MetricsBlock):
     duration_seconds: float | None = None
     """Wall time of the whole optimization run."""
 
+    def evaluation_sets(self) -> list[SliceQuality]:
+        """The main evaluation set (from this block's own fields) and every slice, in one shape."""
+        fields = {k: getattr(self, k) for k in SliceQuality.model_fields if k in ResultBlock.model_fields}
+        return [SliceQuality(**{**fields, "name": MAIN_SET, "samples": 0, "intervals": self.intervals}), *self.slices]
+
 
 def metrics_block(m: VariantMetrics) -> dict[str, Any]:
     """The flat fields of one variant (as a dict of python names, for MetricsBlock/ResultBlock)."""
@@ -593,6 +598,8 @@ class Artifacts(ReportPart):
     report_html: str | None = None
     plot: str | None = None
     search_plot: str | None = None
+    slice_plot: str | None = None
+    """Quality by evaluation set with intervals (runs with data.slices)."""
 
 
 class ExportReport(ReportPart):

@@ -269,8 +269,9 @@ def _search_section(report: dict[str, Any], search_plot: Path | None) -> list[st
     return parts
 
 
-def _quality_sections(typed: OptimizationReport) -> list[str]:
-    """The quality table by evaluation set (the worst set marked) and the samples that changed most."""
+def _quality_sections(typed: OptimizationReport, slice_plot: Path | None = None) -> list[str]:
+    """The quality table by evaluation set (the worst set marked, with its plot) and the samples that changed
+    most."""
     esc = html.escape
     parts = [f"<p><small>{esc(_environment_line(typed))}</small></p>"]
     by_set = slice_rows(typed)
@@ -282,6 +283,9 @@ def _quality_sections(typed: OptimizationReport) -> list[str]:
             mark = " class='fail'" if row[0] == worst else ""
             parts.append(f"<tr{mark}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
         parts.append(f"</table><p>Worst set: <b>{esc(worst or '')}</b>.</p>")
+        if slice_plot and slice_plot.exists():
+            data = base64.b64encode(slice_plot.read_bytes()).decode()
+            parts.append(f"<img alt='quality by evaluation set' src='data:image/png;base64,{data}' width='100%'>")
     cases = typed.optimized.quality.worst_cases if typed.optimized else []
     if cases:
         parts.append("<h2>Most changed samples</h2><table class='worst'><tr><th>set</th><th>row</th><th>change</th>"
@@ -293,7 +297,7 @@ def _quality_sections(typed: OptimizationReport) -> list[str]:
 
 
 def write_html(typed: OptimizationReport, plot_path: Path | None, path: Path,
-               search_plot: Path | None = None) -> Path:
+               search_plot: Path | None = None, slice_plot: Path | None = None) -> Path:
     """report.html for people, rendered from report.json's own form (same names, same figures)."""
     esc = html.escape
     report = typed.to_json()
@@ -318,7 +322,7 @@ def write_html(typed: OptimizationReport, plot_path: Path | None, path: Path,
         parts += [f"<p><b>Note:</b> {esc(n)}</p>" for n in typed.gates.notes] if typed.gates else []
         parts += [f"<p class='fail'><b>Warning:</b> the optimized model is {esc(w)}</p>"
                   for w in typed.warnings]
-        parts += _quality_sections(typed)
+        parts += _quality_sections(typed, slice_plot)
     if report.get("search"):
         parts += _search_section(report, search_plot)
     parts.append("<h2>Steps</h2><table><tr><th>technique</th><th>seconds</th><th>size</th><th>parameters</th>"
