@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kompress.jobs.cpu import available_threads
 from kompress.jobs.errors import InvalidInputError
 from kompress.jobs.io import causal_lm, corpus, storage
@@ -20,6 +22,7 @@ from kompress.jobs.measure import generation as gm
 from kompress.jobs.measure.energy import Meter
 from kompress.jobs.progress import Progress
 from kompress.jobs.report.model import (
+    MAIN_SET,
     DataFacts,
     ModelFacts,
     SearchReport,
@@ -86,7 +89,8 @@ def run(spec: OptimizationSpec, work: Path, progress: Progress, meter: Meter, ou
     able = trials.exporting_runtimes(spec, lm, progress)  # before any work: an exporter may refuse the model
     out.model = ModelFacts(uri=spec.model.uri, format=lm.source_format, sha256=lm.sha256, inputs=["input_ids"],
                            metadata=lm.metadata())
-    text = _split(spec, lm, text_local)
+    tokenizer = _tokenizer(lm)
+    text = _split(spec, tokenizer, text_local)
     out.data = DataFacts(uri=spec.data.uri, sha256=text.sha256, samples=len(text.evaluation) + len(text.calibration),
                          evaluation_samples=len(text.evaluation), calibration_samples=len(text.calibration),
                          calibration_overlaps_evaluation=False, labels=False,
@@ -98,10 +102,11 @@ def run(spec: OptimizationSpec, work: Path, progress: Progress, meter: Meter, ou
     progress.info(f"text: {len(text.evaluation)} evaluation windows of {spec.data.text.sequence_length} tokens from "
                   f"{len(text.evaluation_documents)} documents; {len(text.calibration)} calibration sequences from "
                   f"{len(text.calibration_documents)} others")
-    reference = gm.build_reference(lm.hf_dir, text.evaluation, work, progress)
-    slices = _slices(spec, lm, work, progress, out.data)
+    slices = _slices(spec, tokenizer, work, progress, out.data)
+    references = gm.build_references(lm.hf_dir, {MAIN_SET: text.evaluation, **slices}, work / "reference", progress)
+    reference = references.pop(MAIN_SET)
     ws = trials.GenerationWorkspace(spec, lm, text, reference, work, progress, meter,
-                                    spec.target.threads or available_threads(), slices)
+                                    spec.target.threads or available_threads(), tokenizer, references)
     try:
         _trials(ws, able, out)
         if out.chosen is not None:
@@ -110,21 +115,20 @@ def run(spec: OptimizationSpec, work: Path, progress: Progress, meter: Meter, ou
         ws.close()
 
 
-def _slices(spec: OptimizationSpec, lm: causal_lm.CausalLM, work: Path, progress: Progress,
-            facts: DataFacts) -> dict[str, gm.Reference]:
-    """data.slices: each text cut into evaluation windows like data.uri's, with the source's reference
-    log-probabilities on them."""
+def _slices(spec: OptimizationSpec, tokenizer: Any, work: Path, progress: Progress,
+            facts: DataFacts) -> dict[str, list[np.ndarray]]:
+    """data.slices: each text cut into evaluation windows like data.uri's (recorded in `facts`)."""
     out = {}
     t = spec.data.text
     for i, entry in enumerate(spec.data.slices):
         field = f"data.slices[{i}].uri"
         local = storage.fetch(entry.uri, work / "fetch" / "slices" / entry.name, field=field)
-        windows, digest = corpus.slice_windows(local, _tokenizer(lm), sequence_length=t.sequence_length,
+        windows, digest = corpus.slice_windows(local, tokenizer, sequence_length=t.sequence_length,
                                                windows=min(entry.evaluation_samples, t.evaluation_windows), field=field)
         facts.slices.append(SliceFacts(name=entry.name, uri=entry.uri, sha256=digest, samples=len(windows),
                                        evaluation_samples=len(windows)))
         progress.info(f"slice {entry.name}: {len(windows)} windows of {t.sequence_length} tokens")
-        out[entry.name] = gm.build_reference(lm.hf_dir, windows, work / "slices" / entry.name, progress)
+        out[entry.name] = windows
     return out
 
 
@@ -137,8 +141,7 @@ def _tokenizer(lm: causal_lm.CausalLM) -> Any:
         raise InvalidInputError(f"the model's tokenizer does not load ({err})", field="model.uri") from None
 
 
-def _split(spec: OptimizationSpec, lm: causal_lm.CausalLM, text_local: Path) -> corpus.TextSplit:
-    tokenizer = _tokenizer(lm)
+def _split(spec: OptimizationSpec, tokenizer: Any, text_local: Path) -> corpus.TextSplit:
     t, g = spec.data.text, spec.target.generation
     return corpus.split_text(text_local, tokenizer, sequence_length=t.sequence_length,
                              evaluation_windows=t.evaluation_windows, calibration_sequences=t.calibration_sequences,

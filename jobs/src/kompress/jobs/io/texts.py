@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,23 +16,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 def lookup(model_dir: Path | None) -> TextLookup:
     """The text of row i of a dataset: its `texts` entry, else its token ids decoded with the tokenizer found
     in `model_dir` (loaded on first use; never fetched), else None."""
-    decode: list[Callable[[list[int]], str] | None] = []
-
-    def tokenizer() -> Callable[[list[int]], str] | None:
-        if not decode:
-            decode.append(_decoder(model_dir))
-        return decode[0]
+    tokenizer = functools.cache(lambda: _decoder(model_dir))
 
     def text(data: Dataset, row: int) -> str | None:
         if data.texts is not None:
             return str(data.texts[row])
         ids = data.inputs.get("input_ids")
-        dec = tokenizer() if ids is not None and ids.ndim == 2 else None
-        if dec is None or ids is None:
+        decode = tokenizer() if ids is not None and ids.ndim == 2 else None
+        if decode is None or ids is None:
             return None
         mask = data.inputs.get("attention_mask")
         tokens = ids[row][mask[row] > 0] if mask is not None and mask.shape == ids.shape else ids[row]
-        return dec([int(t) for t in tokens])
+        return decode([int(t) for t in tokens])
 
     return text
 

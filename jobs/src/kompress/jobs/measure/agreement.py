@@ -40,16 +40,21 @@ def cosine_figure(b: np.ndarray, o: np.ndarray) -> tuple[Figure, np.ndarray, np.
     return mean_of("cosine_similarity", per_sample), per_sample, 1.0 - per_sample
 
 
-def _normalized(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # type: ignore[no-any-return]
+def _similarities(b: np.ndarray, o: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each variant's cosine similarities of every sample to the set's first m samples (n x m)."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # type: ignore[no-any-return]
+
+    bn, on = unit(b), unit(o)
+    return bn @ bn[:m].T, on @ on[:m].T
 
 
 def neighbour_agreement(b: np.ndarray, o: np.ndarray) -> Figure:
     """Retrieval as a user sees it: the share of samples whose nearest other sample (by cosine, among the
     set's first NEIGHBOURHOOD samples) is the same for both variants."""
     m = min(len(b), NEIGHBOURHOOD)
-    bn, on = _normalized(b.astype(np.float32)), _normalized(o.astype(np.float32))
-    sb, so = bn @ bn[:m].T, on @ on[:m].T  # n x m
+    sb, so = _similarities(b, o, m)
     idx = np.arange(min(len(b), m))
     sb[idx, idx] = so[idx, idx] = -np.inf  # a sample is not its own neighbour
     return mean_of("neighbor_agreement", (sb.argmax(1) == so.argmax(1)).astype(np.float64))
@@ -60,8 +65,7 @@ def rank_correlation(b: np.ndarray, o: np.ndarray) -> Figure:
     under the two variants (does the optimized model still order the others the same way); the figure is the
     mean over samples."""
     m = min(len(b), RANK_REFERENCES)
-    bn, on = _normalized(b.astype(np.float32)), _normalized(o.astype(np.float32))
-    sb, so = bn @ bn[:m].T, on @ on[:m].T
+    sb, so = _similarities(b, o, m)
     keep = ~np.eye(len(b), m, dtype=bool)  # drop each sample's similarity to itself
     rows = [_spearman(sb[i][keep[i]], so[i][keep[i]]) for i in range(len(b))]
     return mean_of("rank_correlation", np.asarray(rows, np.float64))

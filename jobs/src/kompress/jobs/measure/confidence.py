@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic.alias_generators import to_camel
 
 RESAMPLES = 2000
 CHUNK = 250
@@ -81,3 +82,12 @@ def estimate(figures: list[Figure], level: float = LEVEL, resamples: int = RESAM
         low, high = (np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan))
         out[f.field] = Estimate(points[f.field], float(low), float(high))
     return out
+
+
+def report_form(estimates: dict[str, Estimate]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Estimates as a report carries them: the values by field name, and the finite intervals [low, high] by
+    the field's camelCase name, both rounded to 6 decimals."""
+    values = {k: round(e.value, 6) for k, e in estimates.items()}
+    intervals = {to_camel(k): [round(e.low, 6), round(e.high, 6)] for k, e in estimates.items()
+                 if e.low is not None and e.high is not None and np.isfinite([e.low, e.high]).all()}
+    return values, intervals

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydantic.alias_generators import to_camel
 
 from kompress.jobs.errors import RuntimeFailure
 from kompress.jobs.measure import confidence
@@ -58,32 +57,37 @@ def _nll(logp: np.ndarray, window: np.ndarray) -> np.ndarray:
     return -logp[np.arange(len(window) - 1), window[1:]]
 
 
-def build_reference(hf_dir: Path, windows: list[np.ndarray], work: Path, progress: Progress) -> Reference:
-    """Run the source model (float32, PyTorch) once over the windows; the model is freed before returning."""
+def build_references(hf_dir: Path, sets: dict[str, list[np.ndarray]], work: Path,
+                     progress: Progress) -> dict[str, Reference]:
+    """Run the source model (float32, PyTorch), loaded once, over each named set of windows (the evaluation
+    text and every slice); the model is freed before returning."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    started = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     vocab = int(model.config.get_text_config().vocab_size)
-    length = len(windows[0]) - 1
-    work.mkdir(parents=True, exist_ok=True)
-    store = np.lib.format.open_memmap(work / "reference-logprobs.npy", mode="w+", dtype=np.float16,
-                                      shape=(len(windows), length, vocab))
-    nll = []
-    with torch.no_grad():
-        for i, w in enumerate(windows):
-            logits = model(torch.from_numpy(w[None])).logits[0, :-1].float().numpy()
-            logp = log_softmax(logits[:, :vocab])
-            store[i] = logp
-            nll.append(_nll(logp, w))
+    out = {}
+    for name, windows in sets.items():
+        started = time.perf_counter()
+        length = len(windows[0]) - 1
+        (work / name).mkdir(parents=True, exist_ok=True)
+        store = np.lib.format.open_memmap(work / name / "reference-logprobs.npy", mode="w+", dtype=np.float16,
+                                          shape=(len(windows), length, vocab))
+        nll = []
+        with torch.no_grad():
+            for i, w in enumerate(windows):
+                logits = model(torch.from_numpy(w[None])).logits[0, :-1].float().numpy()
+                logp = log_softmax(logits[:, :vocab])
+                store[i] = logp
+                nll.append(_nll(logp, w))
+        store.flush()
+        ppl = float(np.exp(np.concatenate(nll).mean()))
+        progress.info(f"reference ({name}): the source model's perplexity {ppl:.3f} on {len(windows)} windows x "
+                      f"{length + 1} tokens ({time.perf_counter() - started:.0f} s)")
+        out[name] = Reference(windows, store, ppl)
     del model
-    store.flush()
-    ppl = float(np.exp(np.concatenate(nll).mean()))
-    progress.info(f"reference: the source model's perplexity {ppl:.3f} on {len(windows)} windows x {length + 1} "
-                  f"tokens ({time.perf_counter() - started:.0f} s)")
-    return Reference(windows, store, ppl)
+    return out
 
 
 @dataclass
@@ -130,9 +134,7 @@ def judge(name: str, candidate: Compared, baseline: Compared, level: float) -> S
                       lambda m: np.exp(m[..., 0] - m[..., 1]) - 1.0),
                mean_of("kl_divergence", candidate.window_kl), mean_of("token_agreement", candidate.window_agreement)]
     est = confidence.estimate(figures, level)
-    values = {k: round(e.value, 6) for k, e in est.items()}
-    intervals = {to_camel(k): [round(e.low, 6), round(e.high, 6)] for k, e in est.items()
-                 if e.low is not None and e.high is not None}
+    values, intervals = confidence.report_form(est)
     if "perplexityIncrease" in intervals:  # the drop of a language model is its perplexity increase
         intervals["accuracyDrop"] = intervals["perplexityIncrease"]
     return SliceQuality(name=name, samples=len(candidate.window_nll), quality_metric="perplexityIncrease",

@@ -5,6 +5,7 @@ Only the plan differs, so a trial's figures and the result's mean the same thing
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,15 @@ class MeasurePlan:
     provenance: bool = False
     """sha256 and parameter counts of the files."""
     show_progress: bool = False
+    slices: bool = True
+    """Quality on every data.slices set too (what the gates judge; a pipeline step's quick look skips them)."""
+    worst_cases: bool = False
+    """List the samples that changed most, with their text (the result's report)."""
 
     @classmethod
     def step(cls) -> MeasurePlan:
         """A pipeline step: quality and a quick interleaved latency ratio (the final evaluation is thorough)."""
-        return cls(TimingPlan(STEP_LATENCY_RUNS, STEP_WARMUP_RUNS, throughput=False, energy=False))
+        return cls(TimingPlan(STEP_LATENCY_RUNS, STEP_WARMUP_RUNS, throughput=False, energy=False), slices=False)
 
     @classmethod
     def trial(cls, target: TargetSpec, search: SearchSpec, gates_spec: GatesSpec) -> MeasurePlan:
@@ -55,7 +60,7 @@ class MeasurePlan:
     @classmethod
     def final(cls, target: TargetSpec) -> MeasurePlan:
         return cls(TimingPlan(target.iterations, target.warmup_iterations), peak_memory=True,
-                   placement=target.device == "gpu", provenance=True, show_progress=True)
+                   placement=target.device == "gpu", provenance=True, show_progress=True, worst_cases=True)
 
 
 @dataclass
@@ -135,11 +140,12 @@ def measure_variant(base: Baseline, model: Path, plan: MeasurePlan, meter: Meter
     main = task.judge_set(base.outputs, outputs, base.evaluation, MAIN_SET, base.level)
     base_q, cand_q = task.qualities(main, base.outputs, outputs, base.evaluation, base.level)
     judged = [(MAIN_SET, base.evaluation, main)]
-    for s in base.slices:
+    for s in base.slices if plan.slices else []:
         slice_outputs = evaluate.run_all(session, s.data, base.model.output, shown, f"optimized, slice {s.name}")
         judged.append((s.name, s.data, task.judge_set(s.outputs, slice_outputs, s.data, s.name, base.level)))
     cand_q.slices = [j.slice for _, _, j in judged[1:]]
-    cand_q.worst_cases = worst_cases(judged, base.texts)
+    if plan.worst_cases:
+        cand_q.worst_cases = worst_cases(judged, base.texts)
     speed = timing.measure_speed({"baseline": base.session, "candidate": session}, base.evaluation,
                                    base.target, plan.timing, meter, shown)  # type: ignore[arg-type]
     candidate_precision = getattr(session, "precision", None)
@@ -158,17 +164,27 @@ WORST_PER_SET = 3
 TEXT_CHARS = 240
 
 
+def worst_of(sets: list[tuple[np.ndarray, Callable[[int], WorstCase]]]) -> list[WorstCase]:
+    """The cases that changed most: each set's WORST_PER_SET largest `change`, then the WORST_CASES largest of
+    those; a case is built (its text decoded) only once chosen. `sets`: per set, its per-sample change and
+    how to describe sample i."""
+    found = [(float(change[i]), k, int(i)) for k, (change, _) in enumerate(sets)
+             for i in np.argsort(-change, kind="stable")[:WORST_PER_SET]]
+    found.sort(key=lambda t: -t[0])
+    return [sets[k][1](i) for _, k, i in found[:WORST_CASES]]
+
+
 def worst_cases(judged: list[tuple[str, Dataset, JudgedSet]], texts: TextLookup | None) -> list[WorstCase]:
-    """The samples whose outputs changed most: each set's few worst, then the worst of those overall."""
-    found = []
-    for name, data, j in judged:
-        rows = data.file_rows()
-        for i in np.argsort(-j.change, kind="stable")[:WORST_PER_SET]:
-            text = texts(data, int(i)) if texts else None
-            found.append(WorstCase(slice=name, row=int(rows[i]), change=round(float(j.change[i]), 6),
-                                   baseline=j.answers[i][0], optimized=j.answers[i][1],
-                                   text=text[:TEXT_CHARS] if text else None))
-    return sorted(found, key=lambda w: -w.change)[:WORST_CASES]
+    """The samples whose outputs changed most, over every evaluation set, with their text."""
+    def case(name: str, data: Dataset, j: JudgedSet) -> Callable[[int], WorstCase]:
+        def make(i: int) -> WorstCase:
+            text = texts(data, i) if texts else None
+            return WorstCase(slice=name, row=int(data.file_rows()[i]), change=round(float(j.change[i]), 6),
+                             baseline=j.answers[i][0], optimized=j.answers[i][1],
+                             text=text[:TEXT_CHARS] if text else None)
+        return make
+
+    return worst_of([(j.change, case(name, data, j)) for name, data, j in judged])
 
 
 def speedup_spread(baseline_rounds: list[float], candidate_rounds: list[float]) -> float | None:

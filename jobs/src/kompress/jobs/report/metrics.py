@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from kompress.jobs.report.model import MAIN_SET, SET_FIGURES, MetricsBlock, OptimizationReport, ResultBlock
+from kompress.jobs.report.model import SET_FIGURES, MetricsBlock, OptimizationReport, ResultBlock
 
 VARIANTS = ("baseline", "optimized")
 QUANTILES = {"0.5": "latencyP50Seconds", "0.95": "latencyP95Seconds", "0.99": "latencyP99Seconds"}
@@ -106,18 +106,15 @@ def _slice_series(base: dict[str, str], optimized: ResultBlock | None) -> Iterat
     if optimized is None or not optimized.slices:
         return
     name = "kompress_slice_quality_ratio"
-    main = {"name": MAIN_SET, "intervals": optimized.intervals} | {
-        to_camel(k): getattr(optimized, k) for k in SET_FIGURES if getattr(optimized, k) is not None}
-    for s in [main, *(x.to_json() for x in optimized.slices)]:
-        intervals = s.get("intervals") or {}
+    for s in optimized.evaluation_sets():
         for field in SET_FIGURES:
-            key = to_camel(field)
-            if s.get(key) is None:
+            value = getattr(s, field)
+            if value is None:
                 continue
-            labels = base | {"slice": str(s["name"]), "metric": field}
-            yield Series(name, FAMILIES[name], labels | {"estimate": "point"}, float(s[key]))
-            if key in intervals:
-                low, high = intervals[key]
+            labels = base | {"slice": s.name, "metric": field}
+            yield Series(name, FAMILIES[name], labels | {"estimate": "point"}, float(value))
+            if to_camel(field) in s.intervals:
+                low, high = s.intervals[to_camel(field)]
                 yield Series(name, FAMILIES[name], labels | {"estimate": "low"}, float(low))
                 yield Series(name, FAMILIES[name], labels | {"estimate": "high"}, float(high))
 

@@ -9,7 +9,7 @@ the published JSON schema (`kompress schema report`) is generated from these cla
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -110,10 +110,28 @@ class SliceQuality(ReportPart):
     """Paired bootstrap interval [low, high] of each figure, by its field name (camelCase)."""
 
 
-SET_FIGURES = {"accuracy_drop": False, "cosine_similarity": True, "top1_agreement": True, "class_accuracy_drop": False,
-               "neighbor_agreement": True, "rank_correlation": True, "perplexity_increase": False,
-               "kl_divergence": False, "token_agreement": True}
-"""The figures measured per evaluation set that quality gates judge, and whether higher is better."""
+class SetFigure(NamedTuple):
+    """A quality figure measured on every evaluation set: how reports name it, which way is better, and the
+    gate that judges it."""
+
+    label: str
+    higher: bool
+    gate: str | None
+
+
+SET_FIGURES: dict[str, SetFigure] = {
+    "accuracy_drop": SetFigure("quality drop", False, "maxAccuracyDrop"),
+    "cosine_similarity": SetFigure("cosine similarity", True, "minCosineSimilarity"),
+    "top1_agreement": SetFigure("top-1 agreement", True, "minTop1Agreement"),
+    "neighbor_agreement": SetFigure("nearest-neighbour agreement", True, "minNeighborAgreement"),
+    "rank_correlation": SetFigure("similarity rank correlation", True, "minRankCorrelation"),
+    "class_accuracy_drop": SetFigure("worst class drop", False, "maxClassAccuracyDrop"),
+    "accuracy": SetFigure("accuracy", True, None),
+    "perplexity_increase": SetFigure("perplexity increase", False, "maxPerplexityIncrease"),
+    "kl_divergence": SetFigure("KL divergence", False, "maxKLDivergence"),
+    "token_agreement": SetFigure("token agreement", True, "minTokenAgreement"),
+}
+"""The figures measured per evaluation set (SliceQuality's fields), in the order reports show them."""
 
 
 class WorstCase(ReportPart):
@@ -385,36 +403,20 @@ def _language_block(m: VariantMetrics) -> dict[str, Any]:
 def result_block(m: VariantMetrics, cmp: Comparison, *, run_energy_joules: float | None = None,
                  duration_seconds: float | None = None) -> ResultBlock:
     q = m.quality
-    main = main_set(m, cmp)
-    worst = min([main, *q.slices], key=lambda s: -(s.accuracy_drop if s.accuracy_drop is not None else -1.0))
-    return ResultBlock(**metrics_block(m), speedup=cmp.speedup, speedup_spread=cmp.speedup_spread,
-                       size_reduction=cmp.size_reduction, energy_reduction=cmp.energy_reduction,
-                       accuracy_drop=cmp.accuracy_drop, quality_metric=cmp.quality_metric,
-                       perplexity_increase=cmp.perplexity_increase, intervals=q.intervals,
-                       interval_level=q.interval_level, slices=q.slices,
-                       worst_slice=worst.name if q.slices else None,
-                       energy_method=m.energy.method if m.energy else None,
-                       run_energy_joules=run_energy_joules, duration_seconds=duration_seconds)
+    block = ResultBlock(**metrics_block(m), speedup=cmp.speedup, speedup_spread=cmp.speedup_spread,
+                        size_reduction=cmp.size_reduction, energy_reduction=cmp.energy_reduction,
+                        accuracy_drop=cmp.accuracy_drop, quality_metric=cmp.quality_metric,
+                        perplexity_increase=cmp.perplexity_increase, intervals=q.intervals,
+                        interval_level=q.interval_level, slices=q.slices,
+                        energy_method=m.energy.method if m.energy else None,
+                        run_energy_joules=run_energy_joules, duration_seconds=duration_seconds)
+    if q.slices:  # the set where the task's quality metric dropped most
+        block.worst_slice = max(block.evaluation_sets(), key=lambda s: s.accuracy_drop or -1.0).name
+    return block
 
 
 MAIN_SET = "main"
 """The name the main evaluation set (data.uri's evaluation rows) goes by among the slices."""
-
-
-def main_set(m: VariantMetrics, cmp: Comparison | None = None) -> SliceQuality:
-    """The main evaluation set's figures in a slice's shape (what the slice-aware gates compare)."""
-    q, fid, lang = m.quality, m.quality.fidelity, m.language
-    return SliceQuality(
-        name=MAIN_SET, samples=0, quality_metric=cmp.quality_metric if cmp else None,
-        accuracy_drop=cmp.accuracy_drop if cmp else None, accuracy=q.accuracy,
-        cosine_similarity=fid.cosine_similarity_mean if fid else None,
-        top1_agreement=fid.top1_agreement if fid else None,
-        neighbor_agreement=fid.neighbor_agreement if fid else None,
-        rank_correlation=fid.rank_correlation if fid else None,
-        class_accuracy_drop=fid.class_accuracy_drop if fid else None, worst_class=fid.worst_class if fid else None,
-        perplexity_increase=cmp.perplexity_increase if cmp else None,
-        kl_divergence=lang.kl_divergence_mean if lang else None,
-        token_agreement=lang.token_agreement if lang else None, intervals=q.intervals)
 
 
 # --------------------------------------------------------------------------------- steps, trials, search

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic.alias_generators import to_snake
+from pydantic.alias_generators import to_camel
 
 from kompress.jobs.report.model import SET_FIGURES, OptimizationReport, Trial
 
@@ -47,16 +47,6 @@ def plot(typed: OptimizationReport, path: Path) -> Path:
     return _save(fig, path)
 
 
-SLICE_PANELS = (("cosineSimilarity", "cosine similarity", "minCosineSimilarity"),
-                ("neighborAgreement", "nearest-neighbour agreement", "minNeighborAgreement"),
-                ("rankCorrelation", "similarity rank correlation", "minRankCorrelation"),
-                ("top1Agreement", "top-1 agreement", "minTop1Agreement"),
-                ("classAccuracyDrop", "worst class drop", "maxClassAccuracyDrop"),
-                ("accuracyDrop", "quality drop", "maxAccuracyDrop"),
-                ("perplexityIncrease", "perplexity increase", "maxPerplexityIncrease"),
-                ("klDivergence", "KL divergence", "maxKLDivergence"),
-                ("tokenAgreement", "token agreement", "minTokenAgreement"))
-"""(figure, title, the gate on it): the panels of the slice plot, where the run measured them."""
 
 
 def slice_plot(typed: OptimizationReport, path: Path) -> Path | None:
@@ -74,25 +64,25 @@ def slice_plot(typed: OptimizationReport, path: Path) -> Path | None:
     result = blocks[1]
     sets = [s.to_json() for s in result.evaluation_sets()]
     thresholds = typed.spec.get("gates", {})
-    panels = [p for p in SLICE_PANELS if sum(p[0] in s for s in sets) > 1
-              and not (p[0] == "accuracyDrop" and result.quality_metric == "perplexityIncrease")]
+    panels = [(to_camel(f), fig) for f, fig in SET_FIGURES.items() if sum(to_camel(f) in s for s in sets) > 1
+              and not (f == "accuracy_drop" and result.quality_metric == "perplexityIncrease")]  # the same figure
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(sets) + 1.6), squeeze=False)
-    for ax, (key, title, gate) in zip(axes[0], panels, strict=True):
+    for ax, (key, (title, higher, gate)) in zip(axes[0], panels, strict=True):
         values = [s[key] for s in sets if key in s]
-        worst = min(values) if SET_FIGURES.get(to_snake(key), True) else max(values)
+        worst = min(values) if higher else max(values)
         for row, s in enumerate(sets):
             if key not in s:
                 continue
             low, high = s.get("intervals", {}).get(key, [s[key], s[key]])
             color = "#b00" if s[key] == worst else "#1f77b4"
             ax.errorbar([s[key]], [row], xerr=[[s[key] - low], [high - s[key]]], fmt="o", color=color, capsize=3)
-        if gate in thresholds:
+        if gate and gate in thresholds:
             ax.axvline(thresholds[gate], color="#555", linestyle="--", linewidth=1)
         ax.set_yticks(range(len(sets)), [s["name"] for s in sets])
         ax.ticklabel_format(axis="x", useOffset=False)
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.invert_yaxis()
-        ax.set_title(title + (f" (gate {thresholds[gate]:g})" if gate in thresholds else ""), fontsize=9)
+        ax.set_title(title + (f" (gate {thresholds[gate]:g})" if gate and gate in thresholds else ""), fontsize=9)
     level = result.interval_level or 0.95
     fig.suptitle(f"{typed.name}: quality by evaluation set, {level:.0%} intervals (the worst set of each figure in "
                  "red)", fontsize=10)

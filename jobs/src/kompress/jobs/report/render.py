@@ -58,7 +58,7 @@ def summary(report: OptimizationReport) -> str:
 def deciding_slices(slices: list[SliceQuality]) -> list[SliceQuality]:
     """The slices that are the worst on some figure, by its point or its interval's bound."""
     keep: set[str] = set()
-    for field, higher in SET_FIGURES.items():
+    for field, (_, higher, _) in SET_FIGURES.items():
         key = to_camel(field)
         points = [(v, s.name) for s in slices if (v := getattr(s, field)) is not None]
         bounds = [(pair[0 if higher else 1], s.name) for s in slices if (pair := s.intervals.get(key))]
@@ -151,27 +151,19 @@ def _iv(intervals: dict[str, list[float]], key: str) -> str:
     return f" [{pair[0]:.4f}, {pair[1]:.4f}]" if pair else ""
 
 
-SLICE_FIGURES = (("accuracyDrop", "drop"), ("cosineSimilarity", "cosine"), ("top1Agreement", "top-1"),
-                 ("neighborAgreement", "neighbour"), ("rankCorrelation", "rank corr."),
-                 ("classAccuracyDrop", "worst class drop"), ("accuracy", "accuracy"),
-                 ("perplexityIncrease", "perplexity increase"), ("klDivergence", "KL"),
-                 ("tokenAgreement", "token agreement"))
-
-
 def slice_rows(report: OptimizationReport) -> list[list[str]]:
     """The quality table by evaluation set (main first, then data.slices), each figure with its interval:
     a header row, then one row per set. Empty when the run had no slices."""
-    o, cmp = report.optimized, report.comparison
-    if o is None or cmp is None or not o.quality.slices:
+    blocks = report.blocks()
+    if blocks is None or not blocks[1].slices:
         return []
-    from kompress.jobs.report.model import main_set
-
-    main = main_set(o, cmp)
+    result = blocks[1]
+    main, *slices = result.evaluation_sets()
     main.samples = report.data.evaluation_samples if report.data else 0
-    sets = [main.to_json(), *(s.to_json() for s in o.quality.slices)]
-    shown = [(k, label) for k, label in SLICE_FIGURES if any(k in s for s in sets)
-             and not (k == "accuracyDrop" and cmp.quality_metric == "perplexityIncrease")]  # the same figure
-    level = o.quality.interval_level or 0.95
+    sets = [s.to_json() for s in (main, *slices)]
+    shown = [(to_camel(f), fig.label) for f, fig in SET_FIGURES.items() if any(to_camel(f) in s for s in sets)
+             and not (f == "accuracy_drop" and result.quality_metric == "perplexityIncrease")]  # the same figure
+    level = result.interval_level or 0.95
     rows = [["set", "samples", *(f"{label} [{level:.0%} interval]" for _, label in shown)]]
     for s in sets:
         rows.append([s["name"], str(s["samples"]),
@@ -275,7 +267,8 @@ def _quality_sections(typed: OptimizationReport, slice_plot: Path | None = None)
     esc = html.escape
     parts = [f"<p><small>{esc(_environment_line(typed))}</small></p>"]
     by_set = slice_rows(typed)
-    worst = typed.blocks()[1].worst_slice if typed.blocks() else None  # type: ignore[index]
+    blocks = typed.blocks()
+    worst = blocks[1].worst_slice if blocks else None
     if by_set:
         parts.append("<h2>Quality by evaluation set</h2><table class='slices'><tr>"
                      + "".join(f"<th>{esc(c)}</th>" for c in by_set[0]) + "</tr>")

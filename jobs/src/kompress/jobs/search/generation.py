@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from kompress.jobs.io.causal_lm import CausalLM
 from kompress.jobs.io.corpus import TextSplit
 from kompress.jobs.measure import generation as gm
 from kompress.jobs.measure.energy import Meter
-from kompress.jobs.measure.variant import TEXT_CHARS, WORST_CASES, WORST_PER_SET
+from kompress.jobs.measure.variant import TEXT_CHARS, worst_of
 from kompress.jobs.progress import Progress
 from kompress.jobs.report.model import (
     MAIN_SET,
@@ -95,11 +96,13 @@ class GenerationWorkspace:
     reference log-probabilities, each runtime's float export (made on first use) and the meter."""
 
     def __init__(self, spec: OptimizationSpec, lm: CausalLM, text: TextSplit, reference: gm.Reference, work: Path,
-                 progress: Progress, meter: Meter, threads: int, slices: dict[str, gm.Reference] | None = None) -> None:
+                 progress: Progress, meter: Meter, threads: int, tokenizer: Any,
+                 slices: dict[str, gm.Reference] | None = None) -> None:
         self.spec, self.lm, self.text, self.reference = spec, lm, text, reference
+        self.tokenizer = tokenizer
+        """The model's own tokenizer (what the text was cut with; it decodes the worst windows)."""
         self.slices = slices or {}
         """The source's reference log-probabilities on each of data.slices."""
-        self._tokenizer: Any = None
         self.work, self.progress, self.meter, self.threads = work, progress, meter, threads
         generation = spec.target.generation
         self.limits = ExportLimits(max(spec.data.text.sequence_length, generation.prompt_tokens + generation.new_tokens)
@@ -146,24 +149,17 @@ class GenerationWorkspace:
                       slices: dict[str, gm.Compared]) -> list[WorstCase]:
         """The evaluation windows where the variant's next-token distributions moved most from the source's (mean
         KL), each set's few worst, with both models' perplexity on the window and its text."""
-        sets = [(MAIN_SET, compared, base.compared, self.reference),
-                *((n, c, base.slices[n], self.slices[n]) for n, c in slices.items())]
-        found = []
-        for name, cand, float_, ref in sets:
-            for i in np.argsort(-cand.window_kl, kind="stable")[:WORST_PER_SET]:
-                found.append(WorstCase(slice=name, row=int(i), change=round(float(cand.window_kl[i]), 6),
-                                       baseline=f"perplexity {np.exp(float_.window_nll[i]):.2f}",
-                                       optimized=f"perplexity {np.exp(cand.window_nll[i]):.2f}",
-                                       text=self.decode(ref.windows[i])))
-        return sorted(found, key=lambda w: -w.change)[:WORST_CASES]
+        def case(name: str, cand: gm.Compared, float_: gm.Compared, ref: gm.Reference) -> Callable[[int], WorstCase]:
+            return lambda i: WorstCase(
+                slice=name, row=i, change=round(float(cand.window_kl[i]), 6),
+                baseline=f"perplexity {np.exp(float_.window_nll[i]):.2f}",
+                optimized=f"perplexity {np.exp(cand.window_nll[i]):.2f}",
+                text=str(self.tokenizer.decode([int(t) for t in ref.windows[i]]))[:TEXT_CHARS])
 
-    def decode(self, ids: np.ndarray) -> str | None:
-        """A window's text (the model's own tokenizer, loaded once)."""
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
+        sets = [(compared.window_kl, case(MAIN_SET, compared, base.compared, self.reference)),
+                *((c.window_kl, case(n, c, base.slices[n], self.slices[n])) for n, c in slices.items())]
+        return worst_of(sets)
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.lm.hf_dir)
-        return str(self._tokenizer.decode([int(t) for t in ids]))[:TEXT_CHARS]
 
 
 def serving_of(candidate: Candidate, spec: OptimizationSpec) -> tuple[GenerativeRuntime, str | None]:

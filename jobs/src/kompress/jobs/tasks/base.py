@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic.alias_generators import to_camel
 
 from kompress.jobs.io.data import Dataset
 from kompress.jobs.measure import agreement, confidence
@@ -126,9 +125,7 @@ class Task:
                 worst_class = found[1]
         figures += self.extra_figures(b, o, data)
         est = confidence.estimate(figures, level)
-        fields = {k: round(e.value, 6) for k, e in est.items()}
-        intervals = {to_camel(k): [round(e.low, 6), round(e.high, 6)] for k, e in est.items()
-                     if e.low is not None and e.high is not None and np.isfinite([e.low, e.high]).all()}
+        fields, intervals = confidence.report_form(est)
         judged = SliceQuality(name=name, samples=len(b), quality_metric=metric if "accuracy_drop" in fields else None,
                               worst_class=worst_class, intervals=intervals,
                               **{k: v for k, v in fields.items() if k in SliceQuality.model_fields})
