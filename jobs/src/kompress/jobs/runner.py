@@ -27,7 +27,8 @@ from kompress.jobs.io import data as datamod
 from kompress.jobs.io import model_files, storage, texts
 from kompress.jobs.io import models as model_io
 from kompress.jobs.io.checkpoints import Checkpoints
-from kompress.jobs.measure import evaluate
+from kompress.jobs.io.frameworks import registry as frameworks
+from kompress.jobs.measure import copies, evaluate
 from kompress.jobs.measure.energy import Meter, Stopwatch, open_meter
 from kompress.jobs.measure.variant import Baseline, MeasurePlan, measure_variant
 from kompress.jobs.progress import Progress
@@ -37,6 +38,7 @@ from kompress.jobs.report import render
 from kompress.jobs.report.model import (
     Artifacts,
     Comparison,
+    ConversionReport,
     DataFacts,
     Environment,
     ExportReport,
@@ -54,6 +56,7 @@ from kompress.jobs.report.model import (
     VariantMetrics,
     result_block,
 )
+from kompress.jobs.runtimes import litert
 from kompress.jobs.runtimes import registry as runtimes
 from kompress.jobs.runtimes.registry import Serving
 from kompress.jobs.search import trials as search
@@ -78,6 +81,8 @@ class Prepared:
     candidates: list[Candidate]
     model: ModelFacts
     data: DataFacts
+    conversion: ConversionReport | None = None
+    """A framework model's conversion to ONNX, checked against the original."""
 
 
 @dataclass
@@ -156,6 +161,7 @@ def build_report(record: RunRecord, artifacts: Artifacts | None = None) -> Optim
         error_kind=record.ending.error_kind, finished_at=record.finished_at,
         duration_seconds=record.duration_seconds,
         model=record.model or (prepared.model if prepared else None),
+        conversion=prepared.conversion if prepared else None,
         data=record.data or (prepared.data if prepared else None),
         steps=steps, search=record.search,
         baseline=final.baseline if final else None, optimized=final.optimized if final else None,
@@ -252,6 +258,10 @@ def _run(record: RunRecord, work: Path, output_dir: Path, output_uri: str | None
     record.prepared = prepared = open_workspace(loaded, work, checkpoints, progress)
     record.model, record.data = prepared.model, prepared.data
     ws = prepared.ws
+    if prepared.conversion is not None and not prepared.conversion.check.passed:
+        failures = "; ".join(g.message for g in prepared.conversion.check.gates if not g.passed)
+        return Ending("rejected", f"the conversion to ONNX changed the model's results ({failures}); nothing "
+                      "optimized or promoted", ExitCode.GATES_REJECTED)
     if spec.search is None:
         result = pipeline.apply(ws, spec.steps(), "pipeline", evaluate_steps=True, step_lines=True)
         record.optimized = Optimized(result.model, result.steps, ws.baseline.serving)
@@ -268,6 +278,11 @@ def _run(record: RunRecord, work: Path, output_dir: Path, output_uri: str | None
     record.final = _measure_result(ws, record.optimized, work, meter, progress)
     _judge(record, progress)
     files = _write_model(record, output_dir, progress)
+    if record.export is not None and record.export.check is not None and not record.export.check.passed:
+        failures = "; ".join(g.message for g in record.export.check.gates if not g.passed)
+        record.promotion = PromotionResult(promoted=False, reason=f"export {record.export.format} failed its gates")
+        return Ending("rejected", f"the {record.export.format} export misses the quality gates ({failures}); nothing "
+                      "promoted", ExitCode.GATES_REJECTED)
     return _promote_and_end(record, files, options, progress)
 
 
@@ -277,8 +292,10 @@ def _judge(record: RunRecord, progress: Progress) -> None:
     spec = record.loaded.spec
     progress.step("applying gates")
     block = result_block(record.final.optimized, record.final.comparison)
-    record.judged = judged = Judged(gates.evaluate(spec.gates, block, spec.search.objective if spec.search else None),
-                                    gates.regressions(block))
+    # conversion alone (techniques: []) has nothing to beat the original with: the converted graph is the result
+    gates_spec = spec.gates.model_copy(update={"no_regression": False}) if spec.conversion_only else spec.gates
+    record.judged = judged = Judged(gates.evaluate(gates_spec, block, spec.search.objective if spec.search else None),
+                                    [] if spec.conversion_only else gates.regressions(block))
     for warning in judged.warnings:
         progress.info(f"WARNING: the optimized model is {warning}")
 
@@ -390,8 +407,8 @@ def _measure_result(ws: pipeline.Workspace, optimized: Optimized, work: Path, me
 def model_outputs() -> list[str]:
     """The model files a run may write into its output folder (a previous run's are removed first, so the
     folder never mixes two runs' models): every runtime's graph and companion, and its exports."""
-    return list(dict.fromkeys(name for r in runtimes.all_runtimes()
-                              for name in (r.layout.graph, r.layout.companion, *r.export_files())))
+    return list(dict.fromkeys([*(name for r in runtimes.all_runtimes()
+                                 for name in (r.layout.graph, r.layout.companion, *r.export_files())), litert.FILE]))
 
 
 def _write_model(record: RunRecord, output_dir: Path, progress: Progress) -> list[Path]:
@@ -406,7 +423,13 @@ def _write_model(record: RunRecord, output_dir: Path, progress: Progress) -> lis
     final = model_files.copy_model(record.final.served, output_dir / serving.engine.layout.graph)
     exports: list[Path] = []
     export = record.prepared.ws.spec.export
-    if export is not None:
+    ws = record.prepared.ws
+    if export is not None and export.format == litert.FORMAT:
+        assert ws.source.converted is not None
+        record.export = copies.export_tflite(ws.source.converted, ws.source.format, ws.spec, ws.calibration,
+                                             ws.evaluation, output_dir, ws.spec.target.session(serving).threads,
+                                             progress)
+    elif export is not None:
         record.export = _export(export.format, record.optimized.model, output_dir, record.prepared.ws, serving,
                                 progress)
         exports = [Path(f) for f in record.export.files]
@@ -433,6 +456,11 @@ def _check_installed(spec: OptimizationSpec) -> None:
     one line (the slim image). A search's torch candidates fail as trials instead (pipeline.apply)."""
     if spec.model.format in ("huggingface", "torch-export"):
         require_torch(f"a {spec.model.format} model (exported to ONNX with PyTorch)", field="model.format")
+    framework = frameworks.find(spec.model.format)
+    if framework is not None:
+        framework.require()
+    if spec.export is not None and spec.export.format == litert.FORMAT and spec.model.format is not None:
+        litert.require(spec.model.format)
     for i, (name, config) in enumerate(spec.steps()):
         if catalog.get(name).stage_of(config) == "torch":
             how = " (structured, or with finetune)" if name == "prune" else ""
@@ -467,6 +495,8 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints, pro
 
     progress.step(f"preparing the model ({spec.model.format or 'format auto-detected'})")
     source = model_io.prepare(spec.model, model_local, work, dataset.inputs, seed=SEED)
+    if spec.export is not None and spec.export.format == litert.FORMAT:
+        litert.require(source.format)  # an auto-detected format is known only now
     dataset = datamod.conform(dataset, source.inputs, declared=spec.data.inputs)
     calibration, evaluation, overlap = datamod.split(dataset, spec.data.calibration_samples,
                                                      spec.data.evaluation_samples, SEED,
@@ -484,7 +514,7 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints, pro
                            slices=slice_facts)
     op_share = _op_profile(source.onnx_path, evaluation, spec, progress) if spec.search else {}
     searched = searched_runtimes(spec) if spec.search else []
-    candidates = ((spec.search.candidates or default_candidates(source.format, source.metadata, spec.target,
+    candidates = ((spec.search.candidates or default_candidates(source.graph_format, source.metadata, spec.target,
                                                                 op_share, searched)) if spec.search else [])
     if spec.search and spec.searches_runtimes:
         progress.info(f"searching runtimes: {', '.join(r.name for r in searched)}"
@@ -500,10 +530,12 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints, pro
              and dataset.feed_plan.is_batch_first else None)  # torch steps refuse data.inputs (pipeline)
     baseline = Baseline.open(source.onnx_path, evaluation, spec.model, spec.target, progress, slices,
                              spec.gates.interval_level, texts.lookup(model_local if model_local.is_dir() else None))
+    conversion = (copies.check_conversion(source.converted, source.format, baseline, spec, progress)
+                  if source.converted is not None else None)
     ws = pipeline.Workspace(spec, source, model_local, calibration, evaluation, train, baseline, checkpoints,
                             [source.sha256, dataset.sha256, data_facts.train_sha256,
                              *(f.sha256 for f in slice_facts)], progress, work, SEED, op_share=op_share)
-    return Prepared(ws, candidates, model_facts, data_facts)
+    return Prepared(ws, candidates, model_facts, data_facts, conversion)
 
 
 def _load_slices(spec: OptimizationSpec, work: Path,

@@ -17,6 +17,8 @@ import numpy as np
 from kompress.jobs.errors import InvalidInputError, require_torch
 from kompress.jobs.io import model_files, onnx_utils
 from kompress.jobs.io.data import InputSpec
+from kompress.jobs.io.frameworks import registry as frameworks
+from kompress.jobs.io.frameworks.base import Converted
 from kompress.jobs.spec.sections import ModelSpec
 from kompress.jobs.tasks import registry as tasks
 
@@ -30,11 +32,21 @@ class SourceModel:
     sha256: str
     inputs: list[InputSpec]
     metadata: dict[str, str] = field(default_factory=dict)
+    converted: Converted | None = None
+    """A Keras, TensorFlow or scikit-learn model: how it was converted, and the original, still loaded."""
+
+    @property
+    def graph_format(self) -> str:
+        """The form the techniques start from: a converted model is an ONNX graph like any other."""
+        return "onnx" if self.converted is not None else self.format
 
 
 def detect_format(path: Path, declared: str | None) -> str:
     if declared:
         return declared
+    framework = frameworks.detect(path)
+    if framework is not None:
+        return framework.name
     if path.is_dir():
         if (path / "config.json").exists():
             return "huggingface"
@@ -48,7 +60,7 @@ def detect_format(path: Path, declared: str | None) -> str:
     if path.suffix in (".pt2", ".ep"):
         return "torch-export"
     raise InvalidInputError(f"cannot tell the format of {path.name} from its name; set model.format "
-                            "(onnx, huggingface or torch-export)", field="model.uri")
+                            "(onnx, huggingface, torch-export, keras, tensorflow or sklearn)", field="model.uri")
 
 
 def sha256_tree(path: Path) -> str:
@@ -99,6 +111,15 @@ def prepare(spec: ModelSpec, local: Path, workdir: Path, samples: dict[str, np.n
     fmt = detect_format(local, spec.format)
     digest = sha256_tree(local)
     meta: dict[str, str] = {}
+    framework = frameworks.find(fmt)
+    if framework is not None:
+        framework.require()
+        converted = framework.convert(local, workdir, spec)
+        path = converted.onnx_path
+        inputs = input_specs(path)
+        converted.inputs = [i.name for i in inputs]
+        converted.outputs = [o.name for o in tensor_specs(path, "output")]
+        return SourceModel(path, fmt, digest, inputs, {"converted.from": fmt}, converted)
     if fmt == "onnx":
         path = local if local.is_file() else sorted(local.glob("*.onnx"))[0]
     else:

@@ -604,6 +604,30 @@ class Artifacts(ReportPart):
     """Quality by evaluation set with intervals (runs with data.slices)."""
 
 
+class CopyCheck(ReportPart):
+    """A copy of the model in another form (the ONNX graph converted from a framework, a TFLite export) judged
+    against the original framework's outputs on the main evaluation rows, by the spec's quality gates."""
+
+    samples: int
+    quality: SliceQuality
+    """Its figures against the original (cosine, top-1 agreement, accuracy with labels, ...)."""
+    max_abs_difference: float
+    gates: list[GateResult] = []
+    passed: bool = True
+
+
+class ConversionReport(ReportPart):
+    """How a Keras, TensorFlow or scikit-learn model became the ONNX graph everything else works on."""
+
+    framework: str
+    """model.format: keras, tensorflow or sklearn."""
+    route: str
+    """The converter and how it ran."""
+    versions: dict[str, str] = {}
+    check: CopyCheck
+    """The converted graph, on the baseline's runtime, against the original framework."""
+
+
 class ExportReport(ReportPart):
     """What spec.export wrote, and whether it checked out."""
 
@@ -615,6 +639,16 @@ class ExportReport(ReportPart):
     max_abs_difference: float | None = None
     mobile_usability: list[str] = []
     """ONNX Runtime's mobile usability check (its summary lines)."""
+    route: str | None = None
+    """tflite: the converter that wrote it, from which form of the model."""
+    precision: str | None = None
+    size_bytes: int | None = None
+    latency_p50_seconds: float | None = None
+    """tflite: median time of one batch of target.batchSize in the LiteRT interpreter."""
+    runtime: str | None = None
+    """What ran it for the check (tflite: the LiteRT interpreter and its version)."""
+    check: CopyCheck | None = None
+    """tflite: its quality against the original framework's outputs, judged by the quality gates."""
 
 
 class OptimizationReport(ReportPart):
@@ -633,6 +667,7 @@ class OptimizationReport(ReportPart):
     spec: dict[str, Any]
     environment: Environment
     model: ModelFacts | None = None
+    conversion: ConversionReport | None = None
     data: DataFacts | None = None
     steps: list[StepReport] = []
     search: SearchReport | None = None

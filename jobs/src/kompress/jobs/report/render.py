@@ -11,7 +11,14 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from kompress.jobs.report.model import SET_FIGURES, Artifacts, OptimizationReport, RunSummary, SliceQuality
+from kompress.jobs.report.model import (
+    SET_FIGURES,
+    Artifacts,
+    CopyCheck,
+    OptimizationReport,
+    RunSummary,
+    SliceQuality,
+)
 
 SUMMARY_LIMIT = 4000  # Kubernetes caps a termination message at 4096 bytes
 
@@ -186,9 +193,36 @@ def _served(variant: Any) -> str:
     return " ".join(p for p in (variant.runtime, variant.precision) if p)
 
 
+def _copy_figures(check: CopyCheck) -> str:
+    q = check.quality
+    parts = [f"cosine {q.cosine_similarity:.6f}" if q.cosine_similarity is not None else ""]
+    if q.top1_agreement is not None:
+        parts.append(f"top-1 agreement {q.top1_agreement:.4f}")
+    if q.accuracy is not None and q.baseline_accuracy is not None:
+        parts.append(f"{q.quality_metric or 'accuracy'} {q.accuracy:.4f} (original {q.baseline_accuracy:.4f})")
+    parts.append(f"max |diff| {check.max_abs_difference:.3g} on {check.samples} rows")
+    verdict = "; ".join(g.message for g in check.gates if not g.passed)
+    return ", ".join(p for p in parts if p) + (f" -- FAILS {verdict}" if verdict else "")
+
+
+def copy_lines(report: OptimizationReport) -> list[str]:
+    """The conversion from the model's own framework and a tflite export, each against the original."""
+    lines = []
+    if report.conversion is not None:
+        c = report.conversion
+        lines.append(f"converted from {c.framework}: {c.route}; against the original: {_copy_figures(c.check)}")
+    export = report.export
+    if export is not None and export.check is not None:
+        size = f"{export.size_bytes / 1e6:.2f} MB" if export.size_bytes else ""
+        latency = f", p50 {_ms(export.latency_p50_seconds)} in {export.runtime}" if export.latency_p50_seconds else ""
+        lines.append(f"export {export.format} {export.precision or ''} ({size}{latency}): {export.route}; against the "
+                     f"original: {_copy_figures(export.check)}")
+    return lines
+
+
 def console_table(report: OptimizationReport) -> str:
     if report.optimized is None or report.comparison is None or report.gates is None:
-        return f"verdict: {report.outcome.upper()}"
+        return "\n".join([*copy_lines(report), f"verdict: {report.outcome.upper()}"])
     rows = [("metric", "baseline", "optimized"), *table_rows(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)) for r in rows]
@@ -198,6 +232,7 @@ def console_table(report: OptimizationReport) -> str:
     lines.append(f"speedup x{cmp.speedup:.2f}   size reduction x{cmp.size_reduction:.2f}   "
                  f"{cmp.quality_metric} drop {cmp.accuracy_drop:.4f}")
     lines += [f"gate {'PASS' if g.passed else 'FAIL'}  {g.message}" for g in report.gates.results]
+    lines += copy_lines(report)
     lines += [f"NOTE: {n}" for n in report.gates.notes]
     lines += [f"WARNING: the optimized model is {w}" for w in report.warnings]
     by_set = slice_rows(report)
@@ -299,6 +334,7 @@ def write_html(typed: OptimizationReport, plot_path: Path | None, path: Path,
              "border-bottom:1px solid #ddd;text-align:left}.pass{color:#080}.fail{color:#b00}</style></head><body>",
              f"<h1>{esc(report['name'])}: {esc(report['outcome'])}</h1>",
              f"<p>{esc(str(report.get('message') or ''))}</p>"]
+    parts += [f"<p>{esc(line)}</p>" for line in copy_lines(typed)]
     if report.get("optimized"):
         if plot_path and plot_path.exists():
             data = base64.b64encode(plot_path.read_bytes()).decode()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kompress.jobs.plugins import Registry
-from kompress.jobs.runtimes import onnxruntime, openvino
+from kompress.jobs.runtimes import litert, onnxruntime, openvino
 from kompress.jobs.runtimes.base import Runtime
 
 AUTO = "auto"
@@ -28,6 +28,16 @@ def register(runtime: Runtime) -> Runtime:
 def reference() -> Runtime:
     """The runtime a baseline is measured with unless the spec names another (ONNX Runtime)."""
     return next(r for r in all_runtimes() if r.reference)
+
+
+def source_exports() -> list[str]:
+    """Export formats written from the original model rather than by the serving runtime (tflite): any
+    serving runtime goes with them."""
+    return [litert.FORMAT]
+
+
+def writes_export(runtime: Runtime, fmt: str) -> bool:
+    return fmt in runtime.exports or fmt in source_exports()
 
 
 def installed() -> list[Runtime]:

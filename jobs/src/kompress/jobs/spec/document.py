@@ -139,8 +139,9 @@ class OptimizationSpec(SpecModel):
     """The model to optimize."""
     data: DataSpec
     """Calibration and evaluation data."""
-    techniques: Annotated[list[TechniqueStep], Field(min_length=1, max_length=32)] | None = None  # type: ignore[valid-type]
-    """Techniques applied in order (give either techniques or search)."""
+    techniques: Annotated[list[TechniqueStep], Field(max_length=32)] | None = None  # type: ignore[valid-type]
+    """Techniques applied in order (give either techniques or search). An empty list converts a keras,
+    tensorflow or sklearn model to ONNX and nothing more (promoted when the conversion holds the quality gates)."""
     search: SearchSpec | None = None
     """Search over candidate recipes; the fastest (or smallest, or least energy) one that passes the gates wins."""
     target: TargetSpec = TargetSpec()
@@ -162,7 +163,13 @@ class OptimizationSpec(SpecModel):
             raise ValueError("give exactly one of techniques (a fixed pipeline) or search (candidate recipes)")
         check_stage_order(self.steps(), "techniques")
         check_runtimes(self)
+        check_conversion(self)
         return self
+
+    @property
+    def conversion_only(self) -> bool:
+        """techniques: [] on a framework model: the converted ONNX graph is the result."""
+        return self.techniques is not None and not self.techniques
 
     def steps(self) -> list[tuple[str, SpecModel]]:
         """The fixed pipeline's steps (empty for a search)."""
@@ -176,7 +183,7 @@ class OptimizationSpec(SpecModel):
         if self.search is None or target.runtime not in (None, runtimes.AUTO):
             return [runtimes.resolve(target.runtime).name]
         return [r.name for r in runtimes.all_runtimes() if target.device in r.devices
-                and (self.export is None or self.export.format in r.exports)]
+                and (self.export is None or runtimes.writes_export(r, self.export.format))]
 
     @property
     def searches_runtimes(self) -> bool:
@@ -188,6 +195,22 @@ class OptimizationSpec(SpecModel):
     def pinned_runtime(self) -> str | None:
         """The runtime target.runtime names (None when it is unset or auto)."""
         return None if self.target.runtime in (None, runtimes.AUTO) else self.target.runtime
+
+
+CONVERTED_FORMATS = ("keras", "tensorflow", "sklearn")
+"""model.format values converted to ONNX on load (io.frameworks)."""
+
+
+def check_conversion(spec: OptimizationSpec) -> None:
+    """techniques: [] is conversion alone (a framework model); a tflite export starts from a Keras or TensorFlow
+    model (checked again once an auto-detected format is known)."""
+    fmt = spec.model.format
+    if spec.techniques is not None and not spec.techniques and fmt not in CONVERTED_FORMATS:
+        raise ValueError("techniques: [] converts a model to ONNX and nothing more, which applies to model.format "
+                         f"{', '.join(CONVERTED_FORMATS)} (set model.format, or give at least one technique)")
+    if spec.export is not None and spec.export.format == "tflite" and fmt not in (None, "keras", "tensorflow"):
+        raise ValueError(f"export tflite is written by the TFLite converter from a keras or tensorflow model, not "
+                         f"{fmt}")
 
 
 def check_gates(spec: OptimizationSpec) -> None:
@@ -307,7 +330,7 @@ def check_runtimes(spec: OptimizationSpec) -> None:
                 readers = sorted(r.name for r in runtimes.all_runtimes() if dialect in r.reads)
                 raise ValueError(f"{where}[{i}] {name} writes a graph only {' or '.join(readers)} runs, "
                                  f"but this pipeline is served by {serving.runtime}")
-    if spec.export is not None and spec.export.format not in runtime.exports and not searches:
+    if spec.export is not None and not runtimes.writes_export(runtime, spec.export.format) and not searches:
         writers = sorted(r.name for r in runtimes.all_runtimes() if spec.export.format in r.exports)
         raise ValueError(f"export format {spec.export.format} is written by {' or '.join(writers)}; "
                          f"target.runtime is {target.runtime or runtime.name}")

@@ -54,7 +54,7 @@ def _precisions() -> list[str]:
 
 
 def _exports() -> list[str]:
-    return sorted({f for r in runtimes.all_runtimes() for f in r.exports})
+    return sorted({f for r in runtimes.all_runtimes() for f in r.exports} | set(runtimes.source_exports()))
 
 
 def _quantizers() -> list[str]:

@@ -20,10 +20,19 @@ from kompress.jobs.spec.names import ExportFormat, PrecisionName, RuntimeChoice,
 class ModelSpec(SpecModel):
     uri: Annotated[str, Field(min_length=1)]
     """Where the model is: a local path, package://<python-package>/<path>, or s3://bucket/key (a file or a prefix)."""
-    format: Literal["onnx", "huggingface", "torch-export", "gguf"] | None = None
+    format: Literal["onnx", "huggingface", "torch-export", "gguf", "keras", "tensorflow", "sklearn"] | None = None
     """onnx (a .onnx file), huggingface (a model directory with safetensors weights), torch-export (a .pt2
-    archive) or gguf (a llama.cpp .gguf file, text-generation only: dequantized to float on load, and the
-    report records the source precision). Detected from the URI when omitted."""
+    archive), gguf (a llama.cpp .gguf file, text-generation only: dequantized to float on load, and the
+    report records the source precision), keras (a .keras or legacy .h5 file), tensorflow (a SavedModel
+    folder) or sklearn (a .skops file; a pickle only with trustPickle). Keras, TensorFlow and scikit-learn
+    models are converted to ONNX on load (tf2onnx, skl2onnx), and the conversion is checked against the
+    original framework's outputs. Detected from the URI when omitted."""
+    trust_pickle: bool = False
+    """Load a format that can run code on load: a scikit-learn pickle/joblib file, every type in a .skops
+    file, a Keras Lambda layer's serialized code. Only for files from someone you trust."""
+    trusted_types: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=64)] = []
+    """Types a .skops file may build beyond those skops trusts by default (e.g.
+    sklearn.tree._tree.Tree for tree models); the error for an untrusted file lists them."""
     task: TaskName = "generic"
     """What the model is for, one of the registered tasks: embedding (outputs are compared by cosine
     similarity; Hugging Face models are exported with mean pooling), classification (outputs are logits,
@@ -363,3 +372,16 @@ class ExportSpec(SpecModel):
     (`model.ort`, for ONNX Runtime Mobile and minimal builds) with the reduced-operator config such a build
     needs (`required_operators.config`), and ONNX Runtime's mobile usability check in the report. Written and
     promoted beside the served model."""
+    precision: Literal["fp32", "fp16", "int8"] | None = None
+    """tflite only: fp32, fp16 (float16 weights) or int8 (full-integer: weights and activations, calibrated on
+    the calibration rows; inputs and outputs stay float32). Default int8."""
+
+    @model_validator(mode="after")
+    def precision_for_tflite(self) -> ExportSpec:
+        if self.precision is not None and self.format != "tflite":
+            raise ValueError(f"precision applies to the tflite export, not {self.format}")
+        return self
+
+    @property
+    def tflite_precision(self) -> str:
+        return self.precision or "int8"

@@ -68,8 +68,8 @@ class Workspace:
         # example rows fix the traced shapes only (nothing is learned from them): calibration rows, or evaluation
         # rows when data.uri left none for calibration
         examples = self.calibration if self.calibration.size else self.evaluation
-        model = torch_model.load(self.source.format, self.model_local, self.source.onnx_path, self.spec.model.task,
-                                 {k: v[:8] for k, v in examples.inputs.items()})
+        model = torch_model.load(self.source.graph_format, self.model_local, self.source.onnx_path,
+                                 self.spec.model.task, {k: v[:8] for k, v in examples.inputs.items()})
         if self.keep_torch_source:
             self._torch_source = model
             return model.clone()
