@@ -68,8 +68,10 @@ def test_sparsity_must_be_below_one_and_int4_needs_weight_only() -> None:
         "techniques[0].quantize"]
     # techniques: [] is conversion alone, for a framework model only
     assert any("converts a model to ONNX and nothing more" in m
-               for m in problems_of({**base, "techniques": []}).values())
-    assert parse_document({**base, "model": {"uri": "m.keras", "format": "keras"}, "techniques": []}).spec.conversion_only
+               for m in problems_of({**base, "model": {"uri": "m.onnx", "format": "onnx"},
+                                     "techniques": []}).values())
+    keras = {**base, "model": {"uri": "m.keras", "format": "keras"}, "techniques": []}
+    assert parse_document(keras).spec.conversion_only
 
 
 def test_validate_cli_lists_all_problems_and_exits_invalid_input(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from kompress.jobs import cpu, gates, generative_run
-from kompress.jobs.errors import ExitCode, KompressError, RuntimeFailure, require_torch
+from kompress.jobs.errors import ExitCode, InvalidInputError, KompressError, RuntimeFailure, require_torch
 from kompress.jobs.io import data as datamod
 from kompress.jobs.io import model_files, storage, texts
 from kompress.jobs.io import models as model_io
@@ -421,7 +421,6 @@ def _write_model(record: RunRecord, output_dir: Path, progress: Progress) -> lis
     for stale in (output_dir / SERVED_FOLDER,):
         shutil.rmtree(stale, ignore_errors=True)
     final = model_files.copy_model(record.final.served, output_dir / serving.engine.layout.graph)
-    exports: list[Path] = []
     export = record.prepared.ws.spec.export
     ws = record.prepared.ws
     if export is not None and export.format == litert.FORMAT:
@@ -432,7 +431,7 @@ def _write_model(record: RunRecord, output_dir: Path, progress: Progress) -> lis
     elif export is not None:
         record.export = _export(export.format, record.optimized.model, output_dir, record.prepared.ws, serving,
                                 progress)
-        exports = [Path(f) for f in record.export.files]
+    exports = [Path(f) for f in record.export.files] if record.export is not None else []
     return [*model_files.files_of(final), *exports]
 
 
@@ -497,6 +496,10 @@ def open_workspace(loaded: LoadedSpec, work: Path, checkpoints: Checkpoints, pro
     source = model_io.prepare(spec.model, model_local, work, dataset.inputs, seed=SEED)
     if spec.export is not None and spec.export.format == litert.FORMAT:
         litert.require(source.format)  # an auto-detected format is known only now
+    if spec.conversion_only and source.converted is None:
+        raise InvalidInputError(f"techniques: [] converts a keras, tensorflow or sklearn model to ONNX and nothing "
+                                f"more; this model is {source.format} (give at least one technique)",
+                                field="techniques")
     dataset = datamod.conform(dataset, source.inputs, declared=spec.data.inputs)
     calibration, evaluation, overlap = datamod.split(dataset, spec.data.calibration_samples,
                                                      spec.data.evaluation_samples, SEED,

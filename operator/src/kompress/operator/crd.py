@@ -223,8 +223,8 @@ def spec_schema() -> dict[str, Any]:
         "rule": "has(self.techniques) == has(oldSelf.techniques)",
         "message": "spec cannot switch between techniques and search; create a new ModelOptimization",
     }, {
-        "rule": "!has(self.techniques) || size(self.techniques) > 0 || (has(self.model.format) && "
-                "self.model.format in ['keras', 'tensorflow', 'sklearn'])",
+        "rule": "!has(self.techniques) || size(self.techniques) > 0 || !has(self.model.format) || "
+                "self.model.format in ['keras', 'tensorflow', 'sklearn']",
         "message": "techniques: [] (conversion to ONNX alone) applies to model.format keras, tensorflow or sklearn",
     }])
     return schema

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from kompress.jobs import gates
+from kompress.jobs.errors import KompressError, RuntimeFailure, first_line
 from kompress.jobs.io.data import Dataset
 from kompress.jobs.io.frameworks.base import Converted
 from kompress.jobs.measure.variant import Baseline
@@ -75,10 +76,15 @@ def export_tflite(converted: Converted, fmt: str, spec: OptimizationSpec, calibr
     progress.info(f"exporting tflite ({precision}) from the original {fmt} model")
     rows = {k: calibration.inputs[k] for k in converted.inputs} if calibration.size else {}
     written = litert.write(saved_model, precision, rows, output_dir / litert.FILE)
-    interpreter = litert.Interpreter(written.path, threads, (converted.inputs, converted.outputs),
-                                     converted.original.tensor_names)
     output = spec.model.output or converted.outputs[0]
-    outputs = run_batched(interpreter.run, evaluation, output)
+    try:
+        interpreter = litert.Interpreter(written.path, threads, (converted.inputs, converted.outputs),
+                                         converted.original.tensor_names)
+        outputs = run_batched(interpreter.run, evaluation, output)
+    except KompressError:
+        raise
+    except Exception as err:  # the interpreter's own errors, as one line
+        raise RuntimeFailure(f"the tflite model does not run in LiteRT: {first_line(err)}") from None
     check = _check(spec, converted.reference, outputs.astype(np.float32), evaluation, "tflite",
                    spec.gates.interval_level, None)
     latency = _time(interpreter, evaluation, spec.target.batch_size)

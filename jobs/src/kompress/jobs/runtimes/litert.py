@@ -66,6 +66,9 @@ def _configure(converter: Any, precision: str, calibration: dict[str, np.ndarray
 
 def write(saved_model: Path, precision: str, calibration: dict[str, np.ndarray], out: Path) -> Written:
     """The SavedModel converted to `out` (the TF2 converter; the TF1 one when the object graph does not load)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     started = time.perf_counter()
@@ -106,6 +109,12 @@ class Interpreter:
         signatures = self.interpreter.get_signature_list()
         self.runner = self.interpreter.get_signature_runner(SIGNATURE) if SIGNATURE in signatures else None
         self._tensor_names = tensor_names
+        if self.runner is not None:
+            # the signature's names are the ONNX graph's when the converter kept them (tf2onnx from a SavedModel);
+            # else (Keras' ONNX export names its outputs Identity:0...) they match by position
+            signature = signatures[SIGNATURE]
+            self._feeds = _by_name_or_position(self.inputs, list(signature["inputs"]))
+            self._fetches = _by_name_or_position(self.outputs, list(signature["outputs"]))
 
     @staticmethod
     def version() -> str:
@@ -116,7 +125,8 @@ class Interpreter:
 
     def run(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.runner is not None:
-            return dict(self.runner(**{k: rows[k] for k in self.inputs}))
+            out = self.runner(**{tfl: rows[name] for name, tfl in self._feeds.items()})
+            return {name: out[tfl] for name, tfl in self._fetches.items()}
         return self._run_by_order(rows)
 
     def _run_by_order(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -140,6 +150,15 @@ class Interpreter:
             detail = out_by_name.get(tensor.removesuffix(":0")) or out_by_name.get(tensor) or outs[i]
             result[name] = it.get_tensor(detail["index"])
         return result
+
+
+def _by_name_or_position(names: list[str], signature: list[str]) -> dict[str, str]:
+    if set(names) <= set(signature):
+        return {n: n for n in names}
+    if len(names) != len(signature):
+        raise RuntimeFailure(f"the tflite model's signature ({', '.join(signature)}) does not match the model's "
+                             f"tensors ({', '.join(names)})")
+    return dict(zip(names, sorted(signature), strict=True))
 
 
 def require(fmt: str | None) -> None:

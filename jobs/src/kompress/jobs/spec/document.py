@@ -205,9 +205,9 @@ def check_conversion(spec: OptimizationSpec) -> None:
     """techniques: [] is conversion alone (a framework model); a tflite export starts from a Keras or TensorFlow
     model (checked again once an auto-detected format is known)."""
     fmt = spec.model.format
-    if spec.techniques is not None and not spec.techniques and fmt not in CONVERTED_FORMATS:
+    if spec.conversion_only and fmt is not None and fmt not in CONVERTED_FORMATS:  # auto-detected: at run time
         raise ValueError("techniques: [] converts a model to ONNX and nothing more, which applies to model.format "
-                         f"{', '.join(CONVERTED_FORMATS)} (set model.format, or give at least one technique)")
+                         f"{', '.join(CONVERTED_FORMATS)}, not {fmt} (give at least one technique)")
     if spec.export is not None and spec.export.format == "tflite" and fmt not in (None, "keras", "tensorflow"):
         raise ValueError(f"export tflite is written by the TFLite converter from a keras or tensorflow model, not "
                          f"{fmt}")

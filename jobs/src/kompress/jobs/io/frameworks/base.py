@@ -94,6 +94,13 @@ def versions(*dists: str) -> dict[str, str]:
     return out
 
 
+def quiet_tensorflow() -> None:
+    """TensorFlow's C++ INFO lines (oneDNN, CPU features) off, before its first import; the user's setting wins."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def as_float32(array: Any) -> np.ndarray:
     out = np.asarray(array)
     return out.astype(np.float32) if out.dtype == np.float64 else out

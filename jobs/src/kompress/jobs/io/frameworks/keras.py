@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs.errors import InvalidInputError
-from kompress.jobs.io.frameworks.base import OPSET, Converted, Framework, Loaded, as_float32, first_line, versions
+from kompress.jobs.io.frameworks.base import (
+    OPSET,
+    Converted,
+    Framework,
+    Loaded,
+    as_float32,
+    first_line,
+    quiet_tensorflow,
+    versions,
+)
 from kompress.jobs.spec.sections import ModelSpec
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -41,6 +50,12 @@ class KerasModel(Loaded):
         return self._saved
 
 
+def _call_once(model: Any) -> None:
+    """One call on zeros of the inputs' shapes (batch 1; an unknown dimension taken as 1)."""
+    zeros = [np.zeros([1, *(d or 1 for d in t.shape[1:])], dtype=t.dtype or "float32") for t in model.inputs]
+    model(zeros if len(zeros) > 1 else zeros[0], training=False)
+
+
 class Keras(Framework):
     name = "keras"
     summary = "a Keras model (.keras, or a legacy .h5), converted to ONNX with Keras' own exporter (tf2onnx)"
@@ -52,6 +67,7 @@ class Keras(Framework):
 
     def convert(self, local: Path, workdir: Path, model: ModelSpec) -> Converted:
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        quiet_tensorflow()
         import keras
 
         if keras.backend.backend() != "tensorflow":
@@ -67,6 +83,7 @@ class Keras(Framework):
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         try:
+            _call_once(loaded)  # a loaded model that was never called has no traced graph to export
             loaded.export(str(out), format="onnx", verbose=False, opset_version=OPSET)
         except Exception as err:
             raise InvalidInputError(f"Keras' ONNX export (tf2onnx) cannot convert {local.name}: "

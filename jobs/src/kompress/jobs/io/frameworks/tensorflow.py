@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs.errors import InvalidInputError
-from kompress.jobs.io.frameworks.base import OPSET, Converted, Framework, Loaded, as_float32, first_line, versions
+from kompress.jobs.io.frameworks.base import (
+    OPSET,
+    Converted,
+    Framework,
+    Loaded,
+    as_float32,
+    first_line,
+    quiet_tensorflow,
+    versions,
+)
 from kompress.jobs.spec.sections import ModelSpec
 
 SIGNATURE = "serving_default"
@@ -42,6 +51,27 @@ class SavedModel(Loaded):
                 [self.signature.outputs[k].name for k in self.outputs])
 
 
+def _freeze(local: Path, key: str, signature: Any, session: Any, tf_loader: Any) \
+        -> tuple[Any, list[str], list[str], dict[str, str], str]:
+    """The signature's graph with its variables folded in: through the TF2 object graph (variables read inside
+    functions), else from the TF1 session (a SavedModel whose object graph no longer loads)."""
+    try:
+        frozen, in_names, out_names, renames = tf_loader.from_saved_model(
+            str(local), None, None, tag="serve", signatures=[key], return_tensors_to_rename=True)
+        return frozen, in_names, out_names, renames, "frozen from the TF2 object graph"
+    except Exception as v2_error:
+        in_names = [signature.inputs[k].name for k in signature.inputs]
+        out_names = [signature.outputs[k].name for k in signature.outputs]
+        renames = {signature.inputs[k].name: k for k in signature.inputs}
+        renames |= {signature.outputs[k].name: k for k in signature.outputs}
+        try:
+            frozen = tf_loader.freeze_session(session, input_names=in_names, output_names=out_names)
+        except Exception as err:
+            raise InvalidInputError(f"tf2onnx cannot freeze {local.name}'s {key} signature (TF2: "
+                                    f"{first_line(v2_error)}; TF1: {first_line(err)})", field="model.uri") from None
+        return frozen, in_names, out_names, renames, "frozen from the TF1 graph; its TF2 object graph does not load"
+
+
 class TensorFlow(Framework):
     name = "tensorflow"
     summary = "a TensorFlow SavedModel folder, converted to ONNX with tf2onnx from its serving_default signature"
@@ -52,6 +82,7 @@ class TensorFlow(Framework):
         return path.is_dir() and (path / "saved_model.pb").exists()
 
     def convert(self, local: Path, workdir: Path, model: ModelSpec) -> Converted:
+        quiet_tensorflow()
         import tensorflow as tf
         from tf2onnx import convert, tf_loader
 
@@ -70,14 +101,8 @@ class TensorFlow(Framework):
                 raise InvalidInputError(f"{local.name} has no serving signature", field="model.uri")
             key = SIGNATURE if SIGNATURE in names else names[0]
             signature = meta.signature_def[key]
-            started = time.perf_counter()
-            try:
-                # tf2onnx's own SavedModel path (v1: frozen from the session), one signature
-                frozen, in_names, out_names, _, renames = tf_loader._from_saved_model_v1(
-                    session, str(local), None, None, ["serve"], [key], False)
-            except Exception as err:
-                raise InvalidInputError(f"tf2onnx cannot freeze {local.name}'s {key} signature: {first_line(err)}",
-                                        field="model.uri") from None
+        started = time.perf_counter()
+        frozen, in_names, out_names, renames, how = _freeze(local, key, signature, session, tf_loader)
         out = workdir / "converted" / "model.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -87,10 +112,13 @@ class TensorFlow(Framework):
         except Exception as err:
             raise InvalidInputError(f"tf2onnx cannot convert {local.name}: {first_line(err)}",
                                     field="model.uri") from None
-        route = (f"tf2onnx {versions('tf2onnx').get('tf2onnx', '?')} from the SavedModel's {key!r} signature, "
+        route = (f"tf2onnx {versions('tf2onnx').get('tf2onnx', '?')} from the SavedModel's {key!r} signature ({how}), "
                  f"opset {OPSET} ({time.perf_counter() - started:.1f} s)")
-        loaded = SavedModel(local, session, signature, [renames[n] for n in in_names],
-                            [renames[n] for n in out_names])
+        import onnx
+
+        graph_io = onnx.load(str(out), load_external_data=False).graph  # the signature's keys, in the graph's order
+        loaded = SavedModel(local, session, signature, [i.name for i in graph_io.input],
+                            [o.name for o in graph_io.output])
         return Converted(out, route, loaded, versions("tensorflow", "tensorflow-cpu", "tf2onnx"))
 
 
