@@ -13,6 +13,9 @@
 # magnitude prune; no torch, a fraction of the size); prune with training, distill, QAT and Hugging Face or
 # torch.export models need the full one:
 #   docker build --build-arg ENGINE_EXTRAS=onnx -t ghcr.io/kompress/kompress:0.1.0-slim .
+# Models from other frameworks are optional extras, in neither image by default: `sklearn` (scikit-learn,
+# skl2onnx, skops) and `tensorflow` (TensorFlow, Keras, tf2onnx and LiteRT for the tflite export, ~600 MB):
+#   docker build --build-arg ENGINE_EXTRAS=engine,minilm,llm,sklearn,tensorflow -t ghcr.io/kompress/kompress:0.1.0-tf .
 # (.ci/build-image.sh builds either with buildah on a Debian base, without Docker or a registry.)
 # BASE_IMAGE: any image with Python 3.11+ (`python3` on PATH, with venv). The default suits CPU Jobs and the
 # operator. For GPU Jobs build a second image on an NVIDIA CUDA runtime image that has Python, e.g. one

