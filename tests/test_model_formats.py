@@ -63,7 +63,15 @@ def test_format_detection(tmp_path: Path) -> None:
     assert model_io.detect_format(DATASETS / "digits-cnn.onnx", None) == "onnx"
     (tmp_path / "config.json").write_text("{}")
     assert model_io.detect_format(tmp_path, None) == "huggingface"
-    odd = tmp_path / "weights.h5"
+    # other frameworks by their files: Keras (.keras, legacy .h5), scikit-learn (.skops, pickles), a SavedModel
+    for name, fmt in (("m.keras", "keras"), ("weights.h5", "keras"), ("m.skops", "sklearn"), ("m.joblib", "sklearn")):
+        (tmp_path / name).write_text("x")
+        assert model_io.detect_format(tmp_path / name, None) == fmt
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_text("x")
+    assert model_io.detect_format(saved, None) == "tensorflow"
+    odd = tmp_path / "weights.bin"
     odd.write_text("x")
     with pytest.raises(InvalidInputError, match=r"set model\.format"):
         model_io.detect_format(odd, None)

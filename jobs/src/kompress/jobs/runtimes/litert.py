@@ -22,8 +22,9 @@ from kompress.jobs.errors import InvalidInputError, RuntimeFailure, first_line
 FORMAT = "tflite"
 FILE = "model.tflite"
 FRAMEWORKS = frozenset({"keras", "tensorflow"})
-"""model.format values the TFLite converter starts from (an ONNX or PyTorch source has no converter here:
-onnx2tf needs Python 3.12 and litert-torch its own torch)."""
+"""model.format values the TFLite converter starts from. An ONNX or PyTorch source has no converter that installs
+beside this stack: onnx2tf 1.29 (the last for Python 3.11) pins numpy 1.26, onnx 1.19 and protobuf 4.25 (2.x
+needs Python 3.12), and litert-torch 0.10 pulls xdsl 0.28, whose typing-extensions<4.13 breaks pydantic 2.13."""
 MODULES = ("tensorflow", "ai_edge_litert")
 EXTRA = "tensorflow"
 SIGNATURE = "serving_default"
