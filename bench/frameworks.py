@@ -64,6 +64,7 @@ def ort_session(path: Path) -> Any:
 
 
 def run_search(spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
     path = work / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     subprocess.run([sys.executable, "-m", "kompress.jobs.cli", "run", str(path), "-o", str(work / "out"), "-q"],
@@ -145,6 +146,7 @@ def fer(work: Path, iterations: int) -> list[dict[str, Any]]:
 
     def scores(path: Path, rows: np.ndarray) -> np.ndarray:
         it = Interpreter(model_path=str(path), num_threads=THREADS)
+        it.allocate_tensors()
         d, o = it.get_input_details()[0], it.get_output_details()[0]
         out = []
         for row in rows:

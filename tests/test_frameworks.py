@@ -137,6 +137,8 @@ def test_a_tree_ensemble_search_promotes_nothing_slower(tmp_path: Path, breast_c
         assert proc.returncode == ExitCode.GATES_REJECTED, proc.stderr[-2000:]
         assert not (tmp_path / "registry" / "forest").exists()
         assert "nothing promoted" in report["message"]
+        assert "Compression brings nothing here" in report["message"] and "TreeEnsembleClassifier" in report["message"]
+        assert "set techniques: [] (conversion alone)" in report["message"]
 
 
 def test_a_missing_extra_and_an_export_without_a_route_are_one_line_errors(tmp_path: Path,

@@ -65,6 +65,7 @@ from kompress.jobs.spec.base import API_VERSION
 from kompress.jobs.spec.document import Candidate, LoadedSpec, OptimizationSpec
 from kompress.jobs.tasks import registry as tasks
 from kompress.jobs.techniques import catalog, pipeline
+from kompress.jobs.techniques.traits import CONV_OPS, MATMUL_OPS, MIN_SHARE
 
 SEED = 0
 FIXED_STEPS = 6  # fetch, prepare, evaluate, gates, promote, write the report
@@ -353,10 +354,19 @@ def _write_folder(record: RunRecord, output_dir: Path) -> list[Path]:
 
 
 def _no_candidate_message(outcome: search.SearchOutcome, ws: pipeline.Workspace) -> str:
-    return ("no candidate produced a model to measure; nothing promoted ("
-            + ("; ".join(f"{t.name}: {t.message}" for t in outcome.trials)
-               or "no built-in candidate applies to where this model's time goes: "
-               + ", ".join(f"{op} {s:.0%}" for op, s in list(ws.op_share.items())[:4])) + ")")
+    """Why nothing was measured, and what the model's time goes to (a tree ensemble's ops have no INT8 kernel:
+    compression brings nothing, and the run says so)."""
+    profile = ", ".join(f"{op} {s:.0%}" for op, s in list(ws.op_share.items())[:4])
+    compressible = sum(s for op, s in ws.op_share.items() if op in CONV_OPS | MATMUL_OPS)
+    out = ("no candidate produced a model to measure; nothing promoted ("
+           + ("; ".join(f"{t.name}: {t.message}" for t in outcome.trials)
+              or "no built-in candidate applies to where this model's time goes: " + profile) + ")")
+    if ws.op_share and compressible < MIN_SHARE:
+        out += (f". Compression brings nothing here: the built-in recipes quantize Conv/MatMul/Gemm, which take "
+                f"{compressible:.0%} of this model's time ({profile})")
+    if ws.source.converted is not None:
+        out += "; to promote the converted model as it is, set techniques: [] (conversion alone)"
+    return out
 
 
 def _unsearched(spec: OptimizationSpec) -> str:
