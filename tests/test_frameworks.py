@@ -284,3 +284,21 @@ def _never_a_regression(proc: Any, report: dict[str, Any], folder: Path) -> None
     else:
         assert proc.returncode == ExitCode.GATES_REJECTED, proc.stdout[-3000:] + proc.stderr[-2000:]
         assert not folder.exists()
+
+
+def test_a_copy_with_nan_outputs_fails_whatever_gates_are_set(breast_cancer: dict[str, Any]) -> None:
+    """The TFLite converter's fp16 model of basic-pitch computed NaN: with no quality gate set, the check still
+    fails it."""
+    from kompress.jobs.io.data import Dataset
+    from kompress.jobs.measure import copies
+    from kompress.jobs.spec.document import parse_document
+
+    spec = parse_document(_spec({"uri": "m.keras", "task": "generic"}, breast_cancer["root"] / "data.npz",
+                                techniques=[])).spec
+    reference = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    data = Dataset({"input": np.zeros((40, 3), np.float32)}, None, "", Path("rows"))
+    assert copies._check(spec, reference, reference.copy(), data, "tflite", 0.95, None).passed
+    broken = reference.copy()
+    broken[3, 2] = np.nan
+    check = copies._check(spec, reference, broken, data, "tflite", 0.95, None)
+    assert not check.passed and check.gates[-1].message == "finiteOutputs: 1 of 320 output values are NaN or infinite"

@@ -18,7 +18,7 @@ from kompress.jobs.io.data import Dataset
 from kompress.jobs.io.frameworks.base import Converted
 from kompress.jobs.measure.variant import Baseline
 from kompress.jobs.progress import Progress
-from kompress.jobs.report.model import ConversionReport, CopyCheck, ExportReport
+from kompress.jobs.report.model import ConversionReport, CopyCheck, ExportReport, GateResult
 from kompress.jobs.runtimes import litert
 from kompress.jobs.spec.document import OptimizationSpec
 from kompress.jobs.tasks import registry as tasks
@@ -41,6 +41,11 @@ def _check(spec: OptimizationSpec, reference: np.ndarray, copy: np.ndarray, data
         copy = copy.reshape(reference.shape)
     judged = tasks.get(spec.model.task).judge_set(reference, copy, data, name, level)
     results = gates.judge_copy(spec.gates, judged.slice, floor)
+    broken = int((~np.isfinite(copy)).sum())
+    if broken:  # whatever gates are set (or none): a copy that computes NaN or inf is broken
+        results.append(GateResult(gate="finiteOutputs", threshold=0.0, measured=float(broken), passed=False,
+                                  slice=name, message=f"finiteOutputs: {broken} of {copy.size} output values are "
+                                                      "NaN or infinite"))
     return CopyCheck(samples=data.size, quality=judged.slice,
                      max_abs_difference=float(np.abs(reference.astype(np.float64) - copy).max()),
                      gates=results, passed=all(r.passed for r in results))
