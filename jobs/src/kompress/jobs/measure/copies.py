@@ -71,13 +71,10 @@ def export_tflite(converted: Converted, fmt: str, spec: OptimizationSpec, calibr
                   output_dir: Path, threads: int, progress: Progress) -> ExportReport:
     """spec.export tflite: written from the original, run in LiteRT on the evaluation rows, judged against the
     original's outputs by the quality gates, and timed on one batch of target.batchSize."""
-    assert spec.export is not None and converted.reference is not None
-    litert.require(fmt)
-    precision = spec.export.tflite_precision
+    # the format and the extra were checked by the runner once the format was known (litert.require)
     saved_model = converted.original.saved_model
-    if saved_model is None:
-        litert.require(None)
-    assert saved_model is not None
+    assert spec.export is not None and converted.reference is not None and saved_model is not None
+    precision = spec.export.tflite_precision
     progress.info(f"exporting tflite ({precision}) from the original {fmt} model")
     rows = {k: calibration.inputs[k] for k in converted.inputs} if calibration.size else {}
     written = litert.write(saved_model, precision, rows, output_dir / litert.FILE)

@@ -13,16 +13,8 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs.errors import InvalidInputError
-from kompress.jobs.io.frameworks.base import (
-    OPSET,
-    Converted,
-    Framework,
-    Loaded,
-    as_float32,
-    first_line,
-    quiet_tensorflow,
-    versions,
-)
+from kompress.jobs.io.frameworks import base
+from kompress.jobs.io.frameworks.base import OPSET, Converted, Framework, Loaded
 from kompress.jobs.spec.sections import ModelSpec
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -39,7 +31,7 @@ class KerasModel(Loaded):
 
         feed = list(inputs) if len(inputs) > 1 else inputs[0]
         out = self.model(feed, training=False)
-        return [as_float32(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(out)]
+        return [base.as_float32(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(out)]
 
     @property
     def saved_model(self) -> Path:  # type: ignore[override]
@@ -67,7 +59,7 @@ class Keras(Framework):
 
     def convert(self, local: Path, workdir: Path, model: ModelSpec) -> Converted:
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-        quiet_tensorflow()
+        base.quiet_tensorflow()
         import keras
 
         if keras.backend.backend() != "tensorflow":
@@ -78,7 +70,7 @@ class Keras(Framework):
             loaded = keras.saving.load_model(str(local), compile=False, safe_mode=not model.trust_pickle)
         except Exception as err:
             raise InvalidInputError(f"{local.name} cannot be loaded by Keras {keras.__version__} "
-                                    f"({first_line(err)})", field="model.uri") from None
+                                    f"({base.first_line(err)})", field="model.uri") from None
         out = workdir / "converted" / "model.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
@@ -87,11 +79,11 @@ class Keras(Framework):
             loaded.export(str(out), format="onnx", verbose=False, opset_version=OPSET)
         except Exception as err:
             raise InvalidInputError(f"Keras' ONNX export (tf2onnx) cannot convert {local.name}: "
-                                    f"{first_line(err)}", field="model.uri") from None
+                                    f"{base.first_line(err)}", field="model.uri") from None
         route = (f"Keras {keras.__version__} model.export(format='onnx'), tf2onnx underneath, opset {OPSET}"
                  f" ({time.perf_counter() - started:.1f} s)")
         return Converted(out, route, KerasModel(loaded, workdir / "converted"),
-                         versions("keras", "tensorflow", "tensorflow-cpu", "tf2onnx"))
+                         base.versions("keras", "tensorflow", "tensorflow-cpu", "tf2onnx"))
 
 
 FRAMEWORK = Keras()

@@ -13,16 +13,8 @@ from typing import Any
 import numpy as np
 
 from kompress.jobs.errors import InvalidInputError
-from kompress.jobs.io.frameworks.base import (
-    OPSET,
-    Converted,
-    Framework,
-    Loaded,
-    as_float32,
-    first_line,
-    quiet_tensorflow,
-    versions,
-)
+from kompress.jobs.io.frameworks import base
+from kompress.jobs.io.frameworks.base import OPSET, Converted, Framework, Loaded
 from kompress.jobs.spec.sections import ModelSpec
 
 SIGNATURE = "serving_default"
@@ -39,7 +31,7 @@ class SavedModel(Loaded):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         feed = {self.signature.inputs[k].name: a for k, a in zip(self.inputs, inputs, strict=True)}
         fetched = self.session.run([self.signature.outputs[k].name for k in self.outputs], feed)
-        return [as_float32(a) for a in fetched]
+        return [base.as_float32(a) for a in fetched]
 
     @property
     def saved_model(self) -> Path:  # type: ignore[override]
@@ -68,7 +60,8 @@ def _freeze(local: Path, key: str, signature: Any, session: Any, tf_loader: Any)
             frozen = tf_loader.freeze_session(session, input_names=in_names, output_names=out_names)
         except Exception as err:
             raise InvalidInputError(f"tf2onnx cannot freeze {local.name}'s {key} signature (TF2: "
-                                    f"{first_line(v2_error)}; TF1: {first_line(err)})", field="model.uri") from None
+                                    f"{base.first_line(v2_error)}; TF1: {base.first_line(err)})",
+                                    field="model.uri") from None
         return frozen, in_names, out_names, renames, "frozen from the TF1 graph; its TF2 object graph does not load"
 
 
@@ -82,7 +75,7 @@ class TensorFlow(Framework):
         return path.is_dir() and (path / "saved_model.pb").exists()
 
     def convert(self, local: Path, workdir: Path, model: ModelSpec) -> Converted:
-        quiet_tensorflow()
+        base.quiet_tensorflow()
         import tensorflow as tf
         from tf2onnx import convert, tf_loader
 
@@ -95,7 +88,7 @@ class TensorFlow(Framework):
                 meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(local))
             except Exception as err:
                 raise InvalidInputError(f"{local.name} does not load as a SavedModel with the 'serve' tag "
-                                        f"({first_line(err)})", field="model.uri") from None
+                                        f"({base.first_line(err)})", field="model.uri") from None
             names = [k for k in meta.signature_def if not k.startswith("_")]
             if not names:
                 raise InvalidInputError(f"{local.name} has no serving signature", field="model.uri")
@@ -110,16 +103,16 @@ class TensorFlow(Framework):
                 convert.from_graph_def(frozen, input_names=in_names, output_names=out_names, opset=OPSET,
                                        tensors_to_rename=renames, output_path=str(out))
         except Exception as err:
-            raise InvalidInputError(f"tf2onnx cannot convert {local.name}: {first_line(err)}",
+            raise InvalidInputError(f"tf2onnx cannot convert {local.name}: {base.first_line(err)}",
                                     field="model.uri") from None
-        route = (f"tf2onnx {versions('tf2onnx').get('tf2onnx', '?')} from the SavedModel's {key!r} signature ({how}), "
-                 f"opset {OPSET} ({time.perf_counter() - started:.1f} s)")
+        route = (f"tf2onnx {base.versions('tf2onnx').get('tf2onnx', '?')} from the SavedModel's {key!r} signature "
+                 f"({how}), opset {OPSET} ({time.perf_counter() - started:.1f} s)")
         import onnx
 
         graph_io = onnx.load(str(out), load_external_data=False).graph  # the signature's keys, in the graph's order
         loaded = SavedModel(local, session, signature, [i.name for i in graph_io.input],
                             [o.name for o in graph_io.output])
-        return Converted(out, route, loaded, versions("tensorflow", "tensorflow-cpu", "tf2onnx"))
+        return Converted(out, route, loaded, base.versions("tensorflow", "tensorflow-cpu", "tf2onnx"))
 
 
 FRAMEWORK = TensorFlow()
